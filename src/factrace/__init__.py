@@ -1,0 +1,1 @@
+"""factrace: trace language-model outputs back to pretraining data (TrackStar)."""

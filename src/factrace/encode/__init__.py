@@ -1,0 +1,1 @@
+"""factrace.encode"""
