@@ -1,0 +1,143 @@
+"""Typed configuration. One dataclass per job; every field documented; hashing gives a fingerprint.
+
+The named variants of DESIGN.md §1 (the paper's ablation ladder) are ready-made
+:class:`EncoderConfig` defaults; options given explicitly override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from factrace.errors import FactraceError
+
+SECOND_MOMENT_MODES = ("factored", "exact", "adafactor", "estimate", "none")
+HESSIAN_MODES = ("mixed", "train", "none")
+HESSIAN_STRUCTURES = ("auto", "global", "block")
+LAYOUTS = ("layers", "modules")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How a training passage or a query becomes its TrackStar encoding ψ(z).
+
+    ψ(z) = unit_normalize(R^{-1/2} · P · (∇θ L(z) / (sqrt(V) + ε))).
+    """
+
+    variant: str = "trackstar"
+    """Name of the ladder step these settings came from (informational once built)."""
+    dim: int | None = None
+    """Projection dimension d = Σ_k a_k·b_k; ``None`` → 2^14 on CPU, 2^16 on CUDA."""
+    layout: str = "layers"
+    """``layers``: contiguous layer groups × {attention, MLP} (the paper's); ``modules``: one
+    block per tracked module."""
+    layer_groups: int = 8
+    """Number of contiguous layer groups in the ``layers`` layout (capped by the layer count)."""
+    second_moment: str = "factored"
+    """Optimizer correction: ``factored`` (rank-one Adafactor form of Adam's V), ``exact``
+    (elementwise), ``adafactor`` (the optimizer's own row/column state), ``estimate`` (no
+    optimizer state: V estimated from per-example gradients), ``none``."""
+    epsilon: float = 1e-8
+    """ε in ∇/(sqrt(V) + ε); a floor on the row/column sums in the factored forms."""
+    estimate_examples: int = 256
+    """Training examples used to estimate V in ``estimate`` mode."""
+    hessian: str = "mixed"
+    """``mixed``: R = λ R_eval + (1 − λ) R_train (TrackStar); ``train``: R_train; ``none``."""
+    hessian_structure: str = "auto"
+    """``global`` (d × d), ``block`` (one matrix per projection block) or ``auto`` (global up to
+    d = 8192, block-diagonal above, where a float64 d × d matrix and its eigendecomposition no
+    longer fit a laptop's budget)."""
+    lambda_: float | None = None
+    """Mixing weight λ of R_eval; ``None`` → automatic (eigenvalue curves cross at ``lambda_k``)."""
+    lambda_k: int | None = None
+    """Component where the scaled eigenvalue curves cross; ``None`` → d/64, capped below the
+    rank of R_eval and R_train."""
+    damping: float = 0.1
+    """η in R^{-1/2} = U (Λ + η·mean(Λ))^{-1/2} Uᵀ."""
+    train_examples: int = 2048
+    """Training examples sampled (evenly spaced over the corpus) to estimate R_train."""
+    normalize: bool = True
+    """Unit-normalise ψ (cosine scores); off only for ``grad-dot``."""
+    seed: int = 0
+    """Seed of the projection matrices (regenerated bit for bit from seed and module name)."""
+    include: tuple[str, ...] = ()
+    """Globs adding (or, inside the blocks, restricting to) tracked linear modules."""
+    exclude: tuple[str, ...] = ()
+    """Globs removing tracked modules."""
+    loss_reduction: str = "sum"
+    """``sum`` or ``mean`` over target tokens; irrelevant after unit normalisation."""
+    max_length: int | None = None
+    """Tokens per example; ``None`` → the model's context."""
+    overflow: str = "window"
+    """Longer passages: ``window`` (split into ``<doc>#<n>`` windows) or ``truncate``."""
+    device: str | None = None
+    """``auto``/``None``, ``cpu``, ``cuda``, ``cuda:N``. Not part of the fingerprint."""
+    dtype: str | None = None
+    """Model dtype: ``float32`` (CPU default), ``bfloat16`` (CUDA default), ``float16``."""
+    batch_tokens: int = 8192
+    """Token budget per batch (padded batch × length). Not part of the fingerprint."""
+    extra: dict = field(default_factory=dict)
+    """Free-form notes recorded with the configuration (not used by the encoder)."""
+
+    def __post_init__(self):
+        _check(self.layout, LAYOUTS, "layout")
+        _check(self.second_moment, SECOND_MOMENT_MODES, "second-moment")
+        _check(self.hessian, HESSIAN_MODES, "hessian")
+        _check(self.hessian_structure, HESSIAN_STRUCTURES, "hessian-structure")
+        _check(self.loss_reduction, ("sum", "mean"), "loss-reduction")
+        _check(self.overflow, ("window", "truncate"), "overflow")
+        if self.dim is not None and self.dim < 1:
+            raise FactraceError(f"--dim must be positive, got {self.dim}")
+        if self.lambda_ is not None and not 0.0 <= self.lambda_ <= 1.0:
+            raise FactraceError(f"--lambda must be in [0, 1], got {self.lambda_}")
+        if self.damping < 0:
+            raise FactraceError(f"--damping must be >= 0, got {self.damping}")
+
+    def replace(self, **changes) -> EncoderConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        d = dict(d)
+        d["include"], d["exclude"] = tuple(d.get("include", ())), tuple(d.get("exclude", ()))
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """Hash of every field that changes ψ (device, batch size and notes excluded)."""
+        d = self.to_dict()
+        for k in ("device", "batch_tokens", "extra", "variant", "dtype"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check(value, allowed, option):
+    if value not in allowed:
+        raise FactraceError(f"--{option} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+VARIANTS: dict[str, dict] = {
+    "grad-dot": dict(second_moment="none", hessian="none", normalize=False),
+    "grad-cos": dict(second_moment="none", hessian="none", normalize=True),
+    "grad-cos+opt": dict(second_moment="factored", hessian="none", normalize=True),
+    "trackstar-train": dict(second_moment="factored", hessian="train", normalize=True),
+    "trackstar": dict(second_moment="factored", hessian="mixed", normalize=True),
+}
+"""The ladder: each step adds one ingredient of TrackStar."""
+
+
+def variant_config(name: str = "trackstar", **overrides) -> EncoderConfig:
+    """The configuration of a named variant, with explicit options overriding its defaults.
+
+    ``None`` values in ``overrides`` mean "not given" and keep the variant's default.
+    """
+    if name not in VARIANTS:
+        raise FactraceError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return EncoderConfig(variant=name, **{**VARIANTS[name], **given})

@@ -1,0 +1,273 @@
+"""Readers and writers of the file formats of DESIGN.md §3, with strict validation.
+
+- corpus: JSON Lines, Parquet, a ``save_to_disk`` dataset or a directory of shards; rows with
+  ``id`` (string or integer) and ``text`` — see :mod:`factrace.data.corpus`.
+- queries: JSON Lines with ``id``, ``prompt``, ``target`` (the target keeps its leading space).
+- qrels: JSON Lines with ``query_id``, ``doc_id``, one row per gold passage.
+- rankings: JSON Lines with ``query_id``, ``doc_ids`` (best first), ``scores``; optionally
+  ``opponent_ids`` and ``opponent_scores``; other fields are kept as :attr:`Ranking.extra`.
+
+Ids are strings everywhere inside factrace: an integer id ``7`` is read as ``"7"``. Every problem
+with a file is a :class:`~factrace.errors.FactraceError` naming the file, the line and what was
+expected. Writers are atomic: the file appears complete or not at all.
+
+This module is the one to import from; the work is done in :mod:`~factrace.data.jsonl`,
+:mod:`~factrace.data.shards`, :mod:`~factrace.data.corpus` and :mod:`~factrace.data.atomic`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from factrace.data.atomic import atomic_dir, atomic_path, atomic_write
+from factrace.data.corpus import (
+    CorpusInfo,
+    ShardInfo,
+    corpus_size,
+    iter_corpus,
+    iter_located,
+    validate_corpus,
+)
+from factrace.data.jsonl import (
+    PathLike,
+    as_id,
+    as_ids,
+    as_scores,
+    as_text,
+    iter_jsonl,
+    located_error,
+    read_jsonl,
+    shown,
+    write_jsonl,
+)
+from factrace.data.jsonl import field as required
+from factrace.data.records import Query
+from factrace.data.shards import Shard, corpus_shards
+from factrace.errors import FactraceError
+
+__all__ = [
+    "CorpusInfo",
+    "Ranking",
+    "Shard",
+    "ShardInfo",
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write",
+    "corpus_shards",
+    "corpus_size",
+    "iter_corpus",
+    "iter_jsonl",
+    "iter_located",
+    "read_jsonl",
+    "read_qrels",
+    "read_queries",
+    "read_rankings",
+    "validate_corpus",
+    "write_jsonl",
+    "write_queries",
+    "write_qrels",
+    "write_rankings",
+]
+
+QUERY_OBJECT = 'a JSON object with "id", "prompt" and a non-empty "target"'
+QRELS_OBJECT = 'a JSON object with "query_id" and "doc_id"'
+RANKING_OBJECT = 'a JSON object with "query_id", "doc_ids" and "scores" of equal length'
+_RANKING_KEYS = ("query_id", "doc_ids", "scores", "opponent_ids", "opponent_scores")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The passages retrieved for one query.
+
+    Attributes:
+        query_id: the query's id.
+        doc_ids: passage ids, best (most influential, most relevant) first.
+        scores: one score per entry of ``doc_ids``.
+        opponent_ids: optionally, the most negative passages, most negative first.
+        opponent_scores: their scores; present exactly when ``opponent_ids`` is.
+        extra: any other fields of the row, written back unchanged.
+    """
+
+    query_id: str
+    doc_ids: list[str]
+    scores: list[float]
+    opponent_ids: list[str] | None = None
+    opponent_scores: list[float] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problem = _ranking_problem(
+            self.doc_ids, self.scores, self.opponent_ids, self.opponent_scores, self.extra
+        )
+        if problem:
+            raise ValueError(f"Ranking for query {self.query_id!r}: {problem}")
+
+
+def _ranking_problem(
+    doc_ids: list[str],
+    scores: list[float],
+    opponent_ids: list[str] | None,
+    opponent_scores: list[float] | None,
+    extra: Mapping[str, Any],
+) -> str | None:
+    """What is inconsistent in a ranking's fields, or ``None``."""
+    if len(doc_ids) != len(scores):
+        return f'"doc_ids" has {len(doc_ids)} entries but "scores" has {len(scores)}'
+    if (opponent_ids is None) != (opponent_scores is None):
+        return '"opponent_ids" and "opponent_scores" must be given together'
+    if opponent_ids is not None and opponent_scores is not None:
+        if len(opponent_ids) != len(opponent_scores):
+            return (
+                f'"opponent_ids" has {len(opponent_ids)} entries but "opponent_scores" '
+                f"has {len(opponent_scores)}"
+            )
+    for key, ids in (("doc_ids", doc_ids), ("opponent_ids", opponent_ids or [])):
+        repeated = _first_repeat(ids)
+        if repeated is not None:
+            return f'"{key}" lists {shown(repeated)} twice'
+    clash = set(extra) & set(_RANKING_KEYS)
+    if clash:
+        return f"extra fields {sorted(clash)} clash with the ranking's own fields"
+    return None
+
+
+def read_queries(path: PathLike) -> list[Query]:
+    """Read queries; ids must be unique, ``prompt`` and ``target`` non-empty strings.
+
+    Other fields (subject, relation, ...) are allowed and ignored.
+
+    Raises:
+        FactraceError: malformed line, missing or mistyped field, empty prompt or target,
+            repeated id, or a file without queries.
+    """
+    expected = f"each line must be {QUERY_OBJECT}"
+    queries: list[Query] = []
+    first_line: dict[str, int] = {}
+    for number, row in iter_jsonl(path, QUERY_OBJECT):
+        where = f"{path}:{number}"
+        query_id = as_id(required(row, "id", where, expected), "id", where, expected)
+        prompt = as_text(
+            required(row, "prompt", where, expected), "prompt", where, expected, allow_empty=False
+        )
+        target = as_text(
+            required(row, "target", where, expected), "target", where, expected, allow_empty=False
+        )
+        _check_new(query_id, number, first_line, where, "query ids must be unique")
+        queries.append(Query(query_id, prompt, target))
+    if not queries:
+        raise FactraceError(f"{path}: no queries (expected one line per query, {QUERY_OBJECT})")
+    return queries
+
+
+def write_queries(path: PathLike, queries: Iterable[Query]) -> int:
+    """Write queries as JSON Lines, atomically; return how many were written."""
+    return write_jsonl(
+        path, ({"id": q.id, "prompt": q.prompt, "target": q.target} for q in queries)
+    )
+
+
+def read_qrels(path: PathLike) -> dict[str, set[str]]:
+    """Read relevance judgements: query id -> ids of its gold passages.
+
+    A repeated ``(query_id, doc_id)`` row is harmless and counted once.
+
+    Raises:
+        FactraceError: malformed line, missing or mistyped field, or a file without rows.
+    """
+    expected = f"each line must be {QRELS_OBJECT}"
+    qrels: dict[str, set[str]] = {}
+    for number, row in iter_jsonl(path, QRELS_OBJECT):
+        where = f"{path}:{number}"
+        query_id = as_id(required(row, "query_id", where, expected), "query_id", where, expected)
+        doc_id = as_id(required(row, "doc_id", where, expected), "doc_id", where, expected)
+        qrels.setdefault(query_id, set()).add(doc_id)
+    if not qrels:
+        raise FactraceError(
+            f"{path}: no qrels (expected one line per gold passage, {QRELS_OBJECT})"
+        )
+    return qrels
+
+
+def write_qrels(path: PathLike, qrels: Mapping[str, Iterable[str]]) -> int:
+    """Write qrels as JSON Lines (queries in the given order, passages sorted); return rows written."""
+    rows = (
+        {"query_id": query_id, "doc_id": doc_id}
+        for query_id, doc_ids in qrels.items()
+        for doc_id in sorted(doc_ids)
+    )
+    return write_jsonl(path, rows)
+
+
+def read_rankings(path: PathLike) -> list[Ranking]:
+    """Read rankings, one line per query, in file order.
+
+    Raises:
+        FactraceError: malformed line, missing or mistyped field, lengths that differ, a
+            passage listed twice, a repeated query id, or a file without rankings.
+    """
+    expected = f"each line must be {RANKING_OBJECT}"
+    rankings: list[Ranking] = []
+    first_line: dict[str, int] = {}
+    for number, row in iter_jsonl(path, RANKING_OBJECT):
+        where = f"{path}:{number}"
+        query_id = as_id(required(row, "query_id", where, expected), "query_id", where, expected)
+        doc_ids = as_ids(required(row, "doc_ids", where, expected), "doc_ids", where, expected)
+        scores = as_scores(required(row, "scores", where, expected), "scores", where, expected)
+        opponent_ids = opponent_scores = None
+        if "opponent_ids" in row:
+            opponent_ids = as_ids(row["opponent_ids"], "opponent_ids", where, expected)
+        if "opponent_scores" in row:
+            opponent_scores = as_scores(row["opponent_scores"], "opponent_scores", where, expected)
+        extra = {key: value for key, value in row.items() if key not in _RANKING_KEYS}
+        problem = _ranking_problem(doc_ids, scores, opponent_ids, opponent_scores, extra)
+        if problem:
+            raise located_error(where, problem, expected)
+        _check_new(query_id, number, first_line, where, "each query may have one ranking only")
+        rankings.append(Ranking(query_id, doc_ids, scores, opponent_ids, opponent_scores, extra))
+    if not rankings:
+        raise FactraceError(f"{path}: no rankings (expected one line per query, {RANKING_OBJECT})")
+    return rankings
+
+
+def write_rankings(path: PathLike, rankings: Iterable[Ranking]) -> int:
+    """Write rankings as JSON Lines, atomically; return how many were written.
+
+    Scores must be finite. Opponent fields are written only when present; ``extra`` fields
+    follow the standard ones.
+    """
+    return write_jsonl(path, (ranking_row(ranking) for ranking in rankings))
+
+
+def ranking_row(ranking: Ranking) -> dict[str, Any]:
+    """The JSON object of one ranking line."""
+    row: dict[str, Any] = {
+        "query_id": ranking.query_id,
+        "doc_ids": list(ranking.doc_ids),
+        "scores": [float(score) for score in ranking.scores],
+    }
+    if ranking.opponent_ids is not None and ranking.opponent_scores is not None:
+        row["opponent_ids"] = list(ranking.opponent_ids)
+        row["opponent_scores"] = [float(score) for score in ranking.opponent_scores]
+    row.update(ranking.extra)
+    return row
+
+
+def _first_repeat(ids: Iterable[str]) -> str | None:
+    """The first id that occurs a second time, or ``None``."""
+    seen: set[str] = set()
+    for doc_id in ids:
+        if doc_id in seen:
+            return doc_id
+        seen.add(doc_id)
+    return None
+
+
+def _check_new(key: str, number: int, first_line: dict[str, int], where: str, rule: str) -> None:
+    """Record ``key`` as seen on line ``number``; raise if it was seen before."""
+    if key in first_line:
+        raise FactraceError(
+            f"{where}: duplicate id {shown(key)} (first seen on line {first_line[key]}); {rule}"
+        )
+    first_line[key] = number

@@ -1,0 +1,162 @@
+"""Hooks that capture module inputs x and output gradients δ during one forward/backward.
+
+No weight gradient is ever computed: every parameter is set to ``requires_grad=False`` while the
+hooks are installed (and restored after), and the input embeddings' output is made to require
+grad, so backward flows through the activations only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from factrace.data.batching import Batch
+from factrace.encode.projection import Block, module_projections
+from factrace.encode.second_moment import Correction, SquaredGradientSums
+from factrace.model.loss import forward_logits, per_example_loss
+from factrace.model.modules import TrackedModule
+
+
+class HookCollector:
+    """Owns hook lifetime and the activation-only backward; subclasses say what to do with
+    ``x`` ``[batch, tokens, d_in]`` (forward) and ``δ`` ``[batch, tokens, d_out]`` (backward),
+    both float32 with padding zeroed."""
+
+    def __init__(self, model: nn.Module, tracked: list[TrackedModule]):
+        self.model = model
+        self.tracked = tracked
+        self._handles: list = []
+        self._requires_grad: dict[nn.Parameter, bool] = {}
+        self._mask: torch.Tensor | None = None
+
+    # subclass interface -------------------------------------------------------------------
+    def on_forward(self, module: TrackedModule, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def on_backward(self, module: TrackedModule, delta: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    # hook lifetime -----------------------------------------------------------------------
+    def __enter__(self):
+        for p in self.model.parameters():
+            self._requires_grad[p] = p.requires_grad
+            p.requires_grad_(False)
+        modules = dict(self.model.named_modules())
+        for tm in self.tracked:
+            self._handles.append(modules[tm.name].register_forward_hook(self._forward_hook(tm)))
+        embed = self.model.get_input_embeddings()
+        self._handles.append(embed.register_forward_hook(_require_grad))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for p, flag in self._requires_grad.items():
+            p.requires_grad_(flag)
+        self._requires_grad.clear()
+        return False
+
+    def _forward_hook(self, tm: TrackedModule):
+        def hook(_module, args, output):
+            mask = self._mask
+            x = args[0].float() * mask
+            self.on_forward(tm, x)
+            if output.requires_grad:
+                output.register_hook(lambda g: self.on_backward(tm, g.float() * mask))
+        return hook
+
+    def backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
+        """One forward and an activation-only backward of the summed per-example losses."""
+        self._mask = batch.attention_mask[..., None].float()
+        with torch.enable_grad():
+            logits = forward_logits(self.model, batch)
+            loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
+            loss.sum().backward()
+        self._mask = None
+
+
+def _require_grad(_module, _args, output):
+    return output.detach().requires_grad_(True)
+
+
+class ProjectedGradients(HookCollector):
+    """Per-example corrected, projected block vectors ``p(z)`` ``[batch, d]``.
+
+    Factored or no correction: ``p_k = Σ_i Σ_t (L̃_i δ_t)(R̃_i x_t)ᵀ`` with the row and column
+    scales folded into ``L̃ = L·diag(row)`` and ``R̃ = R·diag(col)``. Exact: per-example
+    ``G = δᵀ x`` is built (chunked over examples), divided elementwise by ``sqrt(V) + ε`` and
+    projected as ``L G Rᵀ``.
+    """
+
+    def __init__(self, model, tracked, blocks: list[Block], seed: int,
+                 corrections: dict[str, Correction | None], device: torch.device,
+                 exact_chunk_elements: int = 1 << 25):
+        super().__init__(model, tracked)
+        self.dim = sum(b.size for b in blocks)
+        self.exact_chunk_elements = exact_chunk_elements
+        block_of = {name: b for b in blocks for name in b.modules}
+        self.block_of = block_of
+        self.left: dict[str, torch.Tensor] = {}
+        self.right: dict[str, torch.Tensor] = {}
+        self.inverse: dict[str, torch.Tensor] = {}
+        for tm in tracked:
+            left, right = module_projections(seed, tm, block_of[tm.name])
+            corr = corrections.get(tm.name)
+            if corr is not None and corr.factored:
+                left, right = left * corr.row[None, :], right * corr.col[None, :]
+            elif corr is not None:
+                self.inverse[tm.name] = corr.inverse.to(device)
+            self.left[tm.name] = left.to(device)
+            self.right[tm.name] = right.to(device)
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._out: torch.Tensor | None = None
+
+    def on_forward(self, tm, x):
+        if tm.name in self.inverse:
+            self._inputs[tm.name] = x
+        else:
+            self._inputs[tm.name] = x @ self.right[tm.name].T  # [batch, tokens, b]
+
+    def on_backward(self, tm, delta):
+        block = self.block_of[tm.name]
+        x = self._inputs.pop(tm.name)
+        if tm.name in self.inverse:
+            p = self._exact(tm, x, delta)
+        else:
+            dl = delta @ self.left[tm.name].T  # [batch, tokens, a]
+            p = torch.bmm(dl.transpose(1, 2), x)  # [batch, a, b]
+        self._out[:, block.offset:block.offset + block.size] += p.reshape(p.shape[0], -1)
+
+    def _exact(self, tm, x, delta):
+        per = max(1, self.exact_chunk_elements // (tm.d_out * tm.d_in))
+        left, right, inverse = self.left[tm.name], self.right[tm.name], self.inverse[tm.name]
+        parts = []
+        for s in range(0, x.shape[0], per):
+            g = torch.bmm(delta[s:s + per].transpose(1, 2), x[s:s + per])  # [chunk, o, n]
+            parts.append(left @ (g * inverse) @ right.T)
+        return torch.cat(parts)
+
+    def project(self, batch: Batch, loss_reduction: str = "sum") -> torch.Tensor:
+        """``[batch, d]`` float32 on the model's device."""
+        self._out = torch.zeros(batch.input_ids.shape[0], self.dim,
+                                device=batch.input_ids.device)
+        self.backward(batch, loss_reduction)
+        out, self._out = self._out, None
+        self._inputs.clear()
+        return out
+
+
+class GradientSquares(HookCollector):
+    """Feeds :class:`SquaredGradientSums` (``estimate`` mode) from captured x and δ."""
+
+    def __init__(self, model, tracked):
+        super().__init__(model, tracked)
+        self.sums = SquaredGradientSums()
+        self._inputs: dict[str, torch.Tensor] = {}
+
+    def on_forward(self, tm, x):
+        self._inputs[tm.name] = x
+
+    def on_backward(self, tm, delta):
+        self.sums.add(tm.name, self._inputs.pop(tm.name), delta)

@@ -1,0 +1,214 @@
+"""The Encoder: training passages and queries → TrackStar encodings ψ(z).
+
+Stages, in the order of DESIGN.md §1: gradient capture (hooks) → optimizer correction →
+projection (:class:`ProjectedGradients` does these three in one backward) → R^{-1/2}
+(:class:`Whitening`) → unit norm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from factrace.config import EncoderConfig
+from factrace.data.batching import token_budget_batches
+from factrace.data.records import Passage, Query
+from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize_queries
+from factrace.encode.capture import GradientSquares, ProjectedGradients
+from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
+from factrace.encode.projection import plan_blocks
+from factrace.encode.second_moment import corrections_from_state
+from factrace.model.load import (
+    LoadedModel,
+    load_model,
+    model_fingerprint,
+    pick_device,
+    pick_dtype,
+    tokenizer_fingerprint,
+)
+from factrace.model.modules import discover
+from factrace.model.optimizer_state import OptimizerState, load_optimizer_state
+
+# Global R up to this dimension under hessian_structure="auto" (a float64 d × d is 512 MiB here).
+AUTO_GLOBAL_MAX_DIM = 8192
+
+
+def unit_normalize(p: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm (a zero row stays zero)."""
+    return p / p.norm(dim=1, keepdim=True).clamp(min=1e-30)
+
+
+class Encoder:
+    """Turns examples into encodings with one model, one optimizer state and one configuration.
+
+    Typical use::
+
+        enc = Encoder.load("model_dir", "model_dir/optimizer.pt")
+        enc.fit_hessian(train_passages, queries)    # R_train, R_eval → R^{-1/2}
+        ids, psi = enc.encode_passages(passages)    # [n, d], unit norm
+    """
+
+    def __init__(self, loaded: LoadedModel, config: EncoderConfig | None = None,
+                 optimizer_state: OptimizerState | None = None):
+        self.loaded = loaded
+        self.config = config or EncoderConfig()
+        self.device = loaded.device
+        self.dim = self.config.dim or (1 << 16 if self.device.type == "cuda" else 1 << 14)
+        self.tracked = discover(loaded.model, self.config.include, self.config.exclude)
+        self.blocks = plan_blocks(self.tracked, self.dim, self.config.layout,
+                                  self.config.layer_groups)
+        self.optimizer_state = optimizer_state
+        self.second_moment_note = self.config.second_moment
+        self._corrections = None
+        if self.config.second_moment != "estimate":
+            self._corrections = corrections_from_state(
+                self.tracked, optimizer_state, self.config.second_moment, self.config.epsilon)
+        self.whitening: Whitening | None = None
+        if self.config.hessian == "none":
+            self.whitening = Whitening.identity()
+        self.max_length = self.config.max_length or loaded.max_length
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, optimizer_state: str | os.PathLike | None = None,
+             config: EncoderConfig | None = None) -> Encoder:
+        """Load a model directory (and optimizer state file) for ``config``."""
+        config = config or EncoderConfig()
+        device = pick_device(config.device)
+        loaded = load_model(model_dir, device, pick_dtype(config.dtype, device))
+        state = None
+        if optimizer_state is not None and config.second_moment not in ("none", "estimate"):
+            state = load_optimizer_state(optimizer_state, loaded.model)
+        return cls(loaded, config, state)
+
+    # tokenisation ------------------------------------------------------------------------
+    def tokenize_passages(self, passages: Iterable[Passage]) -> Iterator[TokenizedExample]:
+        return tokenize_passages(self.loaded.tokenizer, passages, self.max_length,
+                                 self.config.overflow)
+
+    def tokenize_queries(self, queries: Iterable[Query]) -> list[TokenizedExample]:
+        return tokenize_queries(self.loaded.tokenizer, queries, self.max_length)
+
+    def _batches(self, examples: Iterable[TokenizedExample]):
+        for batch in token_budget_batches(examples, self.config.batch_tokens, self.loaded.pad_id):
+            yield batch.to(self.device)
+
+    # optimizer correction --------------------------------------------------------------------
+    def fit_second_moment(self, examples: Iterable[TokenizedExample]) -> None:
+        """``estimate`` mode: V from mean squared per-example gradients over ``examples``."""
+        collector = GradientSquares(self.loaded.model, self.tracked)
+        with collector:
+            for batch in self._batches(examples):
+                collector.backward(batch, self.config.loss_reduction)
+        self._corrections = collector.sums.corrections(self.tracked, self.config.epsilon)
+        n = max(collector.sums.examples.values(), default=0)
+        self.second_moment_note = f"estimate (from {n} training examples; no optimizer state)"
+
+    # projection ----------------------------------------------------------------------------
+    def project(self, examples: Iterable[TokenizedExample]) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """Corrected, projected gradients ``p(z)`` per batch: ``(ids, [batch, d])`` float32 on
+        the encoder's device, before R^{-1/2} and normalisation."""
+        if self._corrections is None:
+            raise RuntimeError("estimate mode: call fit_second_moment() before projecting")
+        capture = ProjectedGradients(self.loaded.model, self.tracked, self.blocks,
+                                     self.config.seed, self._corrections, self.device)
+        with capture:
+            for batch in self._batches(examples):
+                yield batch.ids, capture.project(batch, self.config.loss_reduction).detach()
+
+    # Hessian ------------------------------------------------------------------------------
+    def hessian_spans(self) -> list[tuple[int, int]]:
+        structure = self.config.hessian_structure
+        if structure == "auto":
+            structure = "global" if self.dim <= AUTO_GLOBAL_MAX_DIM else "block"
+        if structure == "global":
+            return [(0, self.dim)]
+        return [(b.offset, b.size) for b in self.blocks]
+
+    def accumulate(self, examples: Iterable[TokenizedExample]) -> SecondMomentMatrix:
+        """``(1/N) Σ p pᵀ`` over ``examples`` (a partial sum: merge several with ``merge``)."""
+        acc = SecondMomentMatrix(self.hessian_spans())
+        for _, p in self.project(examples):
+            acc.add(p)
+        return acc
+
+    def fit_whitening(self, r_train: SecondMomentMatrix | None,
+                      r_eval: SecondMomentMatrix | None) -> Whitening:
+        """R^{-1/2} from accumulated R_train / R_eval, for the configured mode."""
+        c = self.config
+        self.whitening = fit_whitening(c.hessian, r_train, r_eval, c.damping, c.lambda_,
+                                       c.lambda_k)
+        return self.whitening
+
+    def fit_hessian(self, train: Iterable[Passage] | None, queries: Iterable[Query] | None):
+        """Convenience: accumulate R_train over passages and R_eval over queries, then fit."""
+        if self.config.hessian == "none":
+            return self.fit_whitening(None, None)
+        r_train = self.accumulate(self.tokenize_passages(train)) if train is not None else None
+        r_eval = None
+        if self.config.hessian == "mixed" and queries is not None:
+            r_eval = self.accumulate(self.tokenize_queries(queries))
+        return self.fit_whitening(r_train, r_eval)
+
+    # encodings ------------------------------------------------------------------------------
+    def finish(self, p: torch.Tensor) -> torch.Tensor:
+        """R^{-1/2}, then unit norm (unless the configuration says not): ``[batch, d]``."""
+        if self.whitening is None:
+            raise RuntimeError(f"--hessian {self.config.hessian}: call fit_hessian() first")
+        psi = self.whitening.apply(p)
+        return unit_normalize(psi) if self.config.normalize else psi
+
+    def encode(self, examples: Iterable[TokenizedExample]) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """ψ per batch: ``(ids, [batch, d])`` float32 on the encoder's device."""
+        for ids, p in self.project(examples):
+            yield ids, self.finish(p)
+
+    def encode_passages(self, passages: Iterable[Passage]) -> tuple[list[str], torch.Tensor]:
+        """All passages at once: ``(ids, [n, d])`` on the CPU (windows get ``<doc>#<n>`` ids)."""
+        return _collect(self.encode(self.tokenize_passages(passages)))
+
+    def encode_queries(self, queries: Iterable[Query]) -> tuple[list[str], torch.Tensor]:
+        """All queries at once: ``(ids, [n, d])`` on the CPU."""
+        return _collect(self.encode(self.tokenize_queries(queries)))
+
+    # provenance ----------------------------------------------------------------------------
+    def fingerprints(self) -> dict[str, str]:
+        """What an encoding depends on, part by part (a store refuses any that differ)."""
+        state = "none"
+        if self.config.second_moment == "estimate":
+            state = self.second_moment_note
+        elif self.optimizer_state is not None:
+            state = self.optimizer_state.source
+        return {
+            "model": model_fingerprint(self.loaded),
+            "tokenizer": tokenizer_fingerprint(self.loaded.tokenizer),
+            "encoder": self.config.fingerprint(),
+            "seed": str(self.config.seed),
+            "dim": str(self.dim),
+            "second_moment": f"{self.config.second_moment}:{os.path.basename(str(state))}",
+            "hessian": self.whitening.fingerprint() if self.whitening else "unfitted",
+        }
+
+    def metadata(self) -> dict:
+        """A human-readable record of how encodings were made, saved with every output."""
+        return {
+            "config": self.config.to_dict(),
+            "dim": self.dim,
+            "blocks": [{"name": b.name, "rows": b.rows, "cols": b.cols, "modules": len(b.modules)}
+                       for b in self.blocks],
+            "tracked_modules": len(self.tracked),
+            "second_moment": self.second_moment_note,
+            "whitening": self.whitening.describe() if self.whitening else None,
+            "device": str(self.device),
+        }
+
+
+def _collect(batches) -> tuple[list[str], torch.Tensor]:
+    ids, parts = [], []
+    for batch_ids, psi in batches:
+        ids.extend(batch_ids)
+        parts.append(psi.cpu())
+    if not parts:
+        return [], torch.empty(0, 0)
+    return ids, torch.cat(parts)

@@ -1,0 +1,159 @@
+"""The task-specific Hessian approximation of TrackStar and the whitening R^{-1/2}.
+
+``R = (1/N) Σ p pᵀ`` accumulated in float64, globally (d × d) or per projection block.
+Mixed: ``R = λ R_eval + (1 − λ) R_train`` with λ chosen so that the scaled descending eigenvalue
+curves cross at component k: ``λ = σ_train[k] / (σ_eval[k] + σ_train[k])``.
+``R^{-1/2} = U (Λ + η·mean(Λ))^{-1/2} Uᵀ``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from factrace.errors import FactraceError
+
+
+class SecondMomentMatrix:
+    """Running ``(1/N) Σ p pᵀ`` in float64; ``spans`` are the (offset, size) of each diagonal
+    block (one span covering all of d for the global matrix). Partial sums add (``merge``), so
+    workers can accumulate shards and a driver reduce them."""
+
+    def __init__(self, spans: list[tuple[int, int]]):
+        self.spans = list(spans)
+        self.sums = [torch.zeros(size, size, dtype=torch.float64) for _, size in self.spans]
+        self.count = 0
+
+    def add(self, p: torch.Tensor) -> None:
+        """``p``: ``[batch, d]``."""
+        p = p.double().cpu()
+        for i, (off, size) in enumerate(self.spans):
+            block = p[:, off:off + size]
+            self.sums[i].addmm_(block.T, block)
+        self.count += p.shape[0]
+
+    def merge(self, other: SecondMomentMatrix) -> SecondMomentMatrix:
+        if other.spans != self.spans:
+            raise ValueError("cannot merge second-moment matrices of different structure")
+        for mine, theirs in zip(self.sums, other.sums, strict=True):
+            mine += theirs
+        self.count += other.count
+        return self
+
+    def matrices(self) -> list[np.ndarray]:
+        if self.count == 0:
+            raise FactraceError("no examples to estimate the Hessian approximation R from")
+        return [(s / self.count).numpy() for s in self.sums]
+
+
+def eigh_blocks(matrices: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(eigenvalues ascending, eigenvectors)`` of each symmetric block."""
+    out = []
+    for m in matrices:
+        w, u = np.linalg.eigh((m + m.T) / 2)
+        out.append((np.clip(w, 0.0, None), u))
+    return out
+
+
+def descending_spectrum(eigs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """All eigenvalues of a block-diagonal matrix, descending."""
+    return np.sort(np.concatenate([w for w, _ in eigs]))[::-1]
+
+
+def auto_lambda(sigma_train: np.ndarray, sigma_eval: np.ndarray, k: int) -> float:
+    """``λ = σ_train[k] / (σ_eval[k] + σ_train[k])`` on descending spectra (0-based k)."""
+    a, b = float(sigma_train[k]), float(sigma_eval[k])
+    if a + b <= 0:
+        raise FactraceError(f"both eigenvalue curves are zero at component {k}; set --lambda")
+    return a / (a + b)
+
+
+def default_k(dim: int, n_train: int, n_eval: int) -> int:
+    """d/64, kept below the rank of R_eval and R_train (at most N nonzero eigenvalues each)."""
+    return int(max(0, min(dim // 64, n_eval - 1, n_train - 1)))
+
+
+def inverse_sqrt(w: np.ndarray, u: np.ndarray, damping: float) -> np.ndarray:
+    """``U (Λ + η·mean(Λ))^{-1/2} Uᵀ`` for one eigendecomposition."""
+    shift = damping * float(w.mean())
+    if np.any(w + shift <= 0):
+        raise FactraceError("R is singular and damping is 0: set --damping > 0")
+    return (u * (w + shift) ** -0.5) @ u.T
+
+
+@dataclass
+class Whitening:
+    """R^{-1/2} as one or several diagonal blocks; ``None`` blocks means the identity."""
+
+    spans: list[tuple[int, int]]
+    blocks: list[np.ndarray] | None
+    mode: str
+    lam: float | None = None
+    k: int | None = None
+    damping: float | None = None
+    n_train: int = 0
+    n_eval: int = 0
+
+    @classmethod
+    def identity(cls) -> Whitening:
+        return cls([], None, "none")
+
+    def apply(self, p: torch.Tensor) -> torch.Tensor:
+        """``[batch, d] → [batch, d]``, ``p R^{-1/2}`` (R^{-1/2} is symmetric)."""
+        if self.blocks is None:
+            return p
+        out = torch.empty_like(p)
+        if not hasattr(self, "_torch") or self._torch[0].device != p.device:
+            self._torch = [torch.from_numpy(b).to(p.device, torch.float32) for b in self.blocks]
+        for (off, size), w in zip(self.spans, self._torch, strict=True):
+            out[:, off:off + size] = p[:, off:off + size] @ w
+        return out
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.mode}:{self.lam}:{self.k}:{self.damping}:{self.spans}".encode())
+        for b in self.blocks or []:
+            h.update(np.ascontiguousarray(b, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        return {"hessian": self.mode, "lambda": self.lam, "lambda_k": self.k,
+                "damping": self.damping, "blocks": len(self.spans),
+                "train_examples": self.n_train, "eval_examples": self.n_eval}
+
+
+def fit_whitening(
+    mode: str,
+    r_train: SecondMomentMatrix | None,
+    r_eval: SecondMomentMatrix | None,
+    damping: float,
+    lam: float | None = None,
+    k: int | None = None,
+) -> Whitening:
+    """R^{-1/2} for ``mode`` in ``mixed`` / ``train`` / ``none``."""
+    if mode == "none":
+        return Whitening.identity()
+    if r_train is None:
+        raise FactraceError(f"--hessian {mode} needs training examples for R_train")
+    train = r_train.matrices()
+    spans = r_train.spans
+    dim = sum(size for _, size in spans)
+    if mode == "train":
+        mixed, lam, k = train, None, None
+    elif mode == "mixed":
+        if r_eval is None:
+            raise FactraceError("--hessian mixed needs queries for R_eval")
+        evals = r_eval.matrices()
+        if lam is None:
+            k = default_k(dim, r_train.count, r_eval.count) if k is None else k
+            k = min(k, dim - 1)
+            lam = auto_lambda(descending_spectrum(eigh_blocks(train)),
+                              descending_spectrum(eigh_blocks(evals)), k)
+        mixed = [lam * e + (1 - lam) * t for e, t in zip(evals, train, strict=True)]
+    else:
+        raise FactraceError(f"unknown hessian mode {mode!r}")
+    blocks = [inverse_sqrt(w, u, damping) for w, u in eigh_blocks(mixed)]
+    return Whitening(spans, blocks, mode, lam, k, damping, r_train.count,
+                     r_eval.count if r_eval is not None else 0)

@@ -1,0 +1,103 @@
+"""Seeded two-sided Gaussian projection of per-module weight gradients into blocks.
+
+Module i of block k gets ``L_i ∈ R^{a×o_i}`` ~ N(0, 1/a) and ``R_i ∈ R^{b×n_i}`` ~ N(0, 1/b),
+generated on the CPU from (seed, module name, side), so any process on any device regenerates
+them bit for bit without storing them. The block vector is
+``p_k = vec(Σ_{i∈k} L_i G_i R_iᵀ) = vec(Σ_i Σ_t (L_i δ_t)(R_i x_t)ᵀ)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from factrace.errors import FactraceError
+from factrace.model.modules import TrackedModule
+
+
+@dataclass(frozen=True)
+class Block:
+    """One projection block: output ``rows × cols`` at ``offset`` in the encoding."""
+
+    name: str
+    modules: tuple[str, ...]
+    rows: int
+    cols: int
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+
+def factor_pair(m: int) -> tuple[int, int]:
+    """``(a, b)`` with ``a·b = m``, ``a ≥ b`` and ``b`` as close to sqrt(m) as possible."""
+    b = int(math.isqrt(m))
+    while m % b:
+        b -= 1
+    return m // b, b
+
+
+def plan_blocks(
+    tracked: list[TrackedModule], dim: int, layout: str = "layers", layer_groups: int = 8
+) -> list[Block]:
+    """Partition tracked modules into blocks of equal size ``dim / n_blocks``.
+
+    ``layers``: layers split into ``layer_groups`` contiguous groups (fewer when there are fewer
+    layers), each giving an attention block and an MLP block; modules outside the blocks form one
+    more block. ``modules``: one block per module.
+    """
+    if layout == "modules":
+        groups = [(m.name, [m.name]) for m in tracked]
+    elif layout == "layers":
+        layers = sorted({m.layer for m in tracked if m.layer >= 0})
+        n_groups = max(1, min(layer_groups, len(layers)))
+        group_of = {}
+        for g, chunk in enumerate(np.array_split(np.array(layers), n_groups)):
+            for layer in chunk.tolist():
+                group_of[layer] = g
+        groups_map: dict[str, list[str]] = {}
+        for m in tracked:
+            if m.layer < 0:
+                key = "extra"
+            else:
+                g = group_of[m.layer]
+                lo = min(k for k, v in group_of.items() if v == g)
+                hi = max(k for k, v in group_of.items() if v == g)
+                key = f"layers{lo}-{hi}.{m.part}"
+            groups_map.setdefault(key, []).append(m.name)
+        groups = list(groups_map.items())
+    else:
+        raise FactraceError(f"unknown layout {layout!r} (use layers or modules)")
+    if dim % len(groups):
+        raise FactraceError(
+            f"--dim {dim} is not divisible by the {len(groups)} projection blocks of layout "
+            f"{layout!r}; use a multiple of {len(groups)} (a power of two usually works)"
+        )
+    rows, cols = factor_pair(dim // len(groups))
+    return [Block(name, tuple(mods), rows, cols, i * rows * cols)
+            for i, (name, mods) in enumerate(groups)]
+
+
+def _seed_for(seed: int, module: str, side: str) -> int:
+    digest = hashlib.sha256(f"factrace-projection:{seed}:{module}:{side}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def gaussian(seed: int, module: str, side: str, rows: int, cols: int) -> torch.Tensor:
+    """``[rows, cols]`` float32 with entries N(0, 1/rows), on the CPU, reproducible bit for bit."""
+    generator = torch.Generator(device="cpu").manual_seed(_seed_for(seed, module, side))
+    return torch.randn(rows, cols, generator=generator, dtype=torch.float32) / math.sqrt(rows)
+
+
+def module_projections(
+    seed: int, module: TrackedModule, block: Block
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L, R)`` for a module in a block: ``L`` is ``[a, d_out]``, ``R`` is ``[b, d_in]``."""
+    left = gaussian(seed, module.name, "left", block.rows, module.d_out)
+    right = gaussian(seed, module.name, "right", block.cols, module.d_in)
+    return left, right

@@ -1,0 +1,140 @@
+"""Optimizer correction ``G ⊙ (sqrt(V) + ε)^{-1}`` in its modes (DESIGN.md §1).
+
+Everything here is in the canonical ``[d_out, d_in]`` layout of a tracked module. The factored
+forms use the rank-one approximation ``V ≈ r cᵀ / Σr`` (r, c the row and column sums of V), so
+
+    G ⊙ V^{-1/2} ≈ (Σr)^{1/2} · diag(r^{-1/2}) · G · diag(c^{-1/2})
+
+and the correction becomes a row scale on δ and a column scale on x: G is never built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from factrace.errors import FactraceError
+from factrace.model.modules import TrackedModule
+from factrace.model.optimizer_state import OptimizerState, ParamMoment
+
+
+@dataclass
+class Correction:
+    """The correction of one module.
+
+    Factored: ``row`` ``[d_out]`` multiplies δ and ``col`` ``[d_in]`` multiplies x.
+    Exact: ``inverse`` ``[d_out, d_in]`` multiplies the per-example gradient elementwise.
+    """
+
+    row: torch.Tensor | None = None
+    col: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
+
+    @property
+    def factored(self) -> bool:
+        return self.row is not None
+
+
+def factored_from_sums(r: torch.Tensor, c: torch.Tensor, epsilon: float) -> Correction:
+    """Row/column scales from the row sums ``r`` ``[d_out]`` and column sums ``c`` ``[d_in]`` of V.
+
+    ``(Σr)^{1/2}`` is split evenly between the two sides. ε floors the sums (r ≥ d_in·ε²,
+    c ≥ d_out·ε², the sums of a V that is ε² everywhere), so a dead unit divides by ε, not 0.
+    """
+    r = r.double().clamp(min=c.numel() * epsilon**2, max=None).clamp(min=1e-300)
+    c = c.double().clamp(min=r.numel() * epsilon**2, max=None).clamp(min=1e-300)
+    quarter = r.sum() ** 0.25
+    return Correction(row=(quarter / r.sqrt()).float(), col=(quarter / c.sqrt()).float())
+
+
+def canonical(tensor: torch.Tensor, module: TrackedModule) -> torch.Tensor:
+    """A parameter-layout ``[.., ..]`` tensor in the canonical ``[d_out, d_in]`` layout."""
+    return tensor.t() if module.transposed else tensor
+
+
+def _check_shape(v: torch.Tensor, module: TrackedModule, source: str) -> None:
+    if tuple(v.shape) != (module.d_out, module.d_in):
+        raise FactraceError(
+            f"{source}: second moment of {module.param_name!r} has shape {tuple(v.shape)}, "
+            f"expected {(module.d_out, module.d_in)}"
+        )
+
+
+def correction_for(
+    module: TrackedModule, moment: ParamMoment | None, mode: str, epsilon: float, source: str = ""
+) -> Correction | None:
+    """The correction of ``module`` in ``mode`` from its saved optimizer moment."""
+    if mode == "none":
+        return None
+    if moment is None:
+        raise FactraceError(f"--second-moment {mode} needs optimizer state for "
+                            f"{module.param_name!r}")
+    if mode == "adafactor":
+        if moment.row is None:
+            raise FactraceError(f"{source}: no factored (Adafactor) state for "
+                                f"{module.param_name!r}; use --second-moment factored")
+        row, col = moment.row.double(), moment.col.double()  # means over last / second-to-last dim
+        if module.transposed:  # parameter [d_in, d_out]: row is over d_in, col over d_out
+            r, c = module.d_in * col, module.d_out * row
+        else:
+            r, c = module.d_in * row, module.d_out * col
+        return factored_from_sums(r, c, epsilon)
+    if moment.exp_avg_sq is None:
+        raise FactraceError(f"{source}: no exp_avg_sq for {module.param_name!r}; "
+                            "use --second-moment adafactor for factored optimizer state")
+    v = canonical(moment.bias_corrected(), module)
+    _check_shape(v, module, source)
+    if mode == "factored":
+        return factored_from_sums(v.sum(dim=1), v.sum(dim=0), epsilon)
+    if mode == "exact":
+        return Correction(inverse=1.0 / (v.sqrt() + epsilon))
+    raise FactraceError(f"unknown second-moment mode {mode!r}")
+
+
+def corrections_from_state(
+    tracked: list[TrackedModule], state: OptimizerState | None, mode: str, epsilon: float
+) -> dict[str, Correction | None]:
+    """Per-module corrections (``None`` everywhere in mode ``none``)."""
+    if mode == "none":
+        return {m.name: None for m in tracked}
+    if state is None:
+        raise FactraceError(
+            f"--second-moment {mode} needs --optimizer-state; without one use "
+            "--second-moment estimate (V estimated from gradients) or none"
+        )
+    return {m.name: correction_for(m, state[m.param_name], mode, epsilon, state.source)
+            for m in tracked}
+
+
+class SquaredGradientSums:
+    """Accumulates the row and column sums of Σ_examples G ⊙ G for ``estimate`` mode.
+
+    For one example with activations ``x`` ``[tokens, d_in]`` and output gradients ``δ``
+    ``[tokens, d_out]``, ``G = δᵀ x``; its squared row sums are ``diag(δᵀ (x xᵀ) δ)`` and column
+    sums ``diag(xᵀ (δ δᵀ) x)``, computed without building G.
+    """
+
+    def __init__(self):
+        self.r: dict[str, torch.Tensor] = {}
+        self.c: dict[str, torch.Tensor] = {}
+        self.examples: dict[str, int] = {}
+
+    def add(self, name: str, x: torch.Tensor, delta: torch.Tensor) -> None:
+        """``x``: ``[batch, tokens, d_in]``; ``delta``: ``[batch, tokens, d_out]`` (float32)."""
+        x, delta = x.double(), delta.double()
+        kx = torch.bmm(x, x.transpose(1, 2))  # [batch, tokens, tokens]
+        kd = torch.bmm(delta, delta.transpose(1, 2))
+        r = (torch.bmm(kx, delta) * delta).sum(dim=(0, 1))
+        c = (torch.bmm(kd, x) * x).sum(dim=(0, 1))
+        self.r[name] = self.r.get(name, 0) + r.cpu()
+        self.c[name] = self.c.get(name, 0) + c.cpu()
+        self.examples[name] = self.examples.get(name, 0) + x.shape[0]
+
+    def corrections(self, tracked: list[TrackedModule], epsilon: float) -> dict[str, Correction]:
+        if not self.r:
+            raise FactraceError("estimate mode saw no training examples to estimate V from")
+        # Means over examples, so that V has the scale of a squared gradient and ε its meaning.
+        return {m.name: factored_from_sums(self.r[m.name] / self.examples[m.name],
+                                           self.c[m.name] / self.examples[m.name], epsilon)
+                for m in tracked}

@@ -1,0 +1,145 @@
+"""Loading a Hugging Face causal LM and its tokenizer from a local directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from factrace.errors import FactraceError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when present, else CPU; otherwise the named device."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise FactraceError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FactraceError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"`` → float32 (bfloat16 on CUDA); otherwise the named dtype."""
+    if name in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise FactraceError(f"unknown dtype {name!r} (use one of {', '.join(sorted(_DTYPES))})")
+    return _DTYPES[name]
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode, its tokenizer and where they came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    path: Path | None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        return pad_token_id(self.tokenizer)
+
+    @property
+    def max_length(self) -> int:
+        return context_length(self.model, self.tokenizer)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, falling back to EOS, then 0 (padding is masked out anyway)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def context_length(model, tokenizer=None) -> int:
+    """The model's context: ``max_position_embeddings`` (or ``n_positions``), capped by the
+    tokenizer's ``model_max_length`` when that is set to a real number."""
+    config = model.config
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    n = int(n) if n else 2048
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:
+        n = min(n, limit)
+    return n
+
+
+def load_model(model_dir: str | os.PathLike, device=None, dtype=None) -> LoadedModel:
+    """Load ``AutoModelForCausalLM`` and ``AutoTokenizer`` from a local directory, offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FactraceError(f"{path}: not a Hugging Face model directory (no config.json)")
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    dtype = pick_dtype(dtype, device) if not isinstance(dtype, torch.dtype) else dtype
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise FactraceError(f"{path}: could not load model or tokenizer: {e}".splitlines()[0]) from e
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, path)
+
+
+def _hash_file_sampled(h, path: Path, samples: int = 64, chunk: int = 1 << 16) -> None:
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        if size <= samples * chunk * 2:
+            h.update(f.read())
+            return
+        for i in range(samples):
+            f.seek((size - chunk) * i // (samples - 1))
+            h.update(f.read(chunk))
+
+
+def model_fingerprint(loaded: LoadedModel) -> str:
+    """A fingerprint of the weights: sampled bytes of the weight files (every byte of small files)
+    or, for a model built in memory, of every parameter."""
+    h = hashlib.sha256()
+    files = []
+    if loaded.path is not None:
+        files = sorted(p for p in loaded.path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if files:
+        for p in files:
+            _hash_file_sampled(h, p)
+    else:
+        for name, param in loaded.model.state_dict().items():
+            h.update(name.encode())
+            h.update(param.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A fingerprint of the vocabulary, merges and special tokens."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        for token, idx in sorted(tokenizer.get_vocab().items()):
+            h.update(f"{token}\t{idx}\n".encode())
+    h.update(repr(sorted(map(str, getattr(tokenizer, "all_special_tokens", [])))).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,238 @@
+"""Approximate retrieval with FAISS (inner product), and its recall against exact search.
+
+An :class:`ApproxIndex` is built from a FAISS factory spec such as ``"IVF256,Flat"`` (inverted
+lists over full vectors) or ``"IVF256,PQ16"`` (inverted lists over 16-byte product-quantized
+codes): trained on a random sample of stored rows, then filled with every row, chunk by chunk.
+FAISS labels are global row positions, mapped back to example ids. Opponents (bottom-k) are the
+top-k of the negated queries. Approximate results are only trusted with their measured
+:func:`recall_at_k` against :func:`factrace.search.topk.exact_search`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from factrace.errors import FactraceError
+from factrace.search import manifest as mf
+from factrace.search.store import EncodingStore
+from factrace.search.topk import Ranking
+
+INDEX_FILE = "faiss.index"
+#: FAISS wants at least this many training points per IVF centroid.
+MIN_POINTS_PER_LIST = 39
+
+Source = EncodingStore | Sequence[tuple[Sequence[str], np.ndarray]]
+
+
+def _shards(source: Source) -> list[tuple[Sequence[str], np.ndarray]] | Any:
+    return source.iter_shards() if isinstance(source, EncodingStore) else iter(source)
+
+
+def _rows(source: Source) -> int:
+    return source.n_rows if isinstance(source, EncodingStore) else sum(len(ids) for ids, _ in source)
+
+
+def clamp_spec(spec: str, n_train: int) -> str:
+    """``spec`` with its ``IVF{nlist}`` lowered to ``n_train // 39`` (at least 1) when there are
+    too few training rows for ``nlist`` centroids; warns when it changes anything."""
+    match = re.search(r"IVF(\d+)", spec)
+    if match is None:
+        return spec
+    nlist = int(match.group(1))
+    fitting = max(1, n_train // MIN_POINTS_PER_LIST)
+    if nlist <= fitting:
+        return spec
+    warnings.warn(
+        f"{n_train} training rows are too few for {nlist} IVF lists; using {fitting}",
+        stacklevel=3,
+    )
+    return spec[: match.start(1)] + str(fitting) + spec[match.end(1) :]
+
+
+def _check_pq(spec: str, dim: int, n_train: int) -> None:
+    match = re.search(r"PQ(\d+)(?:x(\d+))?", spec)
+    if match is None:
+        return
+    m, nbits = int(match.group(1)), int(match.group(2) or 8)
+    if dim % m:
+        raise FactraceError(f"FAISS spec {spec!r}: PQ{m} needs a dimension divisible by {m}, got {dim}")
+    if n_train < 2**nbits:
+        raise FactraceError(
+            f"FAISS spec {spec!r} needs at least {2**nbits} training rows, the store has {n_train}; "
+            "use exact search or an IVF,Flat spec"
+        )
+
+
+def _sample(source: Source, positions: np.ndarray, dim: int) -> np.ndarray:
+    """Rows at sorted global ``positions``, float32 ``[len(positions), dim]``."""
+    out = np.empty((len(positions), dim), dtype=np.float32)
+    start = filled = 0
+    for _, encodings in _shards(source):
+        stop = start + encodings.shape[0]
+        local = positions[(positions >= start) & (positions < stop)] - start
+        out[filled : filled + len(local)] = np.asarray(encodings[local], dtype=np.float32)
+        filled += len(local)
+        start = stop
+    return out
+
+
+class ApproxIndex:
+    """A FAISS inner-product index over a store's rows, answering with example ids."""
+
+    def __init__(self, index: faiss.Index, ids: Sequence[str], spec: str):
+        if index.ntotal != len(ids):
+            raise FactraceError(f"FAISS index holds {index.ntotal} rows but there are {len(ids)} ids; rebuild it")
+        self.index = index
+        self.ids = list(ids)
+        self.spec = spec
+
+    @classmethod
+    def build(
+        cls,
+        source: Source,
+        spec: str = "IVF256,Flat",
+        nprobe: int = 16,
+        train_rows: int | None = None,
+        seed: int = 0,
+        chunk_rows: int = 16384,
+    ) -> ApproxIndex:
+        """Train ``spec`` on ``train_rows`` random rows (default ``max(64·nlist, 10000)``, all if
+        fewer; they are held as float32 in memory) and add every row of ``source`` (an
+        :class:`EncodingStore` or a list of ``(ids, encodings)``) in chunks of ``chunk_rows``."""
+        n_rows = _rows(source)
+        if n_rows == 0:
+            raise FactraceError("cannot build an approximate index over an empty store")
+        dim = source.dim if isinstance(source, EncodingStore) else next(iter(source))[1].shape[1]
+        nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", spec)) else 1
+        n_train = min(n_rows, train_rows or max(64 * nlist, 10_000))
+        spec = clamp_spec(spec, n_train)
+        _check_pq(spec, dim, n_train)
+        try:
+            index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise FactraceError(f"FAISS cannot build index {spec!r}: {str(e).splitlines()[-1]}") from e
+        try:
+            faiss.extract_index_ivf(index).cp.seed = seed
+        except RuntimeError:
+            pass  # not an IVF index
+        rng = np.random.default_rng(seed)
+        positions = np.sort(rng.choice(n_rows, size=n_train, replace=False))
+        index.train(_sample(source, positions, dim))
+        ids: list[str] = []
+        for shard_ids, encodings in _shards(source):
+            ids.extend(shard_ids)
+            for start in range(0, encodings.shape[0], chunk_rows):
+                chunk = torch.from_numpy(np.array(encodings[start : start + chunk_rows]))
+                index.add(np.ascontiguousarray(chunk.float().numpy()))
+        approx = cls(index, ids, spec)
+        approx.nprobe = nprobe
+        return approx
+
+    @property
+    def nlist(self) -> int | None:
+        """Number of inverted lists, or None for an index without them."""
+        try:
+            return faiss.extract_index_ivf(self.index).nlist
+        except RuntimeError:
+            return None
+
+    @property
+    def nprobe(self) -> int | None:
+        """Inverted lists visited per query (more: slower and closer to exact)."""
+        try:
+            return faiss.extract_index_ivf(self.index).nprobe
+        except RuntimeError:
+            return None
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"nprobe must be at least 1, got {value}")
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            return
+        ivf.nprobe = min(value, ivf.nlist)
+
+    def search(
+        self, queries: torch.Tensor | np.ndarray, k: int, opponents: bool = False
+    ) -> list[Ranking]:
+        """Approximate top-``k`` per query ``[q, d]``; with ``opponents``, also bottom-``k``
+        (searched with the negated queries). Fewer than ``k`` come back when the probed lists
+        hold fewer rows."""
+        x = np.ascontiguousarray(torch.as_tensor(queries).to(torch.float32).numpy())
+        if x.ndim != 2 or x.shape[1] != self.index.d:
+            raise FactraceError(f"queries must be [q, {self.index.d}], got {list(x.shape)}")
+        top = self._search(x, k)
+        bottom = self._search(-x, k) if opponents else [([], np.empty(0, np.float32))] * len(x)
+        return [
+            Ranking(ids, scores, low_ids, -low_scores)
+            for (ids, scores), (low_ids, low_scores) in zip(top, bottom, strict=True)
+        ]
+
+    def _search(self, x: np.ndarray, k: int) -> list[tuple[list[str], np.ndarray]]:
+        scores, labels = self.index.search(x, k)
+        out = []
+        for row_scores, row_labels in zip(scores, labels, strict=True):
+            found = row_labels >= 0
+            out.append(([self.ids[i] for i in row_labels[found]], row_scores[found].astype(np.float32)))
+        return out
+
+    def save(self, store: EncodingStore) -> None:
+        """Write the index to ``faiss.index`` in the store directory and record it (spec, rows,
+        sha256, nprobe) in the manifest."""
+        if self.index.ntotal != store.n_rows:
+            raise ValueError("this index was not built over this store")
+        path = store.path / INDEX_FILE
+        tmp = mf.tmp_path(path)
+        try:
+            faiss.write_index(self.index, str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        entry = {"spec": self.spec, "file": INDEX_FILE, "rows": int(self.index.ntotal),
+                 "nprobe": self.nprobe, "sha256": mf.sha256_file(path)}
+        store.record_approx(entry)
+
+    @classmethod
+    def load(cls, store: EncodingStore) -> ApproxIndex:
+        """The index saved in ``store`` by :meth:`save`, checked against its checksum."""
+        entry = store.manifest.get("approx")
+        if entry is None:
+            raise FactraceError(f"encoding store {store.path} has no approximate index; build one first")
+        path = Path(store.path) / entry["file"]
+        if not path.is_file() or mf.sha256_file(path) != entry["sha256"]:
+            raise FactraceError(f"{path} is missing or damaged; rebuild the approximate index")
+        approx = cls(faiss.read_index(str(path)), store.ids, entry["spec"])
+        if entry.get("nprobe"):
+            approx.nprobe = entry["nprobe"]
+        return approx
+
+
+def recall_at_k(
+    approx_ids: Sequence[Sequence[str] | Ranking],
+    exact_ids: Sequence[Sequence[str] | Ranking],
+    k: int = 10,
+) -> float:
+    """Mean over queries of ``|approx top-k ∩ exact top-k| / |exact top-k|``. Each argument is a
+    list (one per query) of id lists best first, or of :class:`Ranking`."""
+    if len(approx_ids) != len(exact_ids):
+        raise ValueError(f"{len(approx_ids)} approximate rankings for {len(exact_ids)} exact ones")
+    if not exact_ids:
+        raise ValueError("recall of no queries")
+    total = 0.0
+    for approx, exact in zip(approx_ids, exact_ids, strict=True):
+        approx = approx.doc_ids if isinstance(approx, Ranking) else approx
+        exact = exact.doc_ids if isinstance(exact, Ranking) else exact
+        truth = set(exact[:k])
+        total += len(truth & set(approx[:k])) / len(truth) if truth else 1.0
+    return total / len(exact_ids)

@@ -1,0 +1,209 @@
+"""The on-disk pieces of an encoding store: manifest, checksums, atomic writes, fingerprints.
+
+A store directory holds ``manifest.json`` and, per shard, ``shard-NNNNN.npy`` (float16
+encodings ``[rows, dim]``) and ``shard-NNNNN.ids.json`` (a JSON list of ``rows`` string ids).
+Every file is written under a temporary name (``.NAME.tmp``) and renamed when complete, so a
+reader never sees half a file and a killed writer leaves only temporaries, which are removed
+when the build resumes.
+
+Manifest (``FORMAT_VERSION`` 1)::
+
+    {
+      "format_version": 1,
+      "dtype": "float16",
+      "dim": 65536,
+      "fingerprints": {"model": "...", "projection_seed": "0", ...},
+      "config": {...},               # the encoder configuration as the caller recorded it
+      "shards": [{"name": "shard-00000", "rows": 4096,
+                  "encodings": "shard-00000.npy", "ids": "shard-00000.ids.json",
+                  "sha256": {"encodings": "...", "ids": "..."}}, ...],
+      "complete": true,
+      "approx": {...}                # optional: a saved FAISS index (see search/approx.py)
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from factrace.errors import FactraceError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPE = "float16"
+TMP_SUFFIX = ".tmp"
+
+#: Human names for the fingerprint keys the pipeline records; other keys are shown as written.
+FINGERPRINT_LABELS: dict[str, str] = {
+    "model": "model (weights)",
+    "weights": "model (weights)",
+    "model_weights": "model (weights)",
+    "tokenizer": "tokenizer",
+    "encoder": "encoder configuration",
+    "encoder_config": "encoder configuration",
+    "config": "encoder configuration",
+    "optimizer": "optimizer state",
+    "second_moment": "optimizer second moment",
+    "seed": "projection seed",
+    "projection_seed": "projection seed",
+    "projection": "projection",
+    "r": "R (Hessian approximation)",
+    "hessian": "R (Hessian approximation)",
+}
+
+_HASH_BLOCK = 1 << 22
+
+
+def shard_name(index: int) -> str:
+    """``shard-00007`` for index 7."""
+    return f"shard-{index:05d}"
+
+
+def tmp_path(path: Path) -> Path:
+    """The temporary name a file is written under before it is renamed to ``path``."""
+    return path.with_name(f".{path.name}{TMP_SUFFIX}")
+
+
+def is_tmp(path: Path) -> bool:
+    """Whether ``path`` is a temporary left by :func:`tmp_path` (e.g. by a killed writer)."""
+    return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+
+
+class _HashingWriter:
+    """A write-only file wrapper that feeds every byte written to a sha256."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.file.write(data)
+
+
+def write_atomic(path: Path, write: Callable[[Any], None]) -> str:
+    """Write ``path`` through ``write(file)`` under a temporary name, then rename it into place.
+
+    Returns the sha256 (hex) of the bytes written. On any error the temporary is removed and
+    ``path`` is untouched.
+    """
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            hashing = _HashingWriter(f)
+            write(hashing)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return hashing.sha256.hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> str:
+    """:func:`write_atomic` for a bytes payload; returns its sha256."""
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> str:
+    """Save ``array`` as a ``.npy`` file (format 1.0, C order) atomically; returns its sha256."""
+    return write_atomic(
+        path, lambda f: np.lib.format.write_array(f, array, version=(1, 0), allow_pickle=False)
+    )
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 (hex) of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """``(shape, dtype, fortran_order, data_offset)`` read from a ``.npy`` header."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        return shape, dtype, fortran, f.tell()
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The manifest serialised deterministically (same content, same bytes)."""
+    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
+    """Replace ``directory/manifest.json`` atomically."""
+    write_bytes_atomic(directory / MANIFEST, manifest_bytes(manifest))
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Load and sanity-check ``directory/manifest.json``; a user error if it is unusable."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FactraceError(f"no encoding store at {directory} ({MANIFEST} not found); build one first")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FactraceError(f"{path} is not a readable store manifest ({e}); rebuild the store") from e
+    required = ("format_version", "dtype", "dim", "fingerprints", "shards", "complete")
+    missing = [key for key in required if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise FactraceError(f"{path} lacks {', '.join(missing)}; it is not a factrace encoding store")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise FactraceError(
+            f"{path} has store format version {manifest['format_version']}, this factrace reads "
+            f"version {FORMAT_VERSION}; rebuild the store with this version"
+        )
+    if manifest["dtype"] != DTYPE:
+        raise FactraceError(f"{path} has dtype {manifest['dtype']!r}, expected {DTYPE!r}")
+    return manifest
+
+
+def check_fingerprints(fingerprints: Mapping[str, str]) -> dict[str, str]:
+    """A plain ``dict[str, str]`` copy of ``fingerprints``; a bug if keys or values are not str."""
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in fingerprints.items()):
+        raise TypeError("fingerprints must map str to str")
+    return dict(fingerprints)
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "none"
+    return value if len(value) <= 16 else value[:12] + "…"
+
+
+def fingerprint_differences(
+    stored: Mapping[str, str],
+    wanted: Mapping[str, str],
+    labels: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One phrase per key of ``wanted`` whose value differs in ``stored``, e.g.
+    ``"projection seed (store: 0, now: 1)"``; empty when all agree. Keys only in ``stored``
+    are not compared (the caller did not ask about them)."""
+    names = {**FINGERPRINT_LABELS, **(labels or {})}
+    phrases = []
+    for key in sorted(wanted):
+        if stored.get(key) != wanted[key]:
+            label = names.get(key, key.replace("_", " "))
+            phrases.append(f"{label} (store: {_short(stored.get(key))}, now: {_short(wanted[key])})")
+    return phrases
+
+
+def mismatch_message(directory: Path, phrases: list[str], advice: str) -> str:
+    """``encoding store X was built with a different A (...) and a different B (...); advice``."""
+    parts = " and a different ".join(phrases)
+    return f"encoding store {directory} was built with a different {parts}; {advice}"

@@ -1,0 +1,334 @@
+"""The persistent encoding store: unit-norm encodings ψ of training examples, in float16 shards.
+
+:class:`StoreWriter` builds a store shard by shard and resumes an interrupted build at the
+first missing shard; :class:`EncodingStore` opens a finished one, checks every shard against
+the manifest and refuses a store made by a different model or encoder. The file layout is in
+:mod:`factrace.search.manifest`.
+
+Typical build::
+
+    writer = StoreWriter.create_or_resume(path, fingerprints, dim, config)
+    for index, (ids, encodings) in enumerate(shards):
+        if index < writer.next_shard:
+            continue  # written before an interruption
+        writer.write_shard(index, ids, encodings)
+    writer.finish()
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from factrace.errors import FactraceError
+from factrace.search import manifest as mf
+
+
+class StoreWriter:
+    """Writes the shards of one store in order; the manifest is rewritten after every shard."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self._manifest = manifest
+
+    @classmethod
+    def create_or_resume(
+        cls,
+        path: str | Path,
+        fingerprints: Mapping[str, str],
+        dim: int,
+        config: Mapping[str, Any] | None = None,
+    ) -> StoreWriter:
+        """Start a store at ``path``, or resume the one there if it was made with the same
+        ``fingerprints`` (a complete store is left as it is: ``complete`` is then True).
+
+        ``fingerprints``: opaque ``str -> str`` identities of what made the encodings (model
+        weights, tokenizer, encoder configuration, projection seed, R). ``config``: the encoder
+        configuration as a JSON-able dict, stored verbatim for people to read.
+        A store made with different fingerprints or dimension is a :class:`FactraceError`.
+        """
+        path = Path(path)
+        fingerprints = mf.check_fingerprints(fingerprints)
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if (path / mf.MANIFEST).is_file():
+            return cls._resume(path, fingerprints, dim)
+        if path.exists() and not path.is_dir():
+            raise FactraceError(f"{path} exists and is not a directory; choose another store path")
+        if path.is_dir() and any(not mf.is_tmp(p) for p in path.iterdir()):
+            raise FactraceError(
+                f"{path} is not empty and has no {mf.MANIFEST}; choose an empty or new directory"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(path)
+        manifest = {
+            "format_version": mf.FORMAT_VERSION,
+            "dtype": mf.DTYPE,
+            "dim": int(dim),
+            "fingerprints": fingerprints,
+            "config": dict(config or {}),
+            "shards": [],
+            "complete": False,
+        }
+        json.dumps(manifest)  # a config that is not JSON-able fails here, before any file
+        mf.write_manifest(path, manifest)
+        return cls(path, manifest)
+
+    @classmethod
+    def _resume(cls, path: Path, fingerprints: dict[str, str], dim: int) -> StoreWriter:
+        manifest = mf.read_manifest(path)
+        stored = manifest["fingerprints"]
+        phrases = mf.fingerprint_differences(stored, fingerprints)
+        phrases += [f"{key} (store: {stored[key]}, now: none)" for key in stored if key not in fingerprints]
+        if manifest["dim"] != dim:
+            phrases.append(f"encoding dimension (store: {manifest['dim']}, now: {dim})")
+        if phrases:
+            advice = "choose another directory, or delete this one to rebuild it"
+            raise FactraceError(mf.mismatch_message(path, phrases, advice))
+        if not manifest["complete"]:
+            _remove_temporaries(path)
+            _remove_unlisted_shards(path, manifest)
+            for entry in manifest["shards"]:
+                _check_layout(path, entry, manifest["dim"])
+        return cls(path, manifest)
+
+    @property
+    def complete(self) -> bool:
+        """Whether :meth:`finish` has been called (now or by an earlier build)."""
+        return bool(self._manifest["complete"])
+
+    @property
+    def done_shards(self) -> int:
+        """Number of shards already written (by this writer or before an interruption)."""
+        return len(self._manifest["shards"])
+
+    @property
+    def next_shard(self) -> int:
+        """Index of the next shard to write (== :attr:`done_shards`)."""
+        return self.done_shards
+
+    @property
+    def n_rows(self) -> int:
+        """Rows written so far."""
+        return sum(entry["rows"] for entry in self._manifest["shards"])
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._manifest))
+
+    def write_shard(
+        self, index: int, ids: Sequence[str], encodings: np.ndarray | torch.Tensor
+    ) -> None:
+        """Write shard ``index`` (must equal :attr:`next_shard`): ``ids`` (``rows`` strings) and
+        ``encodings`` ``[rows, dim]`` (any float dtype; stored as float16). Both files are
+        renamed into place before the manifest records the shard."""
+        if self.complete:
+            raise FactraceError(f"encoding store {self.path} is complete; it takes no more shards")
+        if index != self.next_shard:
+            raise ValueError(f"shard {index} written out of order: next shard is {self.next_shard}")
+        array = _as_float16(encodings, self._manifest["dim"])
+        ids = list(ids)
+        if len(ids) != array.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {array.shape[0]} encoding rows")
+        if not all(isinstance(i, str) for i in ids):
+            raise TypeError("example ids must be str")
+        name = mf.shard_name(index)
+        entry = {
+            "name": name,
+            "rows": int(array.shape[0]),
+            "encodings": f"{name}.npy",
+            "ids": f"{name}.ids.json",
+            "sha256": {},
+        }
+        entry["sha256"]["encodings"] = mf.write_npy_atomic(self.path / entry["encodings"], array)
+        ids_bytes = (json.dumps(ids, ensure_ascii=False) + "\n").encode("utf-8")
+        entry["sha256"]["ids"] = mf.write_bytes_atomic(self.path / entry["ids"], ids_bytes)
+        self._manifest["shards"].append(entry)
+        mf.write_manifest(self.path, self._manifest)
+
+    def finish(self) -> None:
+        """Mark the store complete; only then can :meth:`EncodingStore.open` read it."""
+        if not self.complete:
+            self._manifest["complete"] = True
+            mf.write_manifest(self.path, self._manifest)
+
+
+class EncodingStore:
+    """A finished, verified store opened for reading; shards are memory-mapped on demand."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self._manifest = manifest
+        self._ids: list[str] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        expect: Mapping[str, str] | None = None,
+        verify: bool = True,
+        labels: Mapping[str, str] | None = None,
+    ) -> EncodingStore:
+        """Open the store at ``path``.
+
+        ``expect``: fingerprints the caller's model and encoder have now; any that differ from
+        the store's is a :class:`FactraceError` naming the part (``labels`` may rename keys).
+        ``verify``: check every shard's sha256 against the manifest (reads every byte once);
+        without it only the row counts and file sizes are checked.
+        """
+        path = Path(path)
+        manifest = mf.read_manifest(path)
+        if not manifest["complete"]:
+            raise FactraceError(
+                f"encoding store {path} is incomplete ({len(manifest['shards'])} shards written); "
+                "resume the build to finish it"
+            )
+        if expect is not None:
+            phrases = mf.fingerprint_differences(manifest["fingerprints"], expect, labels)
+            if phrases:
+                advice = "rebuild the store with the current settings or open a matching one"
+                raise FactraceError(mf.mismatch_message(path, phrases, advice))
+        for entry in manifest["shards"]:
+            if verify:
+                _check_checksums(path, entry)
+            _check_layout(path, entry, manifest["dim"])
+        return cls(path, manifest)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """A copy of the manifest."""
+        return json.loads(json.dumps(self._manifest))
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return dict(self._manifest["fingerprints"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._manifest.get("config", {})))
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._manifest["shards"])
+
+    @property
+    def shard_rows(self) -> list[int]:
+        """Row count of each shard."""
+        return [int(entry["rows"]) for entry in self._manifest["shards"]]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.shard_rows)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def ids(self) -> list[str]:
+        """All example ids in row order (read on first use)."""
+        if self._ids is None:
+            self._ids = [i for index in range(self.n_shards) for i in self.shard_ids(index)]
+        return self._ids
+
+    def shard_ids(self, index: int) -> list[str]:
+        """The ids of shard ``index``, ``rows`` strings."""
+        entry = self._manifest["shards"][index]
+        path = self.path / entry["ids"]
+        try:
+            ids = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FactraceError(f"ids of {entry['name']} in {self.path} are unreadable ({e}); rebuild the store") from e
+        if not isinstance(ids, list) or len(ids) != entry["rows"]:
+            raise FactraceError(
+                f"ids of {entry['name']} in {self.path} do not match the manifest's {entry['rows']} rows; "
+                "rebuild the store"
+            )
+        return ids
+
+    def shard_encodings(self, index: int) -> np.ndarray:
+        """Shard ``index`` as a read-only memory map, float16 ``[rows, dim]``."""
+        entry = self._manifest["shards"][index]
+        if entry["rows"] == 0:
+            return np.zeros((0, self.dim), dtype=np.float16)
+        _, _, _, offset = mf.npy_layout(self.path / entry["encodings"])
+        return np.memmap(
+            self.path / entry["encodings"], dtype=np.float16, mode="r",
+            offset=offset, shape=(entry["rows"], self.dim),
+        )
+
+    def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Yield ``(ids, encodings)`` per shard in row order; encodings float16 ``[rows, dim]``,
+        memory-mapped."""
+        for index in range(self.n_shards):
+            yield self.shard_ids(index), self.shard_encodings(index)
+
+    def record_approx(self, entry: Mapping[str, Any] | None) -> None:
+        """Record (or with None, forget) an approximate index saved in the store directory."""
+        if entry is None:
+            self._manifest.pop("approx", None)
+        else:
+            self._manifest["approx"] = dict(entry)
+        mf.write_manifest(self.path, self._manifest)
+
+
+def _as_float16(encodings: np.ndarray | torch.Tensor, dim: int) -> np.ndarray:
+    """``encodings`` as a C-contiguous float16 numpy array ``[rows, dim]``, all finite."""
+    if isinstance(encodings, torch.Tensor):
+        encodings = encodings.detach().to("cpu", torch.float16).numpy()
+    array = np.ascontiguousarray(encodings, dtype=np.float16)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"encodings must have shape [rows, {dim}], got {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError("encodings contain NaN or values outside the float16 range")
+    return array
+
+
+def _remove_temporaries(path: Path) -> None:
+    for child in path.iterdir():
+        if mf.is_tmp(child) and child.is_file():
+            child.unlink()
+
+
+def _remove_unlisted_shards(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Remove shard files renamed into place by a writer killed before it updated the manifest."""
+    listed = {entry[key] for entry in manifest["shards"] for key in ("encodings", "ids")}
+    for child in path.glob("shard-*"):
+        if child.is_file() and child.name not in listed:
+            child.unlink()
+
+
+def _corrupt(path: Path, entry: Mapping[str, Any], why: str) -> FactraceError:
+    return FactraceError(f"{entry['name']} of encoding store {path} {why}; rebuild the store")
+
+
+def _check_checksums(path: Path, entry: Mapping[str, Any]) -> None:
+    for kind in ("encodings", "ids"):
+        file = path / entry[kind]
+        if not file.is_file():
+            raise _corrupt(path, entry, f"is missing its file {entry[kind]}")
+        if mf.sha256_file(file) != entry["sha256"][kind]:
+            raise _corrupt(path, entry, f"is damaged: {entry[kind]} does not match its checksum")
+
+
+def _check_layout(path: Path, entry: Mapping[str, Any], dim: int) -> None:
+    """Cheap checks: both files exist, the header says ``[rows, dim]`` float16, the size fits."""
+    file = path / entry["encodings"]
+    if not file.is_file() or not (path / entry["ids"]).is_file():
+        raise _corrupt(path, entry, "is missing a file")
+    try:
+        shape, dtype, fortran, offset = mf.npy_layout(file)
+    except (OSError, ValueError) as e:
+        raise _corrupt(path, entry, f"has an unreadable header in {entry['encodings']} ({e})") from e
+    if shape != (entry["rows"], dim) or dtype != np.float16 or fortran:
+        raise _corrupt(path, entry, f"holds {dtype} {list(shape)}, expected float16 [{entry['rows']}, {dim}]")
+    if file.stat().st_size != offset + entry["rows"] * dim * 2:
+        raise _corrupt(path, entry, f"is truncated or padded: {entry['encodings']} has the wrong size")

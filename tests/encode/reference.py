@@ -1,0 +1,55 @@
+"""Slow, obviously correct references: autograd one example at a time, dense projections."""
+
+from __future__ import annotations
+
+import torch
+
+from factrace.data.batching import collate
+from factrace.encode.projection import module_projections
+from factrace.model.loss import forward_logits, per_example_loss
+
+
+def autograd_gradient(model, example, module_names, transposed, reduction="sum"):
+    """Per-module weight gradients of one example alone, canonical ``[d_out, d_in]`` layout."""
+    batch = collate([example], pad_id=0)
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    logits = forward_logits(model, batch)
+    per_example_loss(logits, batch.input_ids, batch.loss_mask, reduction).sum().backward()
+    modules = dict(model.named_modules())
+    grads = {}
+    for name in module_names:
+        g = modules[name].weight.grad.detach().clone().double()
+        grads[name] = g.T if transposed[name] else g
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def dense_projection(encoder) -> dict[str, torch.Tensor]:
+    """For each module, the dense ``[d, d_out·d_in]`` matrix ``kron(L, R)`` placed at its block's
+    rows: ``vec(L G Rᵀ) = (L ⊗ R) vec(G)`` (row-major vec)."""
+    out = {}
+    for block in encoder.blocks:
+        for tm in encoder.tracked:
+            if tm.name not in block.modules:
+                continue
+            left, right = module_projections(encoder.config.seed, tm, block)
+            dense = torch.zeros(encoder.dim, tm.d_out * tm.d_in, dtype=torch.float64)
+            dense[block.offset:block.offset + block.size] = torch.kron(left.double(), right.double())
+            out[tm.name] = dense
+    return out
+
+
+def reference_projection(encoder, example, correct=None, reduction="sum") -> torch.Tensor:
+    """``P · (G ⊙ correction)`` built the slow way; ``correct(name, G) → G̃``."""
+    transposed = {tm.name: tm.transposed for tm in encoder.tracked}
+    grads = autograd_gradient(encoder.loaded.model, example, list(transposed), transposed,
+                              reduction)
+    dense = dense_projection(encoder)
+    p = torch.zeros(encoder.dim, dtype=torch.float64)
+    for name, g in grads.items():
+        if correct is not None:
+            g = correct(name, g)
+        p += dense[name] @ g.reshape(-1)
+    return p

@@ -1,0 +1,115 @@
+"""Hooked, projected per-example gradients against autograd one example at a time."""
+
+import pytest
+import torch
+from reference import reference_projection
+from tiny import ARCHITECTURES, tiny_loaded
+
+from factrace.config import EncoderConfig
+from factrace.data.records import Passage, Query
+from factrace.encode.encoder import Encoder
+from factrace.model.optimizer_state import OptimizerState, ParamMoment
+
+PASSAGES = [Passage("a", "the cat sat on the mat"), Passage("b", "dogs"),
+            Passage("c", "a longer passage about birds and their nests in spring")]
+QUERIES = [Query("q1", "Paris is the capital of", " France"), Query("q2", "X was born in", " Y"),
+           Query("q3", "a", " bb")]
+
+
+def random_state(model, seed=0, rank_one=False) -> OptimizerState:
+    g = torch.Generator().manual_seed(seed)
+    moments = {}
+    for name, p in model.named_parameters():
+        if rank_one and p.dim() == 2:
+            r = torch.rand(p.shape[0], 1, generator=g) + 0.5
+            c = torch.rand(1, p.shape[1], generator=g) + 0.5
+            v = r * c * 1e-4
+        else:
+            v = (torch.rand(p.shape, generator=g) + 0.1) * 1e-4
+        moments[name] = ParamMoment(exp_avg_sq=v)
+    return OptimizerState(moments, "test")
+
+
+def correction_fn(encoder, state, mode):
+    tracked = {tm.name: tm for tm in encoder.tracked}
+    eps = encoder.config.epsilon
+
+    def correct(name, g):
+        tm = tracked[name]
+        v = state[tm.param_name].exp_avg_sq.double()
+        v = v.T if tm.transposed else v
+        if mode == "exact":
+            return g / (v.sqrt() + eps)
+        r, c = v.sum(1), v.sum(0)
+        vhat = torch.outer(r, c) / r.sum()
+        return g / vhat.sqrt()
+    return correct if mode != "none" else None
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("mode", ["factored", "exact", "none"])
+def test_hooked_equals_autograd(arch, mode):
+    loaded = tiny_loaded(arch)
+    state = random_state(loaded.model)
+    config = EncoderConfig(dim=64, second_moment=mode, hessian="none", normalize=False,
+                           batch_tokens=10_000)
+    enc = Encoder(loaded, config, state if mode != "none" else None)
+    correct = correction_fn(enc, state, mode)
+    examples = list(enc.tokenize_passages(PASSAGES)) + enc.tokenize_queries(QUERIES)
+    ids, got = [], []
+    for batch_ids, p in enc.project(examples):  # one padded batch mixing lengths
+        ids += batch_ids
+        got.append(p)
+    got = torch.cat(got).double()
+    assert len(got) == len(examples) and len(got) > 1
+    for row, example in enumerate(examples):
+        want = reference_projection(enc, example, correct)
+        assert rel_err(got[row], want) < 1e-4, (arch, mode, example.id)
+
+
+def test_factored_equals_exact_when_rank_one():
+    loaded = tiny_loaded("llama")
+    state = random_state(loaded.model, rank_one=True)
+    outs = {}
+    for mode in ("factored", "exact"):
+        enc = Encoder(loaded, EncoderConfig(dim=64, second_moment=mode, hessian="none",
+                                            normalize=False), state)
+        outs[mode] = torch.cat([p for _, p in enc.project(enc.tokenize_passages(PASSAGES))])
+    assert rel_err(outs["factored"], outs["exact"]) < 1e-4
+
+
+def test_factored_differs_from_exact_when_not_rank_one():
+    """The comparison above can fail: with a full-rank V the two modes disagree."""
+    loaded = tiny_loaded("llama")
+    state = random_state(loaded.model, rank_one=False)
+    outs = {}
+    for mode in ("factored", "exact"):
+        enc = Encoder(loaded, EncoderConfig(dim=64, second_moment=mode, hessian="none",
+                                            normalize=False), state)
+        outs[mode] = torch.cat([p for _, p in enc.project(enc.tokenize_passages(PASSAGES))])
+    assert rel_err(outs["factored"], outs["exact"]) > 1e-3
+
+
+def test_parameters_untouched_after_encoding():
+    loaded = tiny_loaded("gpt2")
+    model = loaded.model
+    frozen = "transformer.h.0.attn.c_attn.weight"
+    for name, p in model.named_parameters():
+        p.requires_grad_(name != frozen)
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none"))
+    seen = []
+
+    def spy(_module, _args, _output):
+        seen.append([p.requires_grad for p in model.parameters()])
+
+    handle = model.transformer.h[0].register_forward_hook(spy)
+    enc.encode_passages(PASSAGES)
+    handle.remove()
+    assert seen and not any(any(flags) for flags in seen), "weights required grad while encoding"
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    assert all(p.grad is None for p in model.parameters())
