@@ -68,12 +68,19 @@ def _trainer_order(model: nn.Module) -> list[str]:
     return [n for n, _ in named if n in decay] + [n for n, _ in named if n not in decay]
 
 
+def _factored(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adafactor's row/column means as flat vectors (torch keeps them as ``[R, 1]``/``[1, C]``,
+    transformers as ``[R]``/``[C]``)."""
+    return row.reshape(-1), col.reshape(-1)
+
+
 def _param_shape(moment_state: dict) -> tuple[int, ...] | None:
     if "exp_avg_sq" in moment_state:
         return tuple(moment_state["exp_avg_sq"].shape)
     for r, c in (("exp_avg_sq_row", "exp_avg_sq_col"), ("row_var", "col_var")):
         if r in moment_state and c in moment_state:
-            return tuple(moment_state[r].shape) + (moment_state[c].shape[-1],)
+            row, col = _factored(moment_state[r], moment_state[c])
+            return (row.numel(), col.numel())
     if "exp_avg_sq" not in moment_state and "exp_avg" in moment_state:
         return tuple(moment_state["exp_avg"].shape)
     return None
@@ -86,7 +93,8 @@ def _to_moment(s: dict, beta2: float | None) -> ParamMoment:
         return ParamMoment(exp_avg_sq=s["exp_avg_sq"], step=step, beta2=beta2)
     for r, c in (("exp_avg_sq_row", "exp_avg_sq_col"), ("row_var", "col_var")):
         if r in s and c in s:
-            return ParamMoment(row=s[r], col=s[c], step=step, beta2=beta2)
+            row, col = _factored(s[r], s[c])
+            return ParamMoment(row=row, col=col, step=step, beta2=beta2)
     return ParamMoment(step=step, beta2=beta2)
 
 
