@@ -138,8 +138,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         h.update(backend.to_str().encode())
-    else:
+    elif hasattr(tokenizer, "get_vocab"):
         for token, idx in sorted(tokenizer.get_vocab().items()):
             h.update(f"{token}\t{idx}\n".encode())
+    else:
+        h.update(type(tokenizer).__qualname__.encode())
     h.update(repr(sorted(map(str, getattr(tokenizer, "all_special_tokens", [])))).encode())
     return h.hexdigest()[:16]
