@@ -68,7 +68,7 @@ class CharTokenizer:
     all_special_ids = [0, 1, 2]
     model_max_length = 64
 
-    def __call__(self, text: str, add_special_tokens: bool = True):
+    def __call__(self, text: str, add_special_tokens: bool = True, **_):
         ids = [3 + (ord(ch) % (VOCAB - 3)) for ch in text]
         return {"input_ids": ([1] if add_special_tokens else []) + ids}
 

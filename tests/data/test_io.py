@@ -411,7 +411,7 @@ def test_empty_parquet_corpus(tmp_path: Path) -> None:
 
 
 def test_jsonl_streaming_memory_does_not_grow_with_the_corpus(tmp_path: Path) -> None:
-    n = 200_000
+    n = 100_000
     path = tmp_path / "big.jsonl"
     with path.open("w") as handle:
         handle.writelines(f'{{"id": {i}, "text": "passage {i} states a fact"}}\n' for i in range(n))
@@ -455,3 +455,12 @@ def test_parquet_streams_in_batches(tmp_path: Path) -> None:
     count, peak = map(int, result.stdout.split())
     assert count == n
     assert peak < table.nbytes / 3, (peak, table.nbytes)
+
+
+def test_saved_dataset_keeps_its_shuffled_order(tmp_path: Path) -> None:
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"id": list(range(10)), "text": list("abcdefghij")})
+    dataset = dataset.shuffle(seed=0).select(range(5))
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    assert [p.id for p in iter_corpus(tmp_path / "saved")] == [str(i) for i in dataset["id"]]

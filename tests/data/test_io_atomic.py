@@ -136,3 +136,14 @@ def test_write_jsonl_refuses_nan_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_jsonl(tmp_path / "rows.jsonl", [{"score": 1.0}, {"score": float("nan")}])
     assert entries(tmp_path) == []
+
+
+def test_atomic_path_body_may_build_a_directory(tmp_path: Path) -> None:
+    target = tmp_path / "table"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "part-0").write_text("new")
+    assert entries(target) == ["part-0"]
+    assert entries(tmp_path) == ["table"]

@@ -37,11 +37,13 @@ def test_lone_surrogates_are_written_escaped(tmp_path: Path) -> None:
 
 def test_gzip_round_trip_is_deterministic(tmp_path: Path) -> None:
     rows = [{"i": i} for i in range(10)]
-    write_jsonl(tmp_path / "a.jsonl.gz", rows)
-    write_jsonl(tmp_path / "b.jsonl.gz", rows)
-    assert read_jsonl(tmp_path / "a.jsonl.gz") == rows
-    assert gzip.decompress((tmp_path / "a.jsonl.gz").read_bytes()).count(b"\n") == 10
-    assert (tmp_path / "a.jsonl.gz").read_bytes() == (tmp_path / "b.jsonl.gz").read_bytes()
+    first, second = tmp_path / "a" / "rows.jsonl.gz", tmp_path / "b" / "rows.jsonl.gz"
+    write_jsonl(first, rows)
+    write_jsonl(second, rows)
+    assert read_jsonl(first) == rows
+    assert gzip.decompress(first.read_bytes()).count(b"\n") == 10
+    assert first.read_bytes() == second.read_bytes()
+    assert b"rows.jsonl\x00" in first.read_bytes()[:40]  # the final name, not a temporary one
 
 
 @pytest.mark.parametrize(

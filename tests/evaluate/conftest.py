@@ -1,56 +1,13 @@
-"""A tiny Llama trained on a handful of facts, with its AdamW state saved, for tail-patch tests."""
+"""Fixtures of the evaluation tests."""
 
 from pathlib import Path
 
 import pytest
 import torch
 from tiny import CharTokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
+from trained_tiny import FACTS, UNRELATED, build_model, train
 
-from factrace.data.batching import collate
-from factrace.data.records import Passage
-from factrace.data.tokenize import tokenize_passage
 from factrace.model.load import LoadedModel
-from factrace.model.loss import forward_logits, per_example_loss
-
-FACTS = {
-    "alice": "Alice was born in Paris.",
-    "bob": "Bob was born in Tokyo.",
-    "carol": "Carol was born in Lima.",
-    "dave": "Dave was born in Oslo.",
-}
-UNRELATED = {
-    "apples": "Green apples are sour.",
-    "rivers": "Rivers flow to the sea.",
-}
-LR = 3e-3
-STEPS = 40
-
-
-def build_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return LlamaForCausalLM(config)
-
-
-def train(model, texts, steps: int = STEPS, lr: float = LR) -> torch.optim.AdamW:
-    """Full-batch AdamW on the mean token cross-entropy of ``texts``."""
-    tokenizer = CharTokenizer()
-    examples = [tokenize_passage(tokenizer, Passage(str(i), t), 64)[0] for i, t in enumerate(texts)]
-    batch = collate(examples, 0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = per_example_loss(forward_logits(model, batch), batch.input_ids, batch.loss_mask,
-                                "mean").mean()
-        loss.backward()
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    return optimizer
 
 
 @pytest.fixture(scope="session")

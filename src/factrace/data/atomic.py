@@ -90,7 +90,8 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Ite
     The temporary lies in the same directory as ``path`` (so the final rename is atomic on one
     file system); missing parent directories are created. With ``directory=True`` the temporary
     is an empty directory, created for you; otherwise nothing exists at the temporary path until
-    the body creates it (a body that creates nothing leaves ``path`` untouched).
+    the body creates it, as a file or a directory (a body that creates nothing leaves ``path``
+    untouched). A directory replaces an existing one at ``path``, as in :func:`atomic_dir`.
 
     On any exception, including ``KeyboardInterrupt``, the temporary is removed, parent
     directories created here are removed again if empty, and ``path`` is left as it was.
@@ -107,7 +108,7 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Ite
         os.mkdir(tmp, 0o777)
     try:
         yield tmp
-        if directory:
+        if tmp.is_dir() and not tmp.is_symlink():
             _replace_directory(tmp, path)
         elif tmp.exists() or tmp.is_symlink():
             os.replace(tmp, path)

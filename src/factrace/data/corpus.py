@@ -51,8 +51,8 @@ def iter_corpus(path: PathLike, *, start: int = 0, stop: int | None = None) -> I
     """Stream the passages of rows ``[start, stop)`` (0-based, global across shards).
 
     Memory stays bounded whatever the corpus size. Rows are validated as they are read; rows
-    outside the range are skipped without being parsed (whole Parquet row groups and shards
-    are skipped using their metadata). ``stop=None`` reads to the end; a range past the end is
+    outside the range are skipped without being parsed: Parquet row groups and Arrow batches
+    by their metadata, JSON Lines by counting lines. ``stop=None`` reads to the end; a range past the end is
     cut short, as a slice would be. Errors about the path itself are raised at once, errors in
     rows when the iteration reaches them.
 

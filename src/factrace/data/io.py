@@ -123,10 +123,13 @@ def _ranking_problem(
                 f'"opponent_ids" has {len(opponent_ids)} entries but "opponent_scores" '
                 f"has {len(opponent_scores)}"
             )
-    for key, ids in (("doc_ids", doc_ids), ("opponent_ids", opponent_ids or [])):
+    for key, ids in (
+        ("doc_ids", doc_ids),
+        ("opponent_ids", [] if opponent_ids is None else opponent_ids),
+    ):
         repeated = _first_repeat(ids)
         if repeated is not None:
-            return f'"{key}" lists {shown(repeated)} twice'
+            return f'"{key}" lists {shown(str(repeated))} twice'
     clash = set(extra) & set(_RANKING_KEYS)
     if clash:
         return f"extra fields {sorted(clash)} clash with the ranking's own fields"
@@ -154,7 +157,7 @@ def read_queries(path: PathLike) -> list[Query]:
         target = as_text(
             required(row, "target", where, expected), "target", where, expected, allow_empty=False
         )
-        _check_new(query_id, number, first_line, where, "query ids must be unique")
+        _check_new("id", query_id, number, first_line, where, "query ids must be unique")
         queries.append(Query(query_id, prompt, target))
     if not queries:
         raise FactraceError(f"{path}: no queries (expected one line per query, {QUERY_OBJECT})")
@@ -224,7 +227,7 @@ def read_rankings(path: PathLike) -> list[Ranking]:
         problem = _ranking_problem(doc_ids, scores, opponent_ids, opponent_scores, extra)
         if problem:
             raise located_error(where, problem, expected)
-        _check_new(query_id, number, first_line, where, "each query may have one ranking only")
+        _check_new("query_id", query_id, number, first_line, where, "one ranking per query")
         rankings.append(Ranking(query_id, doc_ids, scores, opponent_ids, opponent_scores, extra))
     if not rankings:
         raise FactraceError(f"{path}: no rankings (expected one line per query, {RANKING_OBJECT})")
@@ -264,10 +267,12 @@ def _first_repeat(ids: Iterable[str]) -> str | None:
     return None
 
 
-def _check_new(key: str, number: int, first_line: dict[str, int], where: str, rule: str) -> None:
-    """Record ``key`` as seen on line ``number``; raise if it was seen before."""
+def _check_new(
+    name: str, key: str, number: int, first_line: dict[str, int], where: str, rule: str
+) -> None:
+    """Record ``key`` (field ``name``) as seen on line ``number``; raise if it was seen before."""
     if key in first_line:
         raise FactraceError(
-            f"{where}: duplicate id {shown(key)} (first seen on line {first_line[key]}); {rule}"
+            f"{where}: duplicate {name} {shown(key)} (first seen on line {first_line[key]}); {rule}"
         )
     first_line[key] = number

@@ -154,11 +154,11 @@ def write_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
     """
     path = Path(path)
     count = 0
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        handle: IO[bytes] = raw
         if path.name.endswith(".gz"):
-            handle: IO[bytes] = gzip.GzipFile(tmp, "wb", mtime=0)
-        else:
-            handle = open(tmp, "wb")
+            # The header records the final name, not the temporary one, and no timestamp.
+            handle = gzip.GzipFile(path.name[:-3], "wb", 6, fileobj=raw, mtime=0)
         with handle:
             for row in rows:
                 handle.write(_encode_row(row))

@@ -51,6 +51,7 @@ _SHARD_SUFFIXES = {
     ".arrow": "arrow",
 }
 _BATCH_ROWS = 1024  # Parquet rows decoded at a time: bounds memory for long documents.
+_READ_BUFFER = 1 << 20  # Parquet column chunks are read through a buffer this size, never whole.
 
 #: What a shard reader yields, ``(number, passage)``, and returns: the rows it went through.
 PassageStream = Generator[tuple[int, Passage], None, int]
@@ -130,7 +131,7 @@ def shard_rows(shard: Shard) -> int:
         return count_lines(shard.path)
     try:
         if shard.format == "parquet":
-            with pq.ParquetFile(shard.path) as parquet:
+            with _open_parquet(shard.path) as parquet:
                 return parquet.metadata.num_rows
         with pa.memory_map(str(shard.path), "r") as source:
             return sum(batch.num_rows for batch in _ipc_reader(source)[1])
@@ -152,6 +153,11 @@ def read_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Passage
         return (yield from _read_arrow(shard, start, stop))
     except (pa.ArrowException, OSError) as error:
         raise _unreadable(shard, error) from None
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    """Open a Parquet file for streaming: no pre-buffering of whole row groups."""
+    return pq.ParquetFile(path, buffer_size=_READ_BUFFER, pre_buffer=False)
 
 
 def _unreadable(shard: Shard, error: Exception) -> FactraceError:
@@ -181,7 +187,7 @@ def _read_jsonl(shard: Shard, start: int, stop: int | None) -> PassageStream:
 
 def _read_parquet(shard: Shard, start: int, stop: int | None) -> PassageStream:
     """Parquet rows ``[start, stop)``, skipping whole row groups before ``start``."""
-    with pq.ParquetFile(shard.path) as parquet:
+    with _open_parquet(shard.path) as parquet:
         _check_schema(shard, parquet.schema_arrow)
         metadata = parquet.metadata
         first_group, offset = 0, 0

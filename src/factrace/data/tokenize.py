@@ -28,7 +28,7 @@ class TokenizedExample:
 
 
 def _encode(tokenizer, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
 
 def tokenize_passage(
@@ -43,9 +43,7 @@ def tokenize_passage(
     """
     ids = _encode(tokenizer, passage.text, special=True)
     if len(ids) < 2:
-        raise FactraceError(
-            f"passage {passage.id!r} has fewer than 2 tokens: nothing to predict"
-        )
+        raise FactraceError(f"passage {passage.id!r} has fewer than 2 tokens: nothing to predict")
     if len(ids) <= max_length:
         return [TokenizedExample(passage.id, tuple(ids), (0,) + (1,) * (len(ids) - 1))]
     if overflow == "truncate":
@@ -87,13 +85,17 @@ def tokenize_query(tokenizer, query: Query, max_length: int) -> TokenizedExample
     if not target:
         raise FactraceError(f"query {query.id!r}: target {query.target!r} has no tokens")
     if not prompt:
-        raise FactraceError(f"query {query.id!r}: prompt has no tokens; the first target "
-                            "token needs at least one token before it")
+        raise FactraceError(
+            f"query {query.id!r}: prompt has no tokens; the first target "
+            "token needs at least one token before it"
+        )
     ids = prompt + target
     if len(ids) > max_length:
         keep = max_length - len(target)
         if keep < 1:
-            raise FactraceError(f"query {query.id!r}: target alone is longer than {max_length} tokens")
+            raise FactraceError(
+                f"query {query.id!r}: target alone is longer than {max_length} tokens"
+            )
         ids = prompt[-keep:] + target
     mask = (0,) * (len(ids) - len(target)) + (1,) * len(target)
     return TokenizedExample(query.id, tuple(ids), mask)
@@ -107,6 +109,8 @@ def tokenize_passages(
         yield from tokenize_passage(tokenizer, passage, max_length, overflow)
 
 
-def tokenize_queries(tokenizer, queries: Iterable[Query], max_length: int) -> list[TokenizedExample]:
+def tokenize_queries(
+    tokenizer, queries: Iterable[Query], max_length: int
+) -> list[TokenizedExample]:
     """:func:`tokenize_query` over queries."""
     return [tokenize_query(tokenizer, q, max_length) for q in queries]

@@ -22,6 +22,7 @@ from factrace.encode.projection import plan_blocks
 from factrace.encode.second_moment import corrections_from_state
 from factrace.model.load import (
     LoadedModel,
+    file_fingerprint,
     load_model,
     model_fingerprint,
     pick_device,
@@ -179,14 +180,15 @@ class Encoder:
         if self.config.second_moment == "estimate":
             state = self.second_moment_note
         elif self.optimizer_state is not None:
-            state = self.optimizer_state.source
+            source = self.optimizer_state.source
+            state = file_fingerprint(source) if os.path.isfile(source) else source
         return {
             "model": model_fingerprint(self.loaded),
             "tokenizer": tokenizer_fingerprint(self.loaded.tokenizer),
             "encoder": self.config.fingerprint(),
             "seed": str(self.config.seed),
             "dim": str(self.dim),
-            "second_moment": f"{self.config.second_moment}:{os.path.basename(str(state))}",
+            "second_moment": f"{self.config.second_moment}:{state}",
             "hessian": self.whitening.fingerprint() if self.whitening else "unfitted",
         }
 

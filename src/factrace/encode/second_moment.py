@@ -138,3 +138,14 @@ class SquaredGradientSums:
         return {m.name: factored_from_sums(self.r[m.name] / self.examples[m.name],
                                            self.c[m.name] / self.examples[m.name], epsilon)
                 for m in tracked}
+
+
+def merge_squared_sums(parts: list[SquaredGradientSums]) -> SquaredGradientSums:
+    """Add partial :class:`SquaredGradientSums` (from several workers) in the order given."""
+    total = SquaredGradientSums()
+    for part in parts:
+        for name in part.r:
+            total.r[name] = total.r.get(name, 0) + part.r[name]
+            total.c[name] = total.c.get(name, 0) + part.c[name]
+            total.examples[name] = total.examples.get(name, 0) + part.examples[name]
+    return total

@@ -12,10 +12,10 @@ import random
 
 ONSETS = (
     "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
-    "br", "dr", "gr", "kr", "tr", "st", "th", "sh", "ch", "fl", "sl", "pr",
+    "b", "d", "k", "l", "m", "n", "r", "s", "t", "br", "dr", "kr", "st", "th", "sh", "tr",
 )  # fmt: skip
-VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ae", "ei", "ou", "ia")
-CODAS = ("", "", "", "n", "r", "l", "s", "m", "th", "k", "nd", "rn")
+VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "a", "ae", "ou")
+CODAS = ("", "", "", "", "", "", "n", "r", "l", "s", "m", "k")
 
 ORGANIZATION_SUFFIXES = (
     "Institute", "Group", "Society", "Works", "Foundation", "Company", "Academy", "Guild",
@@ -82,7 +82,7 @@ def person_name(first_names: list[str]):
     """A maker of ``"First Last"`` person names that reuses a pool of first names."""
 
     def make(rng: random.Random) -> str:
-        return f"{rng.choice(first_names)} {word(rng, 2, 3)}"
+        return f"{rng.choice(first_names)} {word(rng, 2, 2)}"
 
     return make
 
@@ -100,7 +100,7 @@ def language_name(rng: random.Random) -> str:
 
 
 def organization_name(rng: random.Random) -> str:
-    return f"{word(rng, 2, 3)} {rng.choice(ORGANIZATION_SUFFIXES)}"
+    return f"{word(rng, 2, 2)} {rng.choice(ORGANIZATION_SUFFIXES)}"
 
 
 def field_name(rng: random.Random) -> str:
@@ -109,4 +109,4 @@ def field_name(rng: random.Random) -> str:
 
 
 def book_title(rng: random.Random) -> str:
-    return f"The {word(rng, 2, 3)} {rng.choice(BOOK_NOUNS)}"
+    return f"The {word(rng, 2, 2)} {rng.choice(BOOK_NOUNS)}"

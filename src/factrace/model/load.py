@@ -115,6 +115,13 @@ def _hash_file_sampled(h, path: Path, samples: int = 64, chunk: int = 1 << 16) -
             h.update(f.read(chunk))
 
 
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """A fingerprint of one file's size and sampled bytes (every byte of a small file)."""
+    h = hashlib.sha256()
+    _hash_file_sampled(h, Path(path))
+    return h.hexdigest()[:16]
+
+
 def model_fingerprint(loaded: LoadedModel) -> str:
     """A fingerprint of the weights: sampled bytes of the weight files (every byte of small files)
     or, for a model built in memory, of every parameter."""

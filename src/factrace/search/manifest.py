@@ -154,15 +154,21 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     """Load and sanity-check ``directory/manifest.json``; a user error if it is unusable."""
     path = directory / MANIFEST
     if not path.is_file():
-        raise FactraceError(f"no encoding store at {directory} ({MANIFEST} not found); build one first")
+        raise FactraceError(
+            f"no encoding store at {directory} ({MANIFEST} not found); build one first"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FactraceError(f"{path} is not a readable store manifest ({e}); rebuild the store") from e
+        raise FactraceError(
+            f"{path} is not a readable store manifest ({e}); rebuild the store"
+        ) from e
     required = ("format_version", "dtype", "dim", "fingerprints", "shards", "complete")
     missing = [key for key in required if not isinstance(manifest, dict) or key not in manifest]
     if missing:
-        raise FactraceError(f"{path} lacks {', '.join(missing)}; it is not a factrace encoding store")
+        raise FactraceError(
+            f"{path} lacks {', '.join(missing)}; it is not a factrace encoding store"
+        )
     if manifest["format_version"] != FORMAT_VERSION:
         raise FactraceError(
             f"{path} has store format version {manifest['format_version']}, this factrace reads "
@@ -199,7 +205,9 @@ def fingerprint_differences(
     for key in sorted(wanted):
         if stored.get(key) != wanted[key]:
             label = names.get(key, key.replace("_", " "))
-            phrases.append(f"{label} (store: {_short(stored.get(key))}, now: {_short(wanted[key])})")
+            phrases.append(
+                f"{label} (store: {_short(stored.get(key))}, now: {_short(wanted[key])})"
+            )
     return phrases
 
 

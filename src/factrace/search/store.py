@@ -84,7 +84,9 @@ class StoreWriter:
         manifest = mf.read_manifest(path)
         stored = manifest["fingerprints"]
         phrases = mf.fingerprint_differences(stored, fingerprints)
-        phrases += [f"{key} (store: {stored[key]}, now: none)" for key in stored if key not in fingerprints]
+        phrases += [
+            f"{key} (store: {stored[key]}, now: none)" for key in stored if key not in fingerprints
+        ]
         if manifest["dim"] != dim:
             phrases.append(f"encoding dimension (store: {manifest['dim']}, now: {dim})")
         if phrases:
@@ -246,7 +248,9 @@ class EncodingStore:
         try:
             ids = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FactraceError(f"ids of {entry['name']} in {self.path} are unreadable ({e}); rebuild the store") from e
+            raise FactraceError(
+                f"ids of {entry['name']} in {self.path} are unreadable ({e}); rebuild the store"
+            ) from e
         if not isinstance(ids, list) or len(ids) != entry["rows"]:
             raise FactraceError(
                 f"ids of {entry['name']} in {self.path} do not match the manifest's {entry['rows']} rows; "
@@ -261,8 +265,11 @@ class EncodingStore:
             return np.zeros((0, self.dim), dtype=np.float16)
         _, _, _, offset = mf.npy_layout(self.path / entry["encodings"])
         return np.memmap(
-            self.path / entry["encodings"], dtype=np.float16, mode="r",
-            offset=offset, shape=(entry["rows"], self.dim),
+            self.path / entry["encodings"],
+            dtype=np.float16,
+            mode="r",
+            offset=offset,
+            shape=(entry["rows"], self.dim),
         )
 
     def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -327,8 +334,14 @@ def _check_layout(path: Path, entry: Mapping[str, Any], dim: int) -> None:
     try:
         shape, dtype, fortran, offset = mf.npy_layout(file)
     except (OSError, ValueError) as e:
-        raise _corrupt(path, entry, f"has an unreadable header in {entry['encodings']} ({e})") from e
+        raise _corrupt(
+            path, entry, f"has an unreadable header in {entry['encodings']} ({e})"
+        ) from e
     if shape != (entry["rows"], dim) or dtype != np.float16 or fortran:
-        raise _corrupt(path, entry, f"holds {dtype} {list(shape)}, expected float16 [{entry['rows']}, {dim}]")
+        raise _corrupt(
+            path, entry, f"holds {dtype} {list(shape)}, expected float16 [{entry['rows']}, {dim}]"
+        )
     if file.stat().st_size != offset + entry["rows"] * dim * 2:
-        raise _corrupt(path, entry, f"is truncated or padded: {entry['encodings']} has the wrong size")
+        raise _corrupt(
+            path, entry, f"is truncated or padded: {entry['encodings']} has the wrong size"
+        )

@@ -61,7 +61,11 @@ def _best(
     scores = scores.gather(1, by_position)
     by_score = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
     order = by_position.gather(1, by_score)
-    return scores.gather(1, by_score), positions.gather(1, order), np.take_along_axis(ids, order.numpy(), 1)
+    return (
+        scores.gather(1, by_score),
+        positions.gather(1, order),
+        np.take_along_axis(ids, order.numpy(), 1),
+    )
 
 
 class _Side:
@@ -137,7 +141,11 @@ class TopK:
         for i in range(self.n_queries):
             opponent_ids = list(bottom.ids[i]) if bottom else []
             opponent_scores = (-bottom.scores[i]).numpy() if bottom else np.empty(0, np.float32)
-            rankings.append(Ranking(list(top.ids[i]), top.scores[i].numpy().copy(), opponent_ids, opponent_scores))
+            rankings.append(
+                Ranking(
+                    list(top.ids[i]), top.scores[i].numpy().copy(), opponent_ids, opponent_scores
+                )
+            )
         return rankings
 
 

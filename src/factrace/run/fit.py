@@ -1,0 +1,73 @@
+"""Fitting what the corpus pass needs: an estimated V (``estimate`` mode) and R^{-1/2}.
+
+R_train is estimated on training passages sampled evenly over the corpus, R_eval on the queries.
+Work is split into fixed chunks whose partial sums are merged in chunk order, so every engine
+and worker count gives the same R bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from factrace.data.corpus import iter_corpus
+from factrace.data.records import Passage, Query
+from factrace.encode.hessian import fit_whitening
+from factrace.encode.second_moment import merge_squared_sums
+from factrace.run.progress import progress_bar
+
+CHUNK = 64
+
+
+def sample_passages(corpus: str, n_rows: int, n: int) -> list[Passage]:
+    """``n`` passages at evenly spaced rows of the corpus (all of them when ``n ≥ n_rows``)."""
+    if n >= n_rows:
+        return list(iter_corpus(corpus))
+    wanted = set(np.linspace(0, n_rows - 1, n).round().astype(int).tolist())
+    return [p for i, p in enumerate(iter_corpus(corpus)) if i in wanted]
+
+
+def _chunks(items: list, size: int = CHUNK) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def fit(engine, corpus: str, n_rows: int, queries: list[Query], progress: bool = True) -> dict:
+    """Fit the engine's workers (V estimate, then R^{-1/2}); returns what was done, for records."""
+    cfg = engine.encoder.config
+    record: dict = {}
+    needs_sample = cfg.second_moment == "estimate" or cfg.hessian != "none"
+    sample = sample_passages(corpus, n_rows, max(cfg.train_examples, cfg.estimate_examples)) \
+        if needs_sample else []
+    if cfg.second_moment == "estimate":
+        chunks = _chunks(sample[:cfg.estimate_examples])
+        parts = list(progress_bar(engine.map("squared_gradients", [(c,) for c in chunks]),
+                                  total=len(chunks), desc="estimating V", enabled=progress))
+        sums = merge_squared_sums(parts)
+        n = max(sums.examples.values(), default=0)
+        note = f"estimate (from {n} training examples; no optimizer state)"
+        corrections = sums.corrections(engine.encoder.tracked, cfg.epsilon)
+        engine.broadcast("set_corrections", corrections, note)
+        record["second_moment"] = note
+    if cfg.hessian == "none":
+        return record
+    train_chunks = _chunks(sample[:cfg.train_examples])
+    r_train = _merge(progress_bar(
+        engine.map("hessian_partial", [(c, None) for c in train_chunks]),
+        total=len(train_chunks), desc="R_train", enabled=progress))
+    r_eval = None
+    if cfg.hessian == "mixed":
+        query_chunks = _chunks(queries)
+        r_eval = _merge(progress_bar(
+            engine.map("hessian_partial", [(None, c) for c in query_chunks]),
+            total=len(query_chunks), desc="R_eval", enabled=progress))
+    whitening = fit_whitening(cfg.hessian, r_train, r_eval, cfg.damping, cfg.lambda_,
+                              cfg.lambda_k)
+    engine.broadcast("set_whitening", whitening)
+    record["whitening"] = whitening.describe()
+    return record
+
+
+def _merge(parts):
+    total = None
+    for part in parts:
+        total = part if total is None else total.merge(part)
+    return total

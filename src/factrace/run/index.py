@@ -1,0 +1,191 @@
+"""``index build`` and ``trace``: a persistent encoding store for interactive use.
+
+The store keeps float16 ψ of every passage, the encoder configuration, and the fitted state
+(R^{-1/2}; V when estimated) in ``encoder_state.pt``, so ``trace`` encodes queries exactly as the
+passages were encoded. An interrupted build resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from factrace.config import EncoderConfig
+from factrace.data.atomic import atomic_path
+from factrace.data.corpus import validate_corpus
+from factrace.data.io import Ranking, read_queries
+from factrace.encode.encoder import Encoder
+from factrace.encode.hessian import Whitening
+from factrace.encode.second_moment import Correction
+from factrace.errors import FactraceError
+from factrace.run.engines import make_engine
+from factrace.run.fit import fit
+from factrace.run.progress import progress_bar
+from factrace.run.scan import ScanResult, to_rankings, write_with_metadata
+from factrace.run.worker import EncoderSpec
+from factrace.search.approx import ApproxIndex, recall_at_k
+from factrace.search.store import EncodingStore, StoreWriter
+from factrace.search.topk import exact_topk
+
+STATE_FILE = "encoder_state.pt"
+FINGERPRINT_LABELS = {
+    "model": "model weights",
+    "tokenizer": "tokenizer",
+    "encoder": "encoder configuration",
+    "seed": "projection seed",
+    "dim": "projection dimension",
+    "second_moment": "optimizer correction (second moment)",
+    "hessian": "Hessian approximation R",
+}
+
+
+@dataclass
+class IndexConfig:
+    """An ``index build`` job (fields as in :class:`~factrace.run.scan.ScanConfig`)."""
+
+    model: str
+    corpus: str
+    out: str
+    queries: str | None = None
+    """Queries for R_eval; required by ``--hessian mixed`` (TrackStar)."""
+    optimizer_state: str | None = None
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    engine: str = "local"
+    workers: int = 2
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    shard_rows: int = 512
+    progress: bool = True
+
+
+def _save_state(path: Path, encoder: Encoder) -> None:
+    w = encoder.whitening
+    state = {
+        "whitening": {"spans": w.spans, "mode": w.mode, "lam": w.lam, "k": w.k,
+                      "damping": w.damping, "n_train": w.n_train, "n_eval": w.n_eval,
+                      "blocks": [torch.from_numpy(b) for b in w.blocks] if w.blocks else None},
+        "second_moment_note": encoder.second_moment_note,
+        "corrections": None,
+    }
+    if encoder.config.second_moment == "estimate":
+        state["corrections"] = {n: {"row": c.row, "col": c.col}
+                                for n, c in encoder._corrections.items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path, encoder: Encoder) -> None:
+    if not path.is_file():
+        raise FactraceError(f"{path.parent}: encoding store has no {STATE_FILE}; rebuild it")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    w = state["whitening"]
+    blocks = [b.numpy() for b in w["blocks"]] if w["blocks"] is not None else None
+    encoder.whitening = Whitening([tuple(s) for s in w["spans"]], blocks, w["mode"], w["lam"],
+                                  w["k"], w["damping"], w["n_train"], w["n_eval"])
+    if state["corrections"] is not None:
+        encoder._corrections = {n: Correction(row=c["row"], col=c["col"])
+                                for n, c in state["corrections"].items()}
+    encoder.second_moment_note = state["second_moment_note"]
+
+
+def build_index(cfg: IndexConfig) -> EncodingStore:
+    """Build (or resume) an encoding store of every passage of the corpus."""
+    queries = read_queries(cfg.queries) if cfg.queries else []
+    if cfg.encoder.hessian == "mixed" and not queries:
+        raise FactraceError("--hessian mixed (TrackStar) needs --queries for R_eval; or use "
+                            "--hessian train")
+    info = validate_corpus(cfg.corpus)
+    spec = EncoderSpec(str(cfg.model), cfg.optimizer_state, cfg.encoder)
+    engine = make_engine(cfg.engine, spec, cfg.workers, cfg.ray_address, cfg.gpus_per_worker)
+    try:
+        t0 = time.perf_counter()
+        record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
+        encoder = engine.encoder
+        starts = list(range(0, info.n_rows, cfg.shard_rows))
+        config = {"encoder": encoder.metadata(), "model": str(cfg.model),
+                  "optimizer_state": cfg.optimizer_state, "corpus": str(cfg.corpus),
+                  "corpus_rows": info.n_rows, "shard_rows": cfg.shard_rows, "fit": record}
+        writer = StoreWriter.create_or_resume(cfg.out, encoder.fingerprints(), encoder.dim, config)
+        if not writer.complete:
+            if writer.done_shards == 0 or not (Path(cfg.out) / STATE_FILE).is_file():
+                _save_state(Path(cfg.out) / STATE_FILE, encoder)
+            todo = starts[writer.done_shards:]
+            tasks = [(str(cfg.corpus), s, min(s + cfg.shard_rows, info.n_rows)) for s in todo]
+            bar = progress_bar(engine.map("encode_rows", tasks), total=len(tasks),
+                               desc="encoding corpus", enabled=cfg.progress, unit="shard")
+            for i, (ids, psi) in enumerate(bar):
+                writer.write_shard(writer.done_shards, ids, psi)
+                del i
+            writer.finish()
+        del t0
+    finally:
+        engine.close()
+    return EncodingStore.open(cfg.out)
+
+
+@dataclass
+class TraceConfig:
+    """A ``trace`` job against a built store."""
+
+    index: str
+    queries: str
+    out: str | None = None
+    top_k: int = 10
+    model: str | None = None
+    """Defaults to the model the store was built with."""
+    optimizer_state: str | None = None
+    """Defaults to the optimizer state the store was built with."""
+    faiss: str | None = None
+    """FAISS spec for approximate search, e.g. ``IVF256,Flat`` or ``IVF256,PQ16``."""
+    nprobe: int = 16
+    report_recall: bool = False
+    """Also run exact search and report recall@10 of the approximate one."""
+    device: str | None = None
+    progress: bool = True
+
+
+def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: str | None,
+                     device: str | None = None) -> Encoder:
+    """The store's own encoder (its configuration and fitted state), checked against it."""
+    config = store.config
+    enc_cfg = EncoderConfig.from_dict(config["encoder"]["config"])
+    if device is not None:
+        enc_cfg = enc_cfg.replace(device=device)
+    encoder = Encoder.load(model or config["model"], optimizer_state or config["optimizer_state"],
+                           enc_cfg)
+    _load_state(Path(store.path) / STATE_FILE, encoder)
+    EncodingStore.open(store.path, expect=encoder.fingerprints(), verify=False,
+                       labels=FINGERPRINT_LABELS)
+    return encoder
+
+
+def trace(cfg: TraceConfig) -> ScanResult:
+    queries = read_queries(cfg.queries)
+    store = EncodingStore.open(cfg.index)
+    encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)
+    _, query_psi = encoder.encode_queries(queries)
+    query_psi = query_psi.numpy().astype(np.float32)
+    metadata = {"command": "trace", "index": str(cfg.index), "queries": str(cfg.queries),
+                "top_k": cfg.top_k, "encoder": encoder.metadata(),
+                "fingerprints": store.fingerprints, "search": "exact"}
+    exact = None
+    if cfg.faiss is None or cfg.report_recall:
+        exact = to_rankings(queries, exact_topk(query_psi, store, cfg.top_k))
+    rankings = exact
+    if cfg.faiss is not None:
+        index = ApproxIndex.build(store, cfg.faiss, nprobe=cfg.nprobe)
+        found = index.search(query_psi, cfg.top_k)
+        rankings = [Ranking(q.id, list(r.doc_ids), [float(s) for s in r.scores])
+                    for q, r in zip(queries, found, strict=True)]
+        metadata["search"] = f"faiss {cfg.faiss} nprobe={cfg.nprobe}"
+        if cfg.report_recall:
+            k = min(10, cfg.top_k)
+            metadata["recall_at_10"] = recall_at_k([r.doc_ids for r in rankings],
+                                                   [r.doc_ids for r in exact], k)
+    if cfg.out:
+        write_with_metadata(cfg.out, rankings, metadata)
+    return ScanResult(rankings, metadata)

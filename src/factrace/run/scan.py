@@ -1,0 +1,123 @@
+"""``scan``: the paper's mode. Fit R on a corpus sample and the queries, then one streaming pass
+over the corpus that encodes, whitens, normalises and scores every passage against every query,
+keeping only the top-k proponents and bottom-k opponents per query.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factrace.config import EncoderConfig
+from factrace.data.atomic import atomic_write
+from factrace.data.corpus import validate_corpus
+from factrace.data.io import Ranking, read_queries, write_rankings
+from factrace.data.records import Query
+from factrace.run.engines import make_engine
+from factrace.run.fit import fit
+from factrace.run.progress import progress_bar
+from factrace.run.worker import EncoderSpec
+from factrace.search.topk import TopK
+
+
+@dataclass
+class ScanConfig:
+    """A ``scan`` job."""
+
+    model: str
+    """Hugging Face model directory."""
+    corpus: str
+    """Training corpus (JSONL, Parquet, saved HF dataset, or a directory of them)."""
+    queries: str
+    """Queries JSONL (id, prompt, target)."""
+    out: str | None = None
+    """Rankings JSONL to write (and ``<out>.meta.json`` beside it); ``None`` → not written."""
+    optimizer_state: str | None = None
+    """Optimizer state file (HF ``optimizer.pt``, torch state_dict or safetensors)."""
+    top_k: int = 10
+    """Proponents (and opponents) kept per query."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """How examples are encoded (a variant plus overrides)."""
+    engine: str = "local"
+    """``local`` or ``ray``."""
+    workers: int = 2
+    """Ray actors (model replicas)."""
+    ray_address: str | None = None
+    """An existing Ray cluster; ``None`` starts a local Ray for the run."""
+    gpus_per_worker: float = 0.0
+    """GPUs per Ray actor."""
+    shard_rows: int = 512
+    """Corpus rows per task: memory is bounded by one task's encodings."""
+    progress: bool = True
+
+
+@dataclass
+class ScanResult:
+    rankings: list[Ranking]
+    metadata: dict
+
+
+def to_rankings(queries: list[Query], topk: TopK) -> list[Ranking]:
+    out = []
+    for q, r in zip(queries, topk.result(), strict=True):
+        out.append(Ranking(q.id, list(r.doc_ids), [float(s) for s in r.scores],
+                           list(r.opponent_ids), [float(s) for s in r.opponent_scores]))
+    return out
+
+
+def write_with_metadata(out: str, rankings: list[Ranking], metadata: dict) -> None:
+    """Rankings and ``<out>.meta.json`` (how they were made), each written atomically."""
+    write_rankings(out, rankings)
+    with atomic_write(meta_path(out), "w") as f:
+        json.dump(metadata, f, indent=2, default=str)
+
+
+def meta_path(out: str) -> Path:
+    return Path(str(out) + ".meta.json")
+
+
+def scan(cfg: ScanConfig) -> ScanResult:
+    """Run a scan; validates every input before any model work, writes outputs atomically."""
+    t0 = time.perf_counter()
+    queries = read_queries(cfg.queries)
+    info = validate_corpus(cfg.corpus)
+    spec = EncoderSpec(str(cfg.model), cfg.optimizer_state, cfg.encoder)
+    engine = make_engine(cfg.engine, spec, cfg.workers, cfg.ray_address, cfg.gpus_per_worker)
+    try:
+        timings = {"validate_s": time.perf_counter() - t0}
+        t = time.perf_counter()
+        record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
+        timings["fit_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _, query_psi = engine.encoder.encode_queries(queries)
+        query_psi = query_psi.numpy()
+        tasks = [(str(cfg.corpus), s, min(s + cfg.shard_rows, info.n_rows), query_psi, cfg.top_k)
+                 for s in range(0, info.n_rows, cfg.shard_rows)]
+        total = TopK(len(queries), cfg.top_k)
+        bar = progress_bar(engine.map("scan_rows", tasks), total=len(tasks),
+                           desc="scanning corpus", enabled=cfg.progress, unit="shard")
+        for partial in bar:
+            total.merge(partial)
+        timings["scan_s"] = time.perf_counter() - t
+        rankings = to_rankings(queries, total)
+        metadata = {
+            "command": "scan",
+            "model": str(cfg.model),
+            "optimizer_state": cfg.optimizer_state,
+            "corpus": str(cfg.corpus),
+            "corpus_rows": info.n_rows,
+            "queries": str(cfg.queries),
+            "top_k": cfg.top_k,
+            "engine": cfg.engine,
+            "encoder": engine.encoder.metadata(),
+            "fingerprints": engine.encoder.fingerprints(),
+            "fit": record,
+            "timings": timings,
+        }
+    finally:
+        engine.close()
+    if cfg.out:
+        write_with_metadata(cfg.out, rankings, metadata)
+    return ScanResult(rankings, metadata)

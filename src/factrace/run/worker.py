@@ -1,0 +1,94 @@
+"""The per-shard work that every engine runs: one encoder, its fitted state, and shard tasks.
+
+A :class:`ShardWorker` holds one model replica. Engines differ only in where workers live (in
+this process, or as Ray actors) — the functions they run, and the order in which partial results
+are merged, are the same, so every engine gives the same results.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from factrace.config import EncoderConfig
+from factrace.data.corpus import iter_corpus
+from factrace.data.records import Passage, Query
+from factrace.encode.encoder import Encoder
+from factrace.encode.hessian import SecondMomentMatrix, Whitening
+from factrace.encode.second_moment import Correction, SquaredGradientSums
+from factrace.search.topk import TopK, exact_topk
+
+# Windows of one passage share its row's block of positions in the top-k tie order.
+POSITIONS_PER_ROW = 1 << 16
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything a worker needs to build the same encoder anywhere."""
+
+    model: str
+    optimizer_state: str | None
+    config: EncoderConfig
+
+    def load(self) -> Encoder:
+        return Encoder.load(self.model, self.optimizer_state, self.config)
+
+
+class ShardWorker:
+    """One model replica and the tasks of a pipeline."""
+
+    def __init__(self, spec: EncoderSpec, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.encoder = spec.load()
+
+    # fitted state, set by the driver ------------------------------------------------------
+    def squared_gradients(self, passages: list[Passage]) -> SquaredGradientSums:
+        from factrace.encode.capture import GradientSquares
+
+        enc = self.encoder
+        collector = GradientSquares(enc.loaded.model, enc.tracked)
+        with collector:
+            for batch in enc._batches(enc.tokenize_passages(passages)):
+                collector.backward(batch, enc.config.loss_reduction)
+        return collector.sums
+
+    def set_corrections(self, corrections: dict[str, Correction], note: str) -> None:
+        self.encoder._corrections = corrections
+        self.encoder.second_moment_note = note
+
+    def hessian_partial(self, passages: list[Passage] | None = None,
+                        queries: list[Query] | None = None) -> SecondMomentMatrix:
+        enc = self.encoder
+        examples = enc.tokenize_queries(queries) if queries is not None else \
+            enc.tokenize_passages(passages)
+        return enc.accumulate(examples)
+
+    def set_whitening(self, whitening: Whitening) -> None:
+        self.encoder.whitening = whitening
+
+    # encoding tasks -------------------------------------------------------------------------
+    def encode_queries(self, queries: list[Query]) -> tuple[list[str], np.ndarray]:
+        ids, psi = self.encoder.encode_queries(queries)
+        return ids, psi.numpy()
+
+    def encode_rows(self, corpus: str, start: int, stop: int) -> tuple[list[str], np.ndarray]:
+        """ψ of corpus rows ``[start, stop)`` as float16 (how stores keep them)."""
+        ids, psi = self.encoder.encode_passages(iter_corpus(corpus, start=start, stop=stop))
+        if not ids:
+            return [], np.zeros((0, self.encoder.dim), np.float16)
+        return ids, psi.numpy().astype(np.float16)
+
+    def scan_rows(self, corpus: str, start: int, stop: int, query_psi: np.ndarray,
+                  k: int) -> TopK:
+        """Top-k/bottom-k of rows ``[start, stop)`` against the queries: a partial to merge."""
+        ids, psi = self.encode_rows(corpus, start, stop)
+        return exact_topk(query_psi, [(ids, psi)] if ids else [], k,
+                          row_offset=start * POSITIONS_PER_ROW)
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
