@@ -1,0 +1,73 @@
+"""The command line: bad input gets one line naming file and line, exit code 2, no output left."""
+
+import json
+
+import pytest
+
+from factrace.cli import main
+
+FAST = ["--dim", "64", "--train-examples", "16", "-q"]
+
+
+def _scan(world, tmp_path, corpus=None, queries=None, extra=()):
+    out = tmp_path / "rankings.jsonl"
+    argv = ["scan", "--model", world["model"], "--optimizer-state", world["optimizer"],
+            "--corpus", str(corpus or world["corpus"]), "--queries", str(queries or world["queries"]),
+            "--out", str(out), *FAST, *extra]
+    return main(argv), out
+
+
+def _write(path, lines):
+    path.write_bytes(b"".join(line if isinstance(line, bytes) else line.encode() + b"\n"
+                              for line in lines))
+    return path
+
+
+GOOD = json.dumps({"id": "a", "text": "Alba was born in Tesk."})
+CASES = {
+    "malformed": ([GOOD, "{not json"], "corpus.jsonl:2"),
+    "missing_id": ([GOOD, json.dumps({"text": "x y z"})], "corpus.jsonl:2"),
+    "missing_text": ([GOOD, GOOD.replace('"a"', '"b"'), json.dumps({"id": "c"})], "corpus.jsonl:3"),
+    "duplicate": ([GOOD, GOOD], "corpus.jsonl:2"),
+    "empty": ([], "empty"),
+    "non_utf8": ([GOOD, b'{"id": "b", "text": "caf\xe9"}\n'], "corpus.jsonl:2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_corpus(world, tmp_path, capsys, case):
+    lines, where = CASES[case]
+    corpus = _write(tmp_path / "corpus.jsonl", lines)
+    code, out = _scan(world, tmp_path, corpus=corpus)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("factrace: error:")
+    assert where in err
+    assert "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob("*rankings*"))
+
+
+def test_empty_target(world, tmp_path, capsys):
+    queries = _write(tmp_path / "queries.jsonl",
+                     [json.dumps({"id": "q", "prompt": "Alba was born in", "target": ""})])
+    code, out = _scan(world, tmp_path, queries=queries)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "queries.jsonl:1" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unknown_variant_and_bad_dim(world, tmp_path, capsys):
+    code, _ = _scan(world, tmp_path, extra=["--variant", "nope"])
+    assert code == 2 and "unknown variant" in capsys.readouterr().err
+    code, _ = _scan(world, tmp_path, extra=["--dim", "1001", "--variant", "grad-cos"])
+    assert code == 2 and "divisible" in capsys.readouterr().err
+
+
+def test_scan_writes_rankings(world, tmp_path):
+    code, out = _scan(world, tmp_path, extra=["--top-k", "3", "--variant", "trackstar-train"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["doc_ids"]) == 3 == len(r["scores"]) for r in rows)
+    meta = json.loads((tmp_path / "rankings.jsonl.meta.json").read_text())
+    assert meta["encoder"]["config"]["variant"] == "trackstar-train"
+    assert meta["encoder"]["dim"] == 64
