@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import CharTokenizer
 from trained_tiny import FACTS, UNRELATED, build_model, train
 
 from factrace.model.load import LoadedModel
+from tiny import CharTokenizer
 
 
 @pytest.fixture(scope="session")

@@ -62,13 +62,13 @@ def test_attribution_metrics_by_hand():
     m = attribution_metrics(rankings, qrels)
     rr = [1.0, 1 / 3, 0.0, 1 / 11, 0.0]  # q7 missing from the rankings counts as 0
     hits = [1.0, 1.0, 0.0, 0.0, 0.0]
-    assert m.reciprocal_ranks == pytest.approx(dict(zip(["q1", "q2", "q3", "q4", "q7"], rr)))
+    assert m.reciprocal_ranks == pytest.approx(dict(zip(["q1", "q2", "q3", "q4", "q7"], rr, strict=True)))
     assert m.mrr.mean == pytest.approx(sum(rr) / 5)
     mean = sum(rr) / 5
     assert m.mrr.stderr == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in rr) / 4 / 5))
     assert m.recall.mean == pytest.approx(0.4)
     assert m.recall.stderr == pytest.approx(math.sqrt(0.3 / 5))  # var(ddof=1) of 1,1,0,0,0 = 0.3
-    assert m.hits == dict(zip(["q1", "q2", "q3", "q4", "q7"], hits))
+    assert m.hits == dict(zip(["q1", "q2", "q3", "q4", "q7"], hits, strict=True))
     assert m.missing == ["q7"]
     assert m.skipped == ["q5", "q6"]
     assert m.mrr.n == m.recall.n == 5 and m.k == 10

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from tiny import CharTokenizer
 from trained_tiny import FACTS, FINAL_LR, UNRELATED
 
 from factrace.data.batching import collate
@@ -21,6 +20,7 @@ from factrace.evaluate.tail_patch import (
 from factrace.model.load import LoadedModel
 from factrace.model.loss import forward_logits, per_example_loss, target_logprob
 from factrace.model.optimizer_state import restore_adamw
+from tiny import CharTokenizer
 
 TEXTS = {**FACTS, **UNRELATED}
 QUERIES = [

@@ -1,17 +1,15 @@
 """A tiny Llama trained on a handful of facts (the known answer of the tail-patch tests)."""
 
 import math
-from pathlib import Path
 
 import torch
-from tiny import CharTokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from factrace.data.batching import collate
 from factrace.data.records import Passage
 from factrace.data.tokenize import tokenize_passage
-from factrace.model.load import LoadedModel
 from factrace.model.loss import forward_logits, per_example_loss
+from tiny import CharTokenizer
 
 FACTS = {
     "alice": "Alice was born in Paris.",

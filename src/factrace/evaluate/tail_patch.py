@@ -129,12 +129,12 @@ def _clone(value):
 
 def passage_example(loaded: LoadedModel, doc_id: str, passages: PassageTexts) -> TokenizedExample:
     """The tokens the step trains on for passage ``doc_id`` (a window for ``<doc>#<n>``)."""
-    text = _lookup(passages, doc_id)
+    text = lookup_text(passages, doc_id)
     if text is not None:
         return tokenize_passage(loaded.tokenizer, Passage(doc_id, text), loaded.max_length,
                                 overflow="truncate")[0]
     bare = bare_id(doc_id)
-    text = _lookup(passages, bare) if bare != doc_id else None
+    text = lookup_text(passages, bare) if bare != doc_id else None
     if text is None:
         raise FactraceError(f"tail-patch: no text for passage {doc_id!r}; pass the corpus the "
                             "rankings were made from")
@@ -146,7 +146,8 @@ def passage_example(loaded: LoadedModel, doc_id: str, passages: PassageTexts) ->
                         f"{loaded.max_length}, so {doc_id!r} does not exist")
 
 
-def _lookup(passages: PassageTexts, doc_id: str) -> str | None:
+def lookup_text(passages: PassageTexts, doc_id: str) -> str | None:
+    """The text of passage ``doc_id`` from a mapping or a function, ``None`` if it has none."""
     if callable(passages) and not isinstance(passages, Mapping):
         try:
             value = passages(doc_id)

@@ -7,6 +7,7 @@ passages were encoded. An interrupted build resumes at the first missing shard.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,10 @@ def _save_state(path: Path, encoder: Encoder) -> None:
     if encoder.config.second_moment == "estimate":
         state["corrections"] = {n: {"row": c.row, "col": c.col}
                                 for n, c in encoder._corrections.items()}
+    buffer = io.BytesIO()  # not the temporary file: torch records its name inside the archive
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _load_state(path: Path, encoder: Encoder) -> None:

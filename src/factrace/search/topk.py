@@ -42,8 +42,10 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     q, n = scores.shape
     if k >= n:
         return torch.arange(n).expand(q, n)
-    values, index = torch.topk(scores, k, dim=1, sorted=False)
-    kth = values.min(dim=1, keepdim=True).values
+    # sorted, so the k-th value is the last (a min over dim=1 would also do, but small
+    # reductions along a dim enter an OpenMP region that stalls on a busy machine)
+    values, index = torch.topk(scores, k, dim=1)
+    kth = values[:, -1:]
     tied = (scores >= kth).sum(dim=1) > k  # the k-th value is shared beyond the k chosen
     if tied.any():
         rows = tied.nonzero().squeeze(1)

@@ -1,0 +1,108 @@
+"""The report files: table, plot, findings, examples, escaping."""
+
+import base64
+import json
+import re
+
+from rich.console import Console
+
+from factrace.data.io import Ranking
+from factrace.data.records import Query
+from factrace.evaluate.ladder import Finding, findings
+from factrace.report import build_examples, markdown_table, print_table, scatter_png, write_report
+
+ROWS = [
+    {"method": "bm25", "mrr": 0.61234, "mrr_se": 0.0213, "recall10": 0.8, "recall10_se": 0.04,
+     "tail_patch": 0.0012, "tail_patch_se": 0.0003, "n_queries": 50, "n_tail_patch": 20},
+    {"method": "trackstar", "mrr": 0.4, "mrr_se": 0.03, "recall10": 0.7, "recall10_se": 0.05,
+     "tail_patch": 0.0051, "tail_patch_se": 0.0004, "n_queries": 50, "n_tail_patch": 20},
+    {"method": "random", "mrr": 0.01, "mrr_se": 0.005, "recall10": 0.02, "recall10_se": 0.01,
+     "tail_patch": None, "tail_patch_se": None, "n_queries": 50, "n_tail_patch": 0},
+]
+PASSAGES = {
+    "g1": "Alice was born in Paris.",
+    "evil": "<script>alert('x')</script> & more",
+    "p2": "Bob was born in Tokyo.",
+    "long": "word " * 200,
+}
+QUERIES = [Query("q0", "Nobody", " none"), Query("q1", "Alice was born in", " <Paris>")]
+QRELS = {"q1": {"g1"}}
+RANKINGS = {
+    "trackstar": [Ranking("q1", ["evil", "g1#0", "long"], [0.9, 0.8, 0.1])],
+    "bm25": {"q1": ["g1", "p2"]},
+}
+
+
+def examples():
+    return build_examples(QUERIES, QRELS, RANKINGS, PASSAGES, methods=("trackstar", "bm25", "x"))
+
+
+def test_markdown_table_and_terminal_table():
+    md = markdown_table(ROWS)
+    lines = md.strip().splitlines()
+    assert lines[0] == "| Method | MRR | Recall@10 | Tail-patch |"
+    assert lines[2] == "| bm25 | 0.612 ± 0.021 | 0.800 ± 0.040 | 0.00120 ± 0.00030 |"
+    assert lines[4] == "| random | 0.010 ± 0.005 | 0.020 ± 0.010 | – |"
+    console = Console(record=True, width=120)
+    print_table(ROWS, console)
+    text = console.export_text()
+    assert "trackstar" in text and "0.400 ± 0.030" in text and "0.00510 ± 0.00040" in text
+
+
+def test_build_examples_marks_gold_and_windows():
+    [ex] = examples()
+    assert ex.query_id == "q1" and list(ex.columns) == ["trackstar", "bm25"]
+    track = ex.columns["trackstar"]
+    assert [p.gold for p in track] == [False, True, False]
+    assert track[1].text == PASSAGES["g1"] and track[1].score == 0.8
+    assert len(track[2].text) == 300 and track[2].text.endswith("…")
+    assert ex.columns["bm25"][0].gold and ex.columns["bm25"][0].score is None
+    assert [p.id for p in ex.gold] == ["g1"]
+
+
+def test_scatter_png_is_a_png_of_methods_with_tail_patch():
+    png = scatter_png(ROWS)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert scatter_png([ROWS[2]]) is None
+
+
+def test_write_report_files_table_plot_and_escaping(tmp_path):
+    found = findings(ROWS) + [("A claim with <b>markup</b>", None, "not measured")]
+    paths = write_report(tmp_path / "rep", ROWS, found, examples(),
+                         {"model": "tiny <model>", "d": 65536})
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {
+        "results.json", "results.md", "report.html", "mrr_vs_tail_patch.png"}
+    record = json.loads(paths["json"].read_text())
+    assert record["rows"] == ROWS
+    assert record["metadata"] == {"model": "tiny <model>", "d": 65536}
+    assert record["findings"][-1] == {"claim": "A claim with <b>markup</b>", "held": None,
+                                      "evidence": "not measured"}
+    assert record["examples"][0]["columns"]["trackstar"][1]["gold"] is True
+
+    md = paths["markdown"].read_text()
+    assert "| trackstar | 0.400 ± 0.030 | 0.700 ± 0.050 | 0.00510 ± 0.00040 |" in md
+    assert "**held**: TrackStar wins at influence (tail-patch)" in md
+
+    html = paths["html"].read_text()
+    for method in ("bm25", "trackstar", "random"):
+        assert f"<tr><td>{method}</td>" in html
+    assert '<td class="num">0.612 ± 0.021</td>' in html
+    match = re.search(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert match and base64.b64decode(match.group(1)) == paths["plot"].read_bytes()
+    # Every piece of user text is escaped.
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in html
+    assert "&lt;Paris&gt;" in html and "tiny &lt;model&gt;" in html
+    assert "A claim with &lt;b&gt;markup&lt;/b&gt;" in html
+    assert html.count('class="star"') == 2  # the gold passage in each column
+    assert "TrackStar wins at influence" in html
+
+
+def test_report_without_tail_patch_has_no_plot(tmp_path):
+    rows = [dict(ROWS[2]), dict(ROWS[0], tail_patch=None, tail_patch_se=None)]
+    rows[0]["mrr"] = float("nan")
+    paths = write_report(tmp_path, rows, [Finding("c", False, "e")])
+    assert "plot" not in paths and not (tmp_path / "mrr_vs_tail_patch.png").exists()
+    assert "<img" not in paths["html"].read_text()
+    assert json.loads(paths["json"].read_text())["rows"][0]["mrr"] is None
+    assert "**did not hold**: c — e" in paths["markdown"].read_text()
