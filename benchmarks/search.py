@@ -8,6 +8,11 @@ For each query count q, measures in one run:
 and prints both as multiply-adds per second (rows·dim·q / seconds, best of ``--repeats``) and
 their ratio. The target is a ratio of at least 0.5.
 
+On a machine whose cores are busy with other processes, OpenMP's spinning barriers stall at
+each of the search's many per-chunk parallel regions (the plain matmul is one region), which
+can cut the ratio several-fold; ``OMP_WAIT_POLICY=PASSIVE`` (set in the environment, for both
+measurements) avoids that, as does ``--threads 1``.
+
     python benchmarks/search.py                    # rows=65536 dim=4096 q=16,256
     python benchmarks/search.py --rows 8192 --dim 65536 --queries 64
 """
@@ -15,6 +20,7 @@ their ratio. The target is a ratio of at least 0.5.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +55,9 @@ def best_time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=65536)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--queries", default="16,256", help="comma-separated query counts")
@@ -57,10 +65,19 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=16384)
     parser.add_argument("--chunk-rows", type=int, default=None, help="default: the library's")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; rows={args.rows} dim={args.dim} "
-          f"k={args.k} shard_rows={args.shard_rows} chunk_rows={args.chunk_rows or 'default'}")
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY={wait}; "
+        f"rows={args.rows} dim={args.dim} "
+        f"k={args.k} shard_rows={args.shard_rows} chunk_rows={args.chunk_rows or 'default'}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(Path(tmp) / "store", args.rows, args.dim, args.shard_rows, seed=0)
         dense = torch.cat([torch.from_numpy(np.array(e)).float() for _, e in store.iter_shards()])
@@ -70,9 +87,10 @@ def main() -> None:
             queries /= queries.norm(dim=1, keepdim=True)
             macs = args.rows * args.dim * q
             search = best_time(
-                lambda: exact_search(queries, store, args.k, chunk_rows=args.chunk_rows), args.repeats
+                lambda x=queries: exact_search(x, store, args.k, chunk_rows=args.chunk_rows),
+                args.repeats,
             )
-            matmul = best_time(lambda: torch.matmul(queries, dense.T), args.repeats)
+            matmul = best_time(lambda x=queries: torch.matmul(x, dense.T), args.repeats)
             print(f"{q:>5} {macs / search:13.3e} {macs / matmul:13.3e} {matmul / search:6.2f}")
 
 

@@ -1,5 +1,6 @@
 """A tiny Llama trained on a handful of facts (the known answer of the tail-patch tests)."""
 
+import contextlib
 import math
 
 import torch
@@ -59,3 +60,15 @@ def train(model, texts, steps: int = STEPS) -> torch.optim.AdamW:
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     return optimizer
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread: these models are so small that a second thread only adds
+    synchronisation, which on a busy machine costs more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

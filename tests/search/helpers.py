@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from factrace.search import StoreWriter
 
 FINGERPRINTS = {"model": "m-abc", "tokenizer": "t-1", "projection_seed": "0", "r": "r-9"}

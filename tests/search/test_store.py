@@ -55,7 +55,7 @@ def test_write_accepts_torch_and_converts_to_float16(tmp_path):
 
     x = torch.randn(4, DIM, dtype=torch.float64)
     write_store(tmp_path / "s", [(["a", "b", "c", "d"], x)], DIM)
-    (_, got), = EncodingStore.open(tmp_path / "s").iter_shards()
+    ((_, got),) = EncodingStore.open(tmp_path / "s").iter_shards()
     np.testing.assert_array_equal(got, x.numpy().astype(np.float16))
 
 
@@ -101,7 +101,9 @@ def test_resume_with_other_fingerprints_names_the_key(tmp_path):
     with pytest.raises(FactraceError, match=r"encoding dimension \(store: 16, now: 8\)"):
         StoreWriter.create_or_resume(path, FINGERPRINTS, 8)
     dropped = {k: v for k, v in FINGERPRINTS.items() if k != "r"}
-    with pytest.raises(FactraceError, match=r"different r \(store: r-9, now: none\)"):
+    with pytest.raises(
+        FactraceError, match=r"different R \(Hessian approximation\) \(store: r-9, now: none\)"
+    ):
         StoreWriter.create_or_resume(path, dropped, DIM)
 
 
@@ -109,7 +111,9 @@ def test_open_with_other_fingerprints_names_each_part(tmp_path):
     path = write_store(tmp_path / "s", shard_data([3], DIM), DIM)
     EncodingStore.open(path, expect={"model": "m-abc"})  # a subset that agrees is fine
     with pytest.raises(FactraceError) as error:
-        EncodingStore.open(path, expect={**FINGERPRINTS, "projection_seed": "1", "tokenizer": "t-2"})
+        EncodingStore.open(
+            path, expect={**FINGERPRINTS, "projection_seed": "1", "tokenizer": "t-2"}
+        )
     message = str(error.value)
     assert "projection seed (store: 0, now: 1)" in message
     assert "tokenizer (store: t-1, now: t-2)" in message

@@ -63,8 +63,12 @@ def test_ties_go_to_the_earlier_row():
 
 def test_top_indices_breaks_ties_by_index():
     scores = torch.tensor([[0.0, 5.0, 5.0, 5.0, 1.0], [4.0, 3.0, 2.0, 1.0, 0.0]])
-    got = top_indices(scores, 2).sort(dim=1).values
-    assert got.tolist() == [[1, 2], [0, 1]]
+    values, index = top_indices(scores, 2)
+    assert index.sort(dim=1).values.tolist() == [[1, 2], [0, 1]]
+    assert values.sort(dim=1).values.tolist() == [[5.0, 5.0], [3.0, 4.0]]
+    scores = torch.tensor([[2.0, 1.0, 3.0, 1.0, 1.0]])
+    values, index = top_indices(scores, 2, largest=False)
+    assert index.sort(dim=1).values.tolist() == [[1, 3]] and values.tolist() == [[1.0, 1.0]]
 
 
 def test_merge_of_partials_equals_one_pass():

@@ -20,14 +20,16 @@ from factrace.model.modules import TrackedModule
 class HookCollector:
     """Owns hook lifetime and the activation-only backward; subclasses say what to do with
     ``x`` ``[batch, tokens, d_in]`` (forward) and ``δ`` ``[batch, tokens, d_out]`` (backward),
-    both float32 with padding zeroed."""
+    both float32. ``self.mask`` ``[batch, tokens, 1]`` marks real tokens: δ is exactly zero at
+    padding (no loss there, and no real token attends to it), so zeroing padding on one side of
+    each product — whichever is cheaper — removes it from every sum."""
 
     def __init__(self, model: nn.Module, tracked: list[TrackedModule]):
         self.model = model
         self.tracked = tracked
         self._handles: list = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
-        self._mask: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
 
     # subclass interface -------------------------------------------------------------------
     def on_forward(self, module: TrackedModule, x: torch.Tensor) -> None:
@@ -59,21 +61,19 @@ class HookCollector:
 
     def _forward_hook(self, tm: TrackedModule):
         def hook(_module, args, output):
-            mask = self._mask
-            x = args[0].float() * mask
-            self.on_forward(tm, x)
+            self.on_forward(tm, args[0].float())
             if output.requires_grad:
-                output.register_hook(lambda g: self.on_backward(tm, g.float() * mask))
+                output.register_hook(lambda g: self.on_backward(tm, g.float()))
         return hook
 
     def backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
         """One forward and an activation-only backward of the summed per-example losses."""
-        self._mask = batch.attention_mask[..., None].float()
+        self.mask = batch.attention_mask[..., None].float()
         with torch.enable_grad():
             logits = forward_logits(self.model, batch)
             loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
             loss.sum().backward()
-        self._mask = None
+        self.mask = None
 
 
 def _require_grad(_module, _args, output):
@@ -114,9 +114,9 @@ class ProjectedGradients(HookCollector):
 
     def on_forward(self, tm, x):
         if tm.name in self.inverse:
-            self._inputs[tm.name] = x
+            self._inputs[tm.name] = x * self.mask
         else:
-            self._inputs[tm.name] = x @ self.right[tm.name].T  # [batch, tokens, b]
+            self._inputs[tm.name] = (x @ self.right[tm.name].T) * self.mask  # [batch, tokens, b]
 
     def on_backward(self, tm, delta):
         block = self.block_of[tm.name]
@@ -156,7 +156,7 @@ class GradientSquares(HookCollector):
         self._inputs: dict[str, torch.Tensor] = {}
 
     def on_forward(self, tm, x):
-        self._inputs[tm.name] = x
+        self._inputs[tm.name] = x * self.mask
 
     def on_backward(self, tm, delta):
-        self.sums.add(tm.name, self._inputs.pop(tm.name), delta)
+        self.sums.add(tm.name, self._inputs.pop(tm.name), delta * self.mask)

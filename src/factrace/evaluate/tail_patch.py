@@ -20,6 +20,9 @@ Choices, stated once:
 - Weights and optimizer state are snapshotted once (tensor copies, never a model copy) and copied
   back in place after every step, so each step starts from exactly the same point and the model
   and optimizer are bit-for-bit as they were when :func:`tail_patch` returns.
+- Memory: the snapshot holds one more copy of the weights and of both Adam moments.
+- Precision: load the model in float32. In bfloat16 a single step at a final learning rate is
+  mostly rounded away, so Δ measures rounding; a warning says so.
 - A windowed passage id ``<doc>#<n>`` trains on that window of ``<doc>``'s text, cut the way
   :func:`~factrace.data.tokenize.tokenize_passage` cuts it; a plain id trains on the passage
   truncated to the model's context.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -91,7 +95,7 @@ class TrainingState:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.params = snapshot_params(optimizer)
         self.lrs = [g["lr"] for g in optimizer.param_groups]
         with torch.no_grad():
             self.weights = [p.detach().clone() for p in self.params]
@@ -121,6 +125,11 @@ class TrainingState:
                 del live[key]
         for group, lr in zip(self.optimizer.param_groups, self.lrs, strict=True):
             group["lr"] = lr
+
+
+def snapshot_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """Every parameter the optimizer updates, in group order."""
+    return [p for g in optimizer.param_groups for p in g["params"]]
 
 
 def _clone(value):
@@ -160,7 +169,7 @@ def lookup_text(passages: PassageTexts, doc_id: str) -> str | None:
 
 def training_step(loaded: LoadedModel, optimizer: torch.optim.Optimizer, batch: Batch) -> None:
     """One AdamW step on the mean token cross-entropy of ``batch`` (one passage), eval mode."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    params = snapshot_params(optimizer)
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -208,6 +217,11 @@ def tail_patch(
         n_queries: evaluate only the first ``n_queries`` queries in file order.
         progress: show a progress bar.
 
+    Returns:
+        The mean Δ over queries and its standard error, with per-query and per-passage values.
+        A query whose ranking is empty scores 0. On return (or on an error) the model's weights
+        are exactly as they were.
+
     Raises:
         FactraceError: a selected query has no ranking, or a ranked passage has no text.
     """
@@ -222,13 +236,18 @@ def tail_patch(
     selected = list(queries)[:n_queries] if n_queries is not None else list(queries)
     absent = [q.id for q in selected if q.id not in ranked]
     if absent:
-        raise FactraceError(f"tail-patch: no ranking for {len(absent)} quer(y/ies), first "
-                            f"{absent[0]!r}; rank every query or lower n_queries")
+        raise FactraceError(f"tail-patch: no ranking for query {absent[0]!r} ({len(absent)} of "
+                            f"{len(selected)} selected queries have none); rank every query or "
+                            "lower n_queries")
     optimizer = restore_adamw(loaded.model, optimizer_path)
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
     step_lr = float(optimizer.param_groups[0]["lr"])
+    low = sorted({str(p.dtype) for p in snapshot_params(optimizer) if p.element_size() < 4})
+    if low:
+        warnings.warn(f"tail-patch on {', '.join(low)} weights: one small step is largely rounded "
+                      "away; load the model in float32", stacklevel=2)
     loaded.model.eval()
     snapshot = TrainingState(optimizer)
     device = loaded.device

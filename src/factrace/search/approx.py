@@ -28,6 +28,8 @@ from factrace.search.topk import Ranking
 INDEX_FILE = "faiss.index"
 #: FAISS wants at least this many training points per IVF centroid.
 MIN_POINTS_PER_LIST = 39
+#: Default cap on the float32 training sample.
+TRAIN_BYTES = 2 << 30
 
 Source = EncodingStore | Sequence[tuple[Sequence[str], np.ndarray]]
 
@@ -124,15 +126,21 @@ class ApproxIndex:
         seed: int = 0,
         chunk_rows: int = 16384,
     ) -> ApproxIndex:
-        """Train ``spec`` on ``train_rows`` random rows (default ``max(64·nlist, 10000)``, all if
-        fewer; they are held as float32 in memory) and add every row of ``source`` (an
-        :class:`EncodingStore` or a list of ``(ids, encodings)``) in chunks of ``chunk_rows``."""
+        """Train ``spec`` on ``train_rows`` random rows and add every row of ``source`` (an
+        :class:`EncodingStore` or a list of ``(ids, encodings)``) in chunks of ``chunk_rows``.
+
+        The training rows are held as float32 (``train_rows · dim · 4`` bytes). By default
+        ``max(64·nlist, 10000)`` rows, cut to about 2 GiB but not below 39·nlist, and all rows
+        when the store has fewer."""
         n_rows = _rows(source)
         if n_rows == 0:
             raise FactraceError("cannot build an approximate index over an empty store")
         dim = source.dim if isinstance(source, EncodingStore) else next(iter(source))[1].shape[1]
         nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", spec)) else 1
-        n_train = min(n_rows, train_rows or max(64 * nlist, 10_000))
+        if train_rows is None:
+            by_memory = TRAIN_BYTES // (4 * dim)
+            train_rows = max(MIN_POINTS_PER_LIST * nlist, min(max(64 * nlist, 10_000), by_memory))
+        n_train = min(n_rows, train_rows)
         spec = clamp_spec(spec, n_train)
         _check_pq(spec, dim, n_train)
         try:

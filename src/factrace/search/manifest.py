@@ -196,18 +196,19 @@ def fingerprint_differences(
     stored: Mapping[str, str],
     wanted: Mapping[str, str],
     labels: Mapping[str, str] | None = None,
+    both_ways: bool = False,
 ) -> list[str]:
     """One phrase per key of ``wanted`` whose value differs in ``stored``, e.g.
     ``"projection seed (store: 0, now: 1)"``; empty when all agree. Keys only in ``stored``
-    are not compared (the caller did not ask about them)."""
+    are compared only with ``both_ways`` (a reader may ask about some parts only)."""
     names = {**FINGERPRINT_LABELS, **(labels or {})}
+    keys = set(wanted) | (set(stored) if both_ways else set())
     phrases = []
-    for key in sorted(wanted):
-        if stored.get(key) != wanted[key]:
+    for key in sorted(keys):
+        if stored.get(key) != wanted.get(key):
             label = names.get(key, key.replace("_", " "))
-            phrases.append(
-                f"{label} (store: {_short(stored.get(key))}, now: {_short(wanted[key])})"
-            )
+            store_value, now_value = _short(stored.get(key)), _short(wanted.get(key))
+            phrases.append(f"{label} (store: {store_value}, now: {now_value})")
     return phrases
 
 

@@ -64,8 +64,6 @@ class StoreWriter:
             raise FactraceError(
                 f"{path} is not empty and has no {mf.MANIFEST}; choose an empty or new directory"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        _remove_temporaries(path)
         manifest = {
             "format_version": mf.FORMAT_VERSION,
             "dtype": mf.DTYPE,
@@ -76,6 +74,8 @@ class StoreWriter:
             "complete": False,
         }
         json.dumps(manifest)  # a config that is not JSON-able fails here, before any file
+        path.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(path)
         mf.write_manifest(path, manifest)
         return cls(path, manifest)
 
@@ -83,10 +83,7 @@ class StoreWriter:
     def _resume(cls, path: Path, fingerprints: dict[str, str], dim: int) -> StoreWriter:
         manifest = mf.read_manifest(path)
         stored = manifest["fingerprints"]
-        phrases = mf.fingerprint_differences(stored, fingerprints)
-        phrases += [
-            f"{key} (store: {stored[key]}, now: none)" for key in stored if key not in fingerprints
-        ]
+        phrases = mf.fingerprint_differences(stored, fingerprints, both_ways=True)
         if manifest["dim"] != dim:
             phrases.append(f"encoding dimension (store: {manifest['dim']}, now: {dim})")
         if phrases:

@@ -23,8 +23,9 @@ from factrace.search.store import EncodingStore
 #: score's bits do not depend on chunk size or on which other queries share the batch.
 ROW_QUANTUM = 64
 MIN_QUERIES = 8
-#: Default chunk: about this many bytes of float32 encodings at a time.
-CHUNK_BYTES = 4 << 20
+#: Default chunk: about this many bytes of float32 encodings at a time (16 MiB: 1024 rows
+#: at d = 4096, 64 at d = 2^16), large enough to amortise per-chunk thread synchronisation.
+CHUNK_BYTES = 16 << 20
 
 
 class Ranking(NamedTuple):
@@ -36,22 +37,24 @@ class Ranking(NamedTuple):
     opponent_scores: np.ndarray  # float32 [k], ascending
 
 
-def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices of the ``k`` largest entries of each row of ``scores`` ``[q, n]``, ties
-    going to the smaller index; ``[q, min(k, n)]``, in no particular order."""
+def top_indices(
+    scores: torch.Tensor, k: int, largest: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest (or smallest) entries of each row of ``scores`` ``[q, n]`` and their
+    column indices, ties going to the smaller index: ``([q, min(k, n)], [q, min(k, n)])``."""
     q, n = scores.shape
     if k >= n:
-        return torch.arange(n).expand(q, n)
-    # sorted, so the k-th value is the last (a min over dim=1 would also do, but small
-    # reductions along a dim enter an OpenMP region that stalls on a busy machine)
-    values, index = torch.topk(scores, k, dim=1)
-    kth = values[:, -1:]
-    tied = (scores >= kth).sum(dim=1) > k  # the k-th value is shared beyond the k chosen
+        return scores, torch.arange(n).expand(q, n)
+    values, index = torch.topk(scores, k + 1, dim=1, largest=largest)
+    # the choice is ambiguous only where the k-th and (k+1)-th values are equal
+    tied = values[:, k - 1] == values[:, k]
+    values, index = values[:, :k], index[:, :k]
     if tied.any():
         rows = tied.nonzero().squeeze(1)
-        order = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices
-        index[rows] = order[:, :k]
-    return index
+        ordered = torch.sort(scores[rows], dim=1, descending=largest, stable=True)
+        values[rows] = ordered.values[:, :k]
+        index[rows] = ordered.indices[:, :k]
+    return values, index
 
 
 def _best(
@@ -87,10 +90,6 @@ class _Side:
             self.k,
         )
 
-    def add_chunk(self, scores: torch.Tensor, first: int, ids: np.ndarray) -> None:
-        index = top_indices(scores, self.k)
-        self.add(scores.gather(1, index), index + first, ids[index.numpy()])
-
 
 class TopK:
     """Streaming top-k and bottom-k of ``n_queries`` score rows.
@@ -116,11 +115,14 @@ class TopK:
         ids = np.asarray(ids, dtype=object)
         if ids.shape != (scores.shape[1],):
             raise ValueError(f"{ids.shape[0]} ids for {scores.shape[1]} score columns")
-        if torch.isnan(scores).any():
+        first = self.next_row
+        values, index = top_indices(scores, self.k)
+        if torch.isnan(values).any():  # topk ranks NaN above everything
             raise ValueError("scores contain NaN")
-        self._top.add_chunk(scores, self.next_row, ids)
+        self._top.add(values, index + first, ids[index.numpy()])
         if self._bottom is not None:
-            self._bottom.add_chunk(-scores, self.next_row, ids)
+            values, index = top_indices(scores, self.k, largest=False)
+            self._bottom.add(-values, index + first, ids[index.numpy()])
         self.next_row += scores.shape[1]
 
     def merge(self, other: TopK) -> TopK:
@@ -199,7 +201,7 @@ def exact_topk(
     """Score every stored row against ``queries`` ``[q, d]`` and keep the top/bottom ``k``.
 
     ``source``: an :class:`EncodingStore` or an iterable of ``(ids, encodings [rows, d])``.
-    Chunks of ``chunk_rows`` rows (default: about 4 MiB of float32) are converted from float16
+    Chunks of ``chunk_rows`` rows (default: about 16 MiB of float32) are converted from float16
     to float32 and multiplied with ``torch.matmul``; memory is bounded by one chunk.
     ``row_offset``: global position of the first row (for partials merged later).
     """

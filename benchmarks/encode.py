@@ -1,0 +1,114 @@
+"""Encoding cost relative to a plain training step, measured side by side in one run.
+
+A tiny Llama (about 5M parameters) and encyclopedia-length passages of the fact world. For the
+same token batches, it times (a) a plain training step: forward + backward with weight gradients
+(no optimizer update), and (b) factrace's encoding (`layers` layout, `factored` correction,
+d = 2^14): forward + backward to activations only + projection. The two alternate batch by
+batch, so machine noise hits both alike. Prints the ratio encode / train-step.
+
+    python benchmarks/encode.py [--passages 2000] [--dim 16384] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(tmp: Path, n_passages: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from factrace.data.corpus import iter_corpus
+    from factrace.factworld.generate import generate_world
+    from factrace.factworld.tokenizer import train_tokenizer
+    from factrace.factworld.world import WorldConfig
+
+    files = generate_world(tmp / "world", WorldConfig(n_passages=n_passages, seed=seed))
+    passages = list(iter_corpus(files.corpus))
+    tokenizer = train_tokenizer((p.text for p in passages), vocab_size=4096, model_max_length=256)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
+                         max_position_embeddings=256, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    return model, tokenizer, passages
+
+
+def random_state(model):
+    from factrace.model.optimizer_state import OptimizerState, ParamMoment
+
+    g = torch.Generator().manual_seed(0)
+    return OptimizerState({n: ParamMoment(exp_avg_sq=torch.rand(p.shape, generator=g) * 1e-6 + 1e-9)
+                           for n, p in model.named_parameters()}, "benchmark")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--passages", type=int, default=2000)
+    ap.add_argument("--dim", type=int, default=1 << 14)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from factrace.config import EncoderConfig
+    from factrace.data.batching import token_budget_batches
+    from factrace.encode.capture import ProjectedGradients
+    from factrace.encode.encoder import Encoder
+    from factrace.model.load import LoadedModel
+    from factrace.model.loss import forward_logits, per_example_loss
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer, passages = build(Path(tmp), args.passages)
+    loaded = LoadedModel(model, tokenizer, None)
+    config = EncoderConfig(dim=args.dim, layout="layers", second_moment="factored",
+                           hessian="none", batch_tokens=args.batch_tokens)
+    enc = Encoder(loaded, config, random_state(model))
+    batches = list(token_budget_batches(enc.tokenize_passages(passages), args.batch_tokens,
+                                        loaded.pad_id))
+    n_params = sum(p.numel() for p in model.parameters())
+    n_tokens = int(sum(b.attention_mask.sum() for b in batches))
+    capture = ProjectedGradients(model, enc.tracked, enc.blocks, 0, enc._corrections, enc.device)
+
+    def train_step(batch):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        logits = forward_logits(model, batch)
+        per_example_loss(logits, batch.input_ids, batch.loss_mask).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def encode_step(batch):
+        with capture:
+            capture.project(batch)
+
+    train_step(batches[0])  # warm-up both paths
+    encode_step(batches[0])
+    t_train = t_encode = 0.0
+    for _ in range(args.repeats):
+        for batch in batches:
+            t = time.perf_counter()
+            train_step(batch)
+            t_train += time.perf_counter() - t
+            t = time.perf_counter()
+            encode_step(batch)
+            t_encode += time.perf_counter() - t
+    result = {
+        "params": n_params, "passages": len(passages), "examples": sum(len(b.ids) for b in batches),
+        "tokens": n_tokens, "batches": len(batches), "dim": enc.dim, "blocks": len(enc.blocks),
+        "threads": args.threads, "train_step_s": round(t_train, 3), "encode_s": round(t_encode, 3),
+        "encode_tokens_per_s": round(n_tokens * args.repeats / t_encode),
+        "ratio_encode_over_train_step": round(t_encode / t_train, 3),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
