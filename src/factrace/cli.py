@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -181,6 +182,146 @@ def trace(
     if report_recall and "recall_at_10" in result.metadata:
         typer.echo(f"recall@10 of {faiss} against exact search: "
                    f"{result.metadata['recall_at_10']:.4f}")
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    rankings: Annotated[str, typer.Option(help="Rankings JSONL.")],
+    qrels: Annotated[str, typer.Option(help="Gold passages JSONL (query_id, doc_id).")],
+    out: Annotated[str | None, typer.Option(help="Metrics JSON to write.")] = None,
+    tail_patch: Annotated[bool, typer.Option("--tail-patch", help="Also measure tail-patch "
+                                             "(needs --model, --optimizer-state, --corpus, "
+                                             "--queries).")] = False,
+    model: Annotated[str | None, typer.Option(help="Model directory (tail-patch).")] = None,
+    optimizer_state: OptState = None,
+    corpus: Annotated[str | None, typer.Option(help="Corpus (tail-patch).")] = None,
+    queries: Annotated[str | None, typer.Option(help="Queries (tail-patch).")] = None,
+    tail_patch_k: Annotated[int, typer.Option("--tail-patch-k")] = 10,
+    tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
+    lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate (default: the "
+                                             "final learning rate of training).")] = None,
+    device: Device = None, quiet: Quiet = False,
+):
+    """MRR, recall@10 and (optionally) tail-patch of a rankings file, each mean ± se."""
+    _quiet_libraries()
+    import json
+
+    from factrace.data.atomic import atomic_write
+    from factrace.data.io import read_qrels, read_queries, read_rankings
+    from factrace.evaluate.ladder import results_rows
+    from factrace.report import print_table
+
+    ranked = read_rankings(rankings)
+    gold = read_qrels(qrels)
+    patched = {}
+    if tail_patch:
+        missing = [n for n, v in (("--model", model), ("--optimizer-state", optimizer_state),
+                                  ("--corpus", corpus), ("--queries", queries)) if v is None]
+        if missing:
+            raise FactraceError(f"--tail-patch needs {', '.join(missing)}")
+        from factrace.data.corpus import iter_corpus
+        from factrace.evaluate.tail_patch import tail_patch as run_tail_patch
+        from factrace.model.load import load_model
+
+        loaded = load_model(model, device, "float32")
+        texts = {p.id: p.text for p in iter_corpus(corpus)}
+        patched["rankings"] = run_tail_patch(loaded, optimizer_state, read_queries(queries),
+                                             ranked, texts, k=tail_patch_k, lr=lr,
+                                             n_queries=tail_patch_queries, progress=not quiet)
+    rows = results_rows({"rankings": ranked}, gold, patched)
+    print_table(rows)
+    if out:
+        with atomic_write(out, "w") as f:
+            json.dump(rows[0], f, indent=2)
+
+
+@app.command()
+@user_errors
+def baseline(
+    method: Annotated[str, typer.Option(help="bm25 | bm25+target | dense | random")],
+    corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
+    queries: Annotated[str, typer.Option(help="Queries JSONL.")],
+    out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
+    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+):
+    """Rank passages with a baseline retriever, in the rankings format."""
+    _quiet_libraries()
+    from factrace.data.corpus import iter_corpus, validate_corpus
+    from factrace.data.io import read_queries, write_rankings
+    from factrace.evaluate.compare import BASELINES, CompareConfig, baseline_rankings
+
+    if method not in BASELINES:
+        raise FactraceError(f"--method must be one of {', '.join(BASELINES)}; got {method!r}")
+    qs = read_queries(queries)
+    validate_corpus(corpus)
+    cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,))
+    write_rankings(out, baseline_rankings(cfg, list(iter_corpus(corpus)), qs)[method])
+
+
+@app.command()
+@user_errors
+def compare(
+    model: Model,
+    optimizer_state: Annotated[str, typer.Option("--optimizer-state", help="AdamW state.")],
+    corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
+    queries: Annotated[str, typer.Option(help="Queries JSONL.")],
+    qrels: Annotated[str, typer.Option(help="Gold passages JSONL.")],
+    out: Annotated[str, typer.Option(help="Output directory.")],
+    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    dim: Dim = None, seed: Seed = None, damping: Damping = None,
+    train_examples: TrainExamples = None,
+    tail_patch: Annotated[bool, typer.Option(help="Measure tail-patch.")] = True,
+    tail_patch_k: Annotated[int, typer.Option("--tail-patch-k")] = 10,
+    tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
+    lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate.")] = None,
+    device: Device = None, quiet: Quiet = False,
+):
+    """The ladder (grad-dot … trackstar) and the baselines: results.json/.md and report.html."""
+    _quiet_libraries()
+    from factrace.evaluate.compare import CompareConfig
+    from factrace.evaluate.compare import compare as run_compare
+    from factrace.report import print_table
+
+    options = {k: v for k, v in dict(dim=dim, seed=seed, damping=damping,
+                                     train_examples=train_examples).items() if v is not None}
+    result = run_compare(CompareConfig(model, optimizer_state, corpus, queries, qrels, out,
+                                       top_k=top_k, encoder_options=options,
+                                       tail_patch=tail_patch, tail_patch_k=tail_patch_k,
+                                       tail_patch_queries=tail_patch_queries, lr=lr,
+                                       device=device, progress=not quiet))
+    print_table(result["rows"])
+    typer.echo(f"report: {Path(out) / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[str, typer.Option(help="Output directory.")] = "demo_out",
+    passages: Annotated[int, typer.Option(help="Passages in the fact world.")] = 3000,
+    queries: Annotated[int, typer.Option(help="Queries (facts asked).")] = 300,
+    tail_patch_queries: Annotated[int, typer.Option("--tail-patch-queries")] = 100,
+    dim: Annotated[int, typer.Option(help="Projection dimension.")] = 1 << 14,
+    seed: Annotated[int, typer.Option(help="Seed of the world, model and projection.")] = 0,
+    quiet: Quiet = False,
+):
+    """Fact world → tiny pretrained Llama → TrackStar and baselines → evaluation and report."""
+    _quiet_libraries()
+    from factrace.report import print_table
+    from factrace.run.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out=out, passages=passages, queries=queries, seed=seed, dim=dim,
+                                 tail_patch_queries=tail_patch_queries, progress=not quiet))
+    info = result["train_info"]
+    typer.echo(f"pretrained model: fact accuracy {info.get('fact_accuracy', float('nan')):.3f}, "
+               f"{result['model_dir']}")
+    print_table(result["rows"])
+    for f in result["findings"]:
+        mark = {True: "held", False: "did not hold", None: "not measured"}[f.held]
+        typer.echo(f"- {f.claim}: {mark} ({f.evidence})")
+    t = result["timings"]
+    typer.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    typer.echo(f"report: {Path(out) / 'report.html'}")
 
 
 def main(argv: list[str] | None = None) -> int:
