@@ -1,1 +1,43 @@
-"""factrace: trace language-model outputs back to pretraining data (TrackStar)."""
+"""factrace: trace a language model's outputs back to the pretraining examples that caused them.
+
+An implementation of TrackStar (Chang et al., "Scalable Influence and Fact Tracing for Large
+Language Model Pretraining", ICLR 2025). The public API:
+
+- :class:`Encoder` / :class:`EncoderConfig` / :func:`variant_config`: examples → ψ(z).
+- :func:`scan` / :class:`ScanConfig`: the paper's streaming pass over a corpus → rankings.
+- :func:`build_index`, :func:`trace`, :class:`EncodingStore`: a persistent store for
+  interactive tracing.
+- :func:`evaluate`: MRR and recall@10 of rankings against gold passages; :func:`tail_patch` for
+  causal influence; :func:`compare` runs the ladder and the baselines.
+"""
+
+from factrace.config import EncoderConfig, variant_config
+from factrace.encode.encoder import Encoder
+from factrace.errors import FactraceError
+from factrace.evaluate.compare import CompareConfig, compare
+from factrace.evaluate.metrics import attribution_metrics as evaluate
+from factrace.evaluate.tail_patch import tail_patch
+from factrace.run.index import IndexConfig, TraceConfig, build_index, trace
+from factrace.run.scan import ScanConfig, scan
+from factrace.search.store import EncodingStore
+
+Index = EncodingStore
+
+__all__ = [
+    "CompareConfig",
+    "Encoder",
+    "EncoderConfig",
+    "EncodingStore",
+    "FactraceError",
+    "Index",
+    "IndexConfig",
+    "ScanConfig",
+    "TraceConfig",
+    "build_index",
+    "compare",
+    "evaluate",
+    "scan",
+    "tail_patch",
+    "trace",
+    "variant_config",
+]

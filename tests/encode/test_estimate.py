@@ -3,11 +3,11 @@
 import torch
 from reference import autograd_gradient
 from test_capture import PASSAGES
-from tiny import tiny_loaded
 
 from factrace.config import EncoderConfig
 from factrace.encode.encoder import Encoder
 from factrace.encode.second_moment import factored_from_sums
+from tiny import tiny_loaded
 
 
 def test_estimate_runs_without_state_and_says_so():

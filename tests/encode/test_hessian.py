@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from test_capture import PASSAGES, QUERIES, random_state
-from tiny import tiny_loaded
 
 from factrace.config import EncoderConfig
 from factrace.encode.encoder import Encoder
@@ -14,6 +13,7 @@ from factrace.encode.hessian import (
     default_k,
     fit_whitening,
 )
+from tiny import tiny_loaded
 
 
 def _acc(p, spans):

@@ -2,12 +2,12 @@
 
 import torch
 from test_capture import PASSAGES, QUERIES, random_state
-from tiny import tiny_loaded
 
 from factrace.config import EncoderConfig
 from factrace.data.batching import collate
 from factrace.encode.capture import ProjectedGradients
 from factrace.encode.encoder import Encoder, unit_normalize
+from tiny import tiny_loaded
 
 
 def _encoder(loaded, **kw):

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_model
 
 from factrace.encode.projection import factor_pair, gaussian, plan_blocks
 from factrace.errors import FactraceError
 from factrace.model.modules import discover
+from tiny import tiny_model
 
 
 def test_gaussian_reproducible_and_seeded():

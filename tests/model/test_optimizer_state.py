@@ -3,14 +3,13 @@
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny import tiny_loaded, tiny_model
 
 from factrace.config import EncoderConfig
 from factrace.data.records import Passage
 from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceError
-from factrace.model.loss import forward_logits, per_example_loss
 from factrace.model.optimizer_state import load_optimizer_state, restore_adamw
+from tiny import tiny_loaded, tiny_model
 
 
 def _train(model, optimizer, steps=2):

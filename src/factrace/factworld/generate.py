@@ -68,7 +68,8 @@ def select_queries(world: World, counts: array, n_queries: int, seed: int) -> li
         rng.shuffle(facts)
     chosen: list[int] = []
     turn = 0
-    while len(chosen) < n_queries and any(by_relation.values()):
+    longest = max((len(facts) for facts in by_relation.values()), default=0)
+    while len(chosen) < n_queries and turn < longest:
         for facts in by_relation.values():
             if turn < len(facts) and len(chosen) < n_queries:
                 chosen.append(facts[turn])
@@ -84,16 +85,26 @@ def _write_json_lines(path: Path, rows) -> None:
     os.replace(tmp, path)
 
 
-def _stream_corpus(world: World, config: WorldConfig, files: WorldFiles, pairs_path: Path, progress: bool) -> array:
+def _stream_corpus(
+    world: World, config: WorldConfig, files: WorldFiles, pairs_path: Path, progress: bool
+) -> array:
     """Write the corpus and the (fact, passage) pairs; return passages-per-fact counts."""
     counts = array("I", [0]) * len(world.facts)
     buffer = array("I")
     tmp = files.corpus.with_name(files.corpus.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as corpus, open(pairs_path, "wb") as pairs:
         passages = iter_passages(world, config)
-        bar = tqdm(passages, total=config.n_passages, desc="writing passages", unit="passage", disable=not progress)
+        bar = tqdm(
+            passages,
+            total=config.n_passages,
+            desc="writing passages",
+            unit="passage",
+            disable=not progress,
+        )
         for passage in bar:
-            corpus.write(json.dumps({"id": passage.id, "text": passage.text}, ensure_ascii=False) + "\n")
+            corpus.write(
+                json.dumps({"id": passage.id, "text": passage.text}, ensure_ascii=False) + "\n"
+            )
             for fact in passage.facts:
                 counts[fact] += 1
                 buffer.extend((fact, passage.index))
@@ -132,7 +143,9 @@ def world_statistics(world: World, counts: array, chosen: list[int]) -> dict:
         "n_relations": len(RELATIONS),
         "n_facts": len(world.facts),
         "n_facts_stated": len(stated),
-        "facts_by_n_passages": {("10+" if k == 10 else str(k)): histogram[k] for k in sorted(histogram)},
+        "facts_by_n_passages": {
+            ("10+" if k == 10 else str(k)): histogram[k] for k in sorted(histogram)
+        },
         "n_queries": len(chosen),
         "queries_by_relation": dict(Counter(world.facts[f].relation for f in chosen)),
         "query_gold_passages": {
@@ -143,7 +156,9 @@ def world_statistics(world: World, counts: array, chosen: list[int]) -> dict:
     }
 
 
-def generate_world(out_dir: str | Path, config: WorldConfig = WorldConfig(), progress: bool = False) -> WorldFiles:
+def generate_world(
+    out_dir: str | Path, config: WorldConfig = WorldConfig(), progress: bool = False
+) -> WorldFiles:
     """Generate the world of ``config`` into ``out_dir`` (created if needed) and return its files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +177,9 @@ def generate_world(out_dir: str | Path, config: WorldConfig = WorldConfig(), pro
 
     def query_row(f: int) -> dict:
         fact = world.facts[f]
-        prompt, target = RELATION_BY_NAME[fact.relation].query(names[fact.subject], names[fact.object])
+        prompt, target = RELATION_BY_NAME[fact.relation].query(
+            names[fact.subject], names[fact.object]
+        )
         return {"id": query_ids[f], "prompt": prompt, "target": target}
 
     _write_json_lines(files.queries, (query_row(f) for f in chosen))

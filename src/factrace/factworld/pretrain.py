@@ -82,7 +82,9 @@ class PretrainConfig:
     seed: int = 0
     """Seed of the weight initialisation and of the batch order."""
     num_threads: int = 2
-    """CPU threads torch may use while training."""
+    """CPU threads torch may use while training. Not part of the cache fingerprint: the trained
+    weights do not depend on it. On a machine whose cores are busy with other work, 1 thread
+    is much faster than 2 (threads waiting on each other at every small operation)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -92,7 +94,9 @@ class PretrainConfig:
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
         if self.vocab_size < 260:
-            raise FactraceError(f"vocab_size must be at least 260 (bytes + specials), got {self.vocab_size}")
+            raise FactraceError(
+                f"vocab_size must be at least 260 (bytes + specials), got {self.vocab_size}"
+            )
 
 
 def _sha256_file(path: Path) -> str:
@@ -105,9 +109,11 @@ def _sha256_file(path: Path) -> str:
 
 def fingerprint(corpus_path: Path, queries_path: Path | None, config: PretrainConfig) -> str:
     """Hash of everything the trained directory depends on."""
+    settings = dataclasses.asdict(config)
+    del settings["num_threads"]  # how fast, not what is trained
     parts = {
         "code_version": CODE_VERSION,
-        "config": dataclasses.asdict(config),
+        "config": settings,
         "corpus": _sha256_file(corpus_path),
         "queries": _sha256_file(queries_path) if queries_path is not None else None,
     }
@@ -196,7 +202,14 @@ def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def train(model, optimizer, sequences: list[list[int]], pad_id: int, config: PretrainConfig, progress: bool = True) -> dict:
+def train(
+    model,
+    optimizer,
+    sequences: list[list[int]],
+    pad_id: int,
+    config: PretrainConfig,
+    progress: bool = True,
+) -> dict:
     """Train in place for ``config.epochs`` epochs; return step count, final learning rate and
     the mean loss of the last epoch."""
     rng = random.Random(f"factworld-pretrain:{config.seed}")

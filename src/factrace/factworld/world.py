@@ -170,7 +170,10 @@ def _draw_names(rng: random.Random, counts: dict[str, int]) -> dict[str, list[st
         BOOK: names.book_title,
         PERSON: names.person_name(first_names),
     }
-    return {kind: [registry.draw(make, rng) for _ in range(counts[kind])] for kind, make in makers.items()}
+    return {
+        kind: [registry.draw(make, rng) for _ in range(counts[kind])]
+        for kind, make in makers.items()
+    }
 
 
 def build_world(config: WorldConfig) -> World:
