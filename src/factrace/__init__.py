@@ -7,15 +7,16 @@ Language Model Pretraining", ICLR 2025). The public API:
 - :func:`scan` / :class:`ScanConfig`: the paper's streaming pass over a corpus → rankings.
 - :func:`build_index`, :func:`trace`, :class:`EncodingStore`: a persistent store for
   interactive tracing.
-- :func:`evaluate`: MRR and recall@10 of rankings against gold passages; :func:`tail_patch` for
-  causal influence; :func:`compare` runs the ladder and the baselines.
+- :mod:`factrace.evaluate`: :func:`attribution_metrics` (MRR and recall@10 of rankings against
+  gold passages), :func:`tail_patch` (causal influence), :func:`compare` (the ladder and the
+  baselines).
 """
 
 from factrace.config import EncoderConfig, variant_config
 from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceError
 from factrace.evaluate.compare import CompareConfig, compare
-from factrace.evaluate.metrics import attribution_metrics as evaluate
+from factrace.evaluate.metrics import attribution_metrics
 from factrace.evaluate.tail_patch import tail_patch
 from factrace.run.index import IndexConfig, TraceConfig, build_index, trace
 from factrace.run.scan import ScanConfig, scan
@@ -35,7 +36,7 @@ __all__ = [
     "TraceConfig",
     "build_index",
     "compare",
-    "evaluate",
+    "attribution_metrics",
     "scan",
     "tail_patch",
     "trace",
