@@ -194,3 +194,27 @@ def test_greedy_hits_agree_with_step_by_step_greedy_decoding(trained):
     assert queries
     hits = greedy_hits(model, tokenizer, queries, batch_size=2)
     assert hits == [q.id.startswith("hit") for q in queries]
+
+
+def test_a_run_from_other_inputs_is_replaced(tmp_path):
+    files = generate_world(tmp_path / "world", WorldConfig(n_passages=40, n_queries=5))
+    out = pretrain(files.corpus, None, tmp_path / "model", TINY, progress=False)
+    first = json.loads((out / "train_info.json").read_text())
+    other = PretrainConfig(**{**TINY.__dict__, "epochs": 1})
+    assert pretrain(files.corpus, None, out, other, progress=False) == out
+    second = json.loads((out / "train_info.json").read_text())
+    assert second["fingerprint"] != first["fingerprint"] and second["epochs"] == 1
+    assert second["fact_accuracy"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "world"]
+
+
+def test_bad_corpus_lines_are_user_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(FactraceError, match="empty"):
+        pretrain(empty, None, tmp_path / "m1", TINY, progress=False)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "text": "fine"}\n{"id": "b"}\n')
+    with pytest.raises(FactraceError, match=r"broken.jsonl:2: missing field\(s\) text"):
+        pretrain(broken, None, tmp_path / "m2", TINY, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl", "empty.jsonl"]

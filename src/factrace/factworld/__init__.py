@@ -7,7 +7,9 @@
   saving a Hugging Face model directory with ``optimizer.pt`` and ``train_info.json``;
   :func:`fact_accuracy` measures how many queries the model answers by greedy decoding.
 
-Names are imported lazily, so generating a world does not import transformers.
+Names are imported lazily, so generating a world does not import transformers. The function
+``pretrain`` shares its name with its module: import it as
+``from factrace.factworld.pretrain import pretrain``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ _EXPORTS = {
     "generate_world": "generate",
     "WorldFiles": "generate",
     "PretrainConfig": "pretrain",
-    "pretrain": "pretrain",
     "fingerprint": "pretrain",
     "train_tokenizer": "tokenizer",
     "fact_accuracy": "accuracy",

@@ -99,9 +99,10 @@ def _other_subject_fact(world: World, topic: Entity, rng: random.Random) -> Sent
     members = world.subjects_by_kind[topic.kind]
     if len(members) < 2:
         return None
-    other = topic.index
-    while other == topic.index:
-        other = rng.choices(members, cum_weights=world.kind_cum_weights[topic.kind])[0]
+    other = rng.choices(members, cum_weights=world.kind_cum_weights[topic.kind])[0]
+    if other == topic.index:  # not the topic itself: then any other, uniformly
+        j = rng.randrange(len(members) - 1)
+        other = members[j] if members[j] != topic.index else members[-1]
     fact = world.facts[rng.choice(world.facts_by_subject[other])]
     templates = [
         t for t in RELATION_BY_NAME[fact.relation].templates if t.startswith(("{s} ", "{s}'s "))

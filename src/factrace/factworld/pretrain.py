@@ -24,9 +24,11 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -53,7 +55,7 @@ class PretrainConfig:
     """Byte-level BPE vocabulary size (special tokens included)."""
     hidden_size: int = 128
     """Model width."""
-    num_layers: int = 4
+    num_layers: int = 2
     """Transformer blocks."""
     num_heads: int = 4
     """Attention heads (no grouped-query attention)."""
@@ -61,8 +63,8 @@ class PretrainConfig:
     """Width of the gated MLP."""
     max_length: int = 128
     """Longest training sequence in tokens, BOS included; longer passages are truncated."""
-    epochs: int = 10
-    """Passes over the corpus."""
+    epochs: int = 12
+    """Passes over the corpus (facts stated once need many passes to be learnt)."""
     batch_size: int = 32
     """Passages per optimizer step."""
     learning_rate: float = 3e-3
@@ -190,13 +192,57 @@ def epoch_batches(lengths: list[int], batch_size: int, rng: random.Random) -> li
     return batches
 
 
-def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    """Token ids of every passage, concatenated: passage i is ``ids[offsets[i]:offsets[i + 1]]``
+    (4 bytes a token, whatever the corpus size)."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def lengths(self) -> list[int]:
+        return np.diff(self.offsets).tolist()
+
+
+def tokenize_corpus(
+    texts: Iterable[str], tokenizer, max_length: int, chunk: int = 4096
+) -> TokenizedCorpus:
+    """``tok(text)`` (BOS + passage) of every text, truncated to ``max_length`` tokens."""
+    pieces: list[np.ndarray] = []
+    lengths: list[int] = []
+    batch: list[str] = []
+
+    def flush() -> None:
+        for ids in tokenizer(batch)["input_ids"]:
+            pieces.append(np.asarray(ids[:max_length], dtype=np.int32))
+            lengths.append(len(pieces[-1]))
+        batch.clear()
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) == chunk:
+            flush()
+    if batch:
+        flush()
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    return TokenizedCorpus(ids, offsets)
+
+
+def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padding → -100)."""
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
+        input_ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
         mask[row, : len(seq)] = 1
     labels = input_ids.masked_fill(mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
@@ -205,7 +251,7 @@ def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 def train(
     model,
     optimizer,
-    sequences: list[list[int]],
+    sequences: TokenizedCorpus,
     pad_id: int,
     config: PretrainConfig,
     progress: bool = True,
@@ -213,7 +259,7 @@ def train(
     """Train in place for ``config.epochs`` epochs; return step count, final learning rate and
     the mean loss of the last epoch."""
     rng = random.Random(f"factworld-pretrain:{config.seed}")
-    lengths = [len(s) for s in sequences]
+    lengths = sequences.lengths()
     per_epoch = math.ceil(len(sequences) / config.batch_size)
     total = per_epoch * config.epochs
     model.train()
@@ -291,15 +337,18 @@ def pretrain(
         return out
 
     started = time.perf_counter()
-    texts = [row["text"] for row in read_jsonl(corpus_path, ("text",))]
-    if not texts:
-        raise FactraceError(f"{corpus_path}: the corpus is empty")
     queries = read_queries(queries_path) if queries_path is not None else []
+
+    def texts() -> Iterator[str]:
+        return (row["text"] for row in read_jsonl(corpus_path, ("text",)))
+
     threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
-        tokenizer = train_tokenizer(texts, config.vocab_size, config.max_length)
-        sequences = [ids[: config.max_length] for ids in tokenizer(texts)["input_ids"]]
+        tokenizer = train_tokenizer(texts(), config.vocab_size, config.max_length)
+        sequences = tokenize_corpus(texts(), tokenizer, config.max_length)
+        if not len(sequences):
+            raise FactraceError(f"{corpus_path}: the corpus is empty")
         model = build_model(config, tokenizer)
         optimizer = build_optimizer(model, config)
         stats = train(model, optimizer, sequences, tokenizer.pad_token_id, config, progress)
@@ -311,7 +360,7 @@ def pretrain(
         "code_version": CODE_VERSION,
         "corpus": str(corpus_path),
         "queries": str(queries_path) if queries_path is not None else None,
-        "n_passages": len(texts),
+        "n_passages": len(sequences),
         "n_queries": len(queries),
         "n_parameters": sum(p.numel() for p in model.parameters()),
         **stats,

@@ -108,7 +108,7 @@ class WorldConfig:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entity:
     """One invented entity. ``pronoun`` is ``"he"``, ``"she"`` or ``"it"``."""
 
@@ -118,7 +118,7 @@ class Entity:
     pronoun: str = "it"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fact:
     """A (subject, relation, object) triple; ``index`` is its position in ``World.facts``."""
 
