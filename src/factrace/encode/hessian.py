@@ -58,9 +58,10 @@ def eigh_blocks(matrices: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray
     return out
 
 
-def descending_spectrum(eigs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """All eigenvalues of a block-diagonal matrix, descending."""
-    return np.sort(np.concatenate([w for w, _ in eigs]))[::-1]
+def descending_spectrum(matrices: list[np.ndarray]) -> np.ndarray:
+    """All eigenvalues of a block-diagonal matrix, descending (values only: no eigenvectors)."""
+    values = [np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None) for m in matrices]
+    return np.sort(np.concatenate(values))[::-1]
 
 
 def auto_lambda(sigma_train: np.ndarray, sigma_eval: np.ndarray, k: int) -> float:
@@ -149,8 +150,7 @@ def fit_whitening(
         if lam is None:
             k = default_k(dim, r_train.count, r_eval.count) if k is None else k
             k = min(k, dim - 1)
-            lam = auto_lambda(descending_spectrum(eigh_blocks(train)),
-                              descending_spectrum(eigh_blocks(evals)), k)
+            lam = auto_lambda(descending_spectrum(train), descending_spectrum(evals), k)
         mixed = [lam * e + (1 - lam) * t for e, t in zip(evals, train, strict=True)]
     else:
         raise FactraceError(f"unknown hessian mode {mode!r}")
