@@ -71,3 +71,20 @@ def test_scan_writes_rankings(world, tmp_path):
     meta = json.loads((tmp_path / "rankings.jsonl.meta.json").read_text())
     assert meta["encoder"]["config"]["variant"] == "trackstar-train"
     assert meta["encoder"]["dim"] == 64
+
+
+def test_index_build_and_trace_with_faiss_recall(world, tmp_path, capsys):
+    store = tmp_path / "store"
+    code = main(["index", "build", "--model", world["model"], "--optimizer-state",
+                 world["optimizer"], "--corpus", world["corpus"], "--queries", world["queries"],
+                 "--out", str(store), *FAST])
+    assert code == 0 and (store / "manifest.json").is_file()
+    out = tmp_path / "traced.jsonl"
+    code = main(["trace", "--index", str(store), "--queries", world["queries"], "--out", str(out),
+                 "--top-k", "5", "--faiss", "IVF4,Flat", "--nprobe", "4", "--report-recall", "-q"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "recall@10" in printed
+    recall = float(printed.strip().split()[-1])
+    assert recall == 1.0  # every list probed: approximate search is exact
+    assert len(out.read_text().splitlines()) == 6
