@@ -7,6 +7,7 @@ d = 2^14): forward + backward to activations only + projection. The two alternat
 batch, so machine noise hits both alike. Prints the ratio encode / train-step.
 
     python benchmarks/encode.py [--passages 2000] [--dim 16384] [--threads 2]
+    python benchmarks/encode.py --device cuda --dtype bfloat16 --dim 65536 --batch-tokens 65536
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-tokens", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -68,12 +71,14 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer, passages = build(Path(tmp), args.passages)
+    model.to(args.device, getattr(torch, args.dtype))
     loaded = LoadedModel(model, tokenizer, None)
     config = EncoderConfig(dim=args.dim, layout="layers", second_moment="factored",
                            hessian="none", batch_tokens=args.batch_tokens)
     enc = Encoder(loaded, config, random_state(model))
-    batches = list(token_budget_batches(enc.tokenize_passages(passages), args.batch_tokens,
-                                        loaded.pad_id))
+    batches = [b.to(enc.device) for b in token_budget_batches(
+        enc.tokenize_passages(passages), args.batch_tokens, loaded.pad_id)]
+    sync = torch.cuda.synchronize if enc.device.type == "cuda" else (lambda: None)
     n_params = sum(p.numel() for p in model.parameters())
     n_tokens = int(sum(b.attention_mask.sum() for b in batches))
     capture = ProjectedGradients(model, enc.tracked, enc.blocks, 0, enc._corrections, enc.device)
@@ -94,16 +99,19 @@ def main():
     t_train = t_encode = 0.0
     for _ in range(args.repeats):
         for batch in batches:
+            sync()
             t = time.perf_counter()
             train_step(batch)
+            sync()
             t_train += time.perf_counter() - t
             t = time.perf_counter()
             encode_step(batch)
+            sync()
             t_encode += time.perf_counter() - t
     result = {
         "params": n_params, "passages": len(passages), "examples": sum(len(b.ids) for b in batches),
         "tokens": n_tokens, "batches": len(batches), "dim": enc.dim, "blocks": len(enc.blocks),
-        "threads": args.threads, "train_step_s": round(t_train, 3), "encode_s": round(t_encode, 3),
+        "threads": args.threads, "device": str(enc.device), "dtype": args.dtype, "train_step_s": round(t_train, 3), "encode_s": round(t_encode, 3),
         "encode_tokens_per_s": round(n_tokens * args.repeats / t_encode),
         "ratio_encode_over_train_step": round(t_encode / t_train, 3),
     }
