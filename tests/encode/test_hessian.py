@@ -97,7 +97,8 @@ def test_encoder_trackstar_matches_numpy_end_to_end():
     enc.fit_hessian(PASSAGES, QUERIES)
     raw = Encoder(loaded, cfg.replace(hessian="none", normalize=False), state)
     ptrain = torch.cat([p for _, p in raw.project(raw.tokenize_passages(PASSAGES))]).double()
-    peval = torch.cat([p for _, p in raw.project(raw.tokenize_queries(QUERIES))]).double()
+    _, peval = raw.encode_queries(QUERIES)  # hessian none, no normalisation: p in query order
+    peval = peval.double()
     rt, re = (ptrain.T @ ptrain / len(ptrain)).numpy(), (peval.T @ peval / len(peval)).numpy()
     k = default_k(32, len(ptrain), len(peval))
     st, se = np.sort(np.linalg.eigvalsh(rt))[::-1], np.sort(np.linalg.eigvalsh(re))[::-1]

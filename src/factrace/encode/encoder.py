@@ -34,6 +34,8 @@ from factrace.model.optimizer_state import OptimizerState, load_optimizer_state
 
 # Global R up to this dimension under hessian_structure="auto" (a float64 d × d is 512 MiB here).
 AUTO_GLOBAL_MAX_DIM = 8192
+# Examples buffered and sorted by length before batching.
+SORT_WINDOW = 2048
 
 
 def unit_normalize(p: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,10 @@ class Encoder:
         return tokenize_queries(self.loaded.tokenizer, queries, self.max_length)
 
     def _batches(self, examples: Iterable[TokenizedExample]):
-        for batch in token_budget_batches(examples, self.config.batch_tokens, self.loaded.pad_id):
+        # Sorting windows of examples by length cuts padding; ψ does not depend on the batching,
+        # and every batch carries its ids, so outputs come in length order within a window.
+        for batch in token_budget_batches(examples, self.config.batch_tokens, self.loaded.pad_id,
+                                          sort_window=SORT_WINDOW):
             yield batch.to(self.device)
 
     # optimizer correction --------------------------------------------------------------------
@@ -109,7 +114,8 @@ class Encoder:
     # projection ----------------------------------------------------------------------------
     def project(self, examples: Iterable[TokenizedExample]) -> Iterator[tuple[list[str], torch.Tensor]]:
         """Corrected, projected gradients ``p(z)`` per batch: ``(ids, [batch, d])`` float32 on
-        the encoder's device, before R^{-1/2} and normalisation."""
+        the encoder's device, before R^{-1/2} and normalisation. Examples come back sorted by
+        length within windows of ``SORT_WINDOW``: use the ids."""
         if self._corrections is None:
             raise RuntimeError("estimate mode: call fit_second_moment() before projecting")
         capture = ProjectedGradients(self.loaded.model, self.tracked, self.blocks,
@@ -166,12 +172,15 @@ class Encoder:
             yield ids, self.finish(p)
 
     def encode_passages(self, passages: Iterable[Passage]) -> tuple[list[str], torch.Tensor]:
-        """All passages at once: ``(ids, [n, d])`` on the CPU (windows get ``<doc>#<n>`` ids)."""
-        return _collect(self.encode(self.tokenize_passages(passages)))
+        """All passages at once, in input order: ``(ids, [n, d])`` on the CPU (windows get
+        ``<doc>#<n>`` ids)."""
+        examples = list(self.tokenize_passages(passages))
+        return _collect(self.encode(examples), [e.id for e in examples])
 
     def encode_queries(self, queries: Iterable[Query]) -> tuple[list[str], torch.Tensor]:
-        """All queries at once: ``(ids, [n, d])`` on the CPU."""
-        return _collect(self.encode(self.tokenize_queries(queries)))
+        """All queries at once, in input order: ``(ids, [n, d])`` on the CPU."""
+        examples = self.tokenize_queries(queries)
+        return _collect(self.encode(examples), [e.id for e in examples])
 
     # provenance ----------------------------------------------------------------------------
     def fingerprints(self) -> dict[str, str]:
@@ -206,11 +215,13 @@ class Encoder:
         }
 
 
-def _collect(batches) -> tuple[list[str], torch.Tensor]:
+def _collect(batches, order: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Concatenate batches and put the rows back in ``order`` (the examples' input order)."""
     ids, parts = [], []
     for batch_ids, psi in batches:
         ids.extend(batch_ids)
         parts.append(psi.cpu())
     if not parts:
         return [], torch.empty(0, 0)
-    return ids, torch.cat(parts)
+    position = {i: n for n, i in enumerate(ids)}
+    return list(order), torch.cat(parts)[[position[i] for i in order]]

@@ -62,19 +62,25 @@ class CompareConfig:
 
 
 def _project_all(encoder: Encoder, passages, queries, progress: bool):
-    ex_ids, rows, parts = [], [], []
-    examples = []
+    ex_ids, parts = [], []
+    examples, row_of = [], {}
     for row, passage in enumerate(passages):
         for e in encoder.tokenize_passages([passage]):
             examples.append(e)
-            rows.append(row)
+            row_of[e.id] = row
     bar = progress_bar(encoder.project(examples), desc=f"projecting ({encoder.config.second_moment})",
                        enabled=progress, unit="batch")
     for ids, p in bar:
         ex_ids.extend(ids)
         parts.append(p.cpu())
-    q = torch.cat([p.cpu() for _, p in encoder.project(encoder.tokenize_queries(queries))])
-    return ex_ids, np.array(rows), torch.cat(parts), q
+    q_ids, q_parts = [], []
+    for ids, p in encoder.project(encoder.tokenize_queries(queries)):
+        q_ids.extend(ids)
+        q_parts.append(p.cpu())
+    order = {qid: i for i, qid in enumerate(q_ids)}
+    q = torch.cat(q_parts)[[order[query.id] for query in queries]]
+    rows = np.array([row_of[i] for i in ex_ids])
+    return ex_ids, rows, torch.cat(parts), q
 
 
 def _rank(psi_q: torch.Tensor, ids: list[str], psi: torch.Tensor, queries, k: int) -> list[Ranking]:
