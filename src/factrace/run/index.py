@@ -8,8 +8,7 @@ passages were encoded. An interrupted build resumes at the first missing shard.
 from __future__ import annotations
 
 import io
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,10 @@ from factrace.encode.encoder import Encoder
 from factrace.encode.hessian import Whitening
 from factrace.encode.second_moment import Correction
 from factrace.errors import FactraceError
-from factrace.run.engines import make_engine
 from factrace.run.fit import fit
+from factrace.run.jobs import EncodingJob
 from factrace.run.progress import progress_bar
 from factrace.run.scan import ScanResult, to_rankings, write_with_metadata
-from factrace.run.worker import EncoderSpec
 from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.store import EncodingStore, StoreWriter
 from factrace.search.topk import exact_topk
@@ -44,23 +42,14 @@ FINGERPRINT_LABELS = {
 }
 
 
-@dataclass
-class IndexConfig:
-    """An ``index build`` job (fields as in :class:`~factrace.run.scan.ScanConfig`)."""
+@dataclass(kw_only=True)
+class IndexConfig(EncodingJob):
+    """An ``index build`` job."""
 
-    model: str
-    corpus: str
     out: str
+    """Store directory to build (or resume)."""
     queries: str | None = None
     """Queries for R_eval; required by ``--hessian mixed`` (TrackStar)."""
-    optimizer_state: str | None = None
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    engine: str = "local"
-    workers: int = 2
-    ray_address: str | None = None
-    gpus_per_worker: float = 0.0
-    shard_rows: int = 512
-    progress: bool = True
 
 
 def _save_state(path: Path, encoder: Encoder) -> None:
@@ -102,10 +91,8 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         raise FactraceError("--hessian mixed (TrackStar) needs --queries for R_eval; or use "
                             "--hessian train")
     info = validate_corpus(cfg.corpus)
-    spec = EncoderSpec(str(cfg.model), cfg.optimizer_state, cfg.encoder)
-    engine = make_engine(cfg.engine, spec, cfg.workers, cfg.ray_address, cfg.gpus_per_worker)
+    engine = cfg.make_engine()
     try:
-        t0 = time.perf_counter()
         record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
         encoder = engine.encoder
         starts = list(range(0, info.n_rows, cfg.shard_rows))
@@ -120,11 +107,9 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
             tasks = [(str(cfg.corpus), s, min(s + cfg.shard_rows, info.n_rows)) for s in todo]
             bar = progress_bar(engine.map("encode_rows", tasks), total=len(tasks),
                                desc="encoding corpus", enabled=cfg.progress, unit="shard")
-            for i, (ids, psi) in enumerate(bar):
+            for ids, psi in bar:
                 writer.write_shard(writer.done_shards, ids, psi)
-                del i
             writer.finish()
-        del t0
     finally:
         engine.close()
     return EncodingStore.open(cfg.out)

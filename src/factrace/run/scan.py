@@ -7,50 +7,29 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from factrace.config import EncoderConfig
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
 from factrace.data.records import Query
-from factrace.run.engines import make_engine
 from factrace.run.fit import fit
+from factrace.run.jobs import EncodingJob
 from factrace.run.progress import progress_bar
-from factrace.run.worker import EncoderSpec
 from factrace.search.topk import TopK
 
 
-@dataclass
-class ScanConfig:
+@dataclass(kw_only=True)
+class ScanConfig(EncodingJob):
     """A ``scan`` job."""
 
-    model: str
-    """Hugging Face model directory."""
-    corpus: str
-    """Training corpus (JSONL, Parquet, saved HF dataset, or a directory of them)."""
     queries: str
     """Queries JSONL (id, prompt, target)."""
     out: str | None = None
     """Rankings JSONL to write (and ``<out>.meta.json`` beside it); ``None`` → not written."""
-    optimizer_state: str | None = None
-    """Optimizer state file (HF ``optimizer.pt``, torch state_dict or safetensors)."""
     top_k: int = 10
     """Proponents (and opponents) kept per query."""
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    """How examples are encoded (a variant plus overrides)."""
-    engine: str = "local"
-    """``local`` or ``ray``."""
-    workers: int = 2
-    """Ray actors (model replicas)."""
-    ray_address: str | None = None
-    """An existing Ray cluster; ``None`` starts a local Ray for the run."""
-    gpus_per_worker: float = 0.0
-    """GPUs per Ray actor."""
-    shard_rows: int = 512
-    """Corpus rows per task: memory is bounded by one task's encodings."""
-    progress: bool = True
 
 
 @dataclass
@@ -83,8 +62,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
     t0 = time.perf_counter()
     queries = read_queries(cfg.queries)
     info = validate_corpus(cfg.corpus)
-    spec = EncoderSpec(str(cfg.model), cfg.optimizer_state, cfg.encoder)
-    engine = make_engine(cfg.engine, spec, cfg.workers, cfg.ray_address, cfg.gpus_per_worker)
+    engine = cfg.make_engine()
     try:
         timings = {"validate_s": time.perf_counter() - t0}
         t = time.perf_counter()
