@@ -60,3 +60,13 @@ def test_trace_refuses_store_of_other_seed(world, tmp_path):
                                 out=str(tmp_path / "s"), queries=world["queries"],
                                 optimizer_state=world["optimizer"],
                                 encoder=_enc(hessian="train", seed=2), progress=False))
+
+
+def test_scan_with_estimated_second_moment_records_it(world):
+    res = scan(ScanConfig(model=world["model"], corpus=world["corpus"], queries=world["queries"],
+                          top_k=3, encoder=_enc(second_moment="estimate", estimate_examples=20),
+                          shard_rows=16, progress=False))
+    note = res.metadata["fit"]["second_moment"]
+    assert note.startswith("estimate (from 20 training examples")
+    assert "estimate" in res.metadata["fingerprints"]["second_moment"]
+    assert all(len(r.doc_ids) == 3 for r in res.rankings)

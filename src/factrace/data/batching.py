@@ -32,11 +32,6 @@ class Batch:
             self.loss_mask.to(device, non_blocking=True),
         )
 
-    @property
-    def n_tokens(self) -> int:
-        """Padded size ``batch × tokens``: what the model computes on."""
-        return self.input_ids.numel()
-
 
 def collate(examples: list[TokenizedExample], pad_id: int, padding_side: str = "right") -> Batch:
     """Pad examples to the longest one, on the right (default) or the left."""

@@ -19,7 +19,7 @@ from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize
 from factrace.encode.capture import GradientSquares, ProjectedGradients
 from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
 from factrace.encode.projection import plan_blocks
-from factrace.encode.second_moment import corrections_from_state
+from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
 from factrace.model.load import (
     LoadedModel,
     file_fingerprint,
@@ -101,15 +101,24 @@ class Encoder:
             yield batch.to(self.device)
 
     # optimizer correction --------------------------------------------------------------------
-    def fit_second_moment(self, examples: Iterable[TokenizedExample]) -> None:
-        """``estimate`` mode: V from mean squared per-example gradients over ``examples``."""
+    def squared_gradient_sums(self, examples: Iterable[TokenizedExample]) -> SquaredGradientSums:
+        """Row/column sums of per-example squared gradients over ``examples`` (a partial sum:
+        merge several with :func:`merge_squared_sums`)."""
         collector = GradientSquares(self.loaded.model, self.tracked)
         with collector:
             for batch in self._batches(examples):
                 collector.backward(batch, self.config.loss_reduction)
-        self._corrections = collector.sums.corrections(self.tracked, self.config.epsilon)
-        n = max(collector.sums.examples.values(), default=0)
+        return collector.sums
+
+    def set_estimated_second_moment(self, sums: SquaredGradientSums) -> None:
+        """``estimate`` mode: use V estimated from ``sums`` (recorded as such everywhere)."""
+        self._corrections = sums.corrections(self.tracked, self.config.epsilon)
+        n = max(sums.examples.values(), default=0)
         self.second_moment_note = f"estimate (from {n} training examples; no optimizer state)"
+
+    def fit_second_moment(self, examples: Iterable[TokenizedExample]) -> None:
+        """``estimate`` mode: V from mean squared per-example gradients over ``examples``."""
+        self.set_estimated_second_moment(self.squared_gradient_sums(examples))
 
     # projection ----------------------------------------------------------------------------
     def project(self, examples: Iterable[TokenizedExample]) -> Iterator[tuple[list[str], torch.Tensor]]:

@@ -73,12 +73,7 @@ def _project_all(encoder: Encoder, passages, queries, progress: bool):
     for ids, p in bar:
         ex_ids.extend(ids)
         parts.append(p.cpu())
-    q_ids, q_parts = [], []
-    for ids, p in encoder.project(encoder.tokenize_queries(queries)):
-        q_ids.extend(ids)
-        q_parts.append(p.cpu())
-    order = {qid: i for i, qid in enumerate(q_ids)}
-    q = torch.cat(q_parts)[[order[query.id] for query in queries]]
+    _, q = encoder.encode_queries(queries)  # no R, no unit norm: the raw p, in query order
     rows = np.array([row_of[i] for i in ex_ids])
     return ex_ids, rows, torch.cat(parts), q
 

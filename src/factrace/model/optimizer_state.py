@@ -74,6 +74,25 @@ def _factored(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch
     return row.reshape(-1), col.reshape(-1)
 
 
+def _names_by_id(groups: list[dict], model: nn.Module, source: str) -> tuple[dict, str]:
+    """Saved param id → parameter name, and the convention used to read the ids.
+
+    Two groups with the second undecayed are the Hugging Face Trainer's layout; anything else is
+    read in ``model.parameters()`` order.
+    """
+    if len(groups) == 2 and groups[1].get("weight_decay", None) == 0.0:
+        order, convention = _trainer_order(model), "Hugging Face Trainer groups"
+    else:
+        order, convention = [n for n, _ in model.named_parameters()], "model.parameters() order"
+    ids = [i for g in groups for i in g["params"]]
+    if len(ids) != len(order):
+        raise FactraceError(
+            f"{source}: optimizer state has {len(ids)} parameters but the model has {len(order)} "
+            f"(read in {convention}); is this the optimizer of this model?"
+        )
+    return dict(zip(ids, order, strict=True)), convention
+
+
 def _param_shape(moment_state: dict) -> tuple[int, ...] | None:
     if "exp_avg_sq" in moment_state:
         return tuple(moment_state["exp_avg_sq"].shape)
@@ -100,21 +119,11 @@ def _to_moment(s: dict, beta2: float | None) -> ParamMoment:
 
 def _from_state_dict(sd: dict, model: nn.Module, source: str) -> OptimizerState:
     groups = sd.get("param_groups", [])
-    ids = [i for g in groups for i in g["params"]]
     states = sd["state"]
     named = dict(model.named_parameters())
-    if len(groups) == 2 and groups[1].get("weight_decay", None) == 0.0:
-        order, convention = _trainer_order(model), "Hugging Face Trainer groups"
-    else:
-        order, convention = [n for n, _ in model.named_parameters()], "model.parameters() order"
-    if len(ids) != len(order):
-        raise FactraceError(
-            f"{source}: optimizer state has {len(ids)} parameters but the model has {len(order)} "
-            f"(read in {convention}); is this the optimizer of this model?"
-        )
+    by_id, convention = _names_by_id(groups, model, source)
     moments = {}
-    for pos, pid in enumerate(ids):
-        name = order[pos]
+    for pid, name in by_id.items():
         if pid not in states:
             continue
         group = next(g for g in groups if pid in g["params"])
@@ -175,15 +184,7 @@ def restore_adamw(model: nn.Module, path: str | os.PathLike) -> torch.optim.Adam
     sd = torch.load(path, map_location="cpu", weights_only=True)
     groups = sd["param_groups"]
     named = dict(model.named_parameters())
-    if len(groups) == 2 and groups[1].get("weight_decay", None) == 0.0:
-        order = _trainer_order(model)
-    else:
-        order = [n for n, _ in model.named_parameters()]
-    ids = [i for g in groups for i in g["params"]]
-    if len(ids) != len(order):
-        raise FactraceError(f"{path}: optimizer state has {len(ids)} parameters, model has "
-                            f"{len(order)}")
-    by_id = dict(zip(ids, order, strict=True))
+    by_id, _ = _names_by_id(groups, model, str(path))
     param_groups = []
     for g in groups:
         hp = {k: v for k, v in g.items() if k != "params"}

@@ -41,12 +41,8 @@ def fit(engine, corpus: str, n_rows: int, queries: list[Query], progress: bool =
         chunks = _chunks(sample[:cfg.estimate_examples])
         parts = list(progress_bar(engine.map("squared_gradients", [(c,) for c in chunks]),
                                   total=len(chunks), desc="estimating V", enabled=progress))
-        sums = merge_squared_sums(parts)
-        n = max(sums.examples.values(), default=0)
-        note = f"estimate (from {n} training examples; no optimizer state)"
-        corrections = sums.corrections(engine.encoder.tracked, cfg.epsilon)
-        engine.broadcast("set_corrections", corrections, note)
-        record["second_moment"] = note
+        engine.broadcast("set_second_moment", merge_squared_sums(parts))
+        record["second_moment"] = engine.encoder.second_moment_note
     if cfg.hessian == "none":
         return record
     train_chunks = _chunks(sample[:cfg.train_examples])

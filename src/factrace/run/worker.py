@@ -7,7 +7,6 @@ are merged, are the same, so every engine gives the same results.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,7 @@ from factrace.data.corpus import iter_corpus
 from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
 from factrace.encode.hessian import SecondMomentMatrix, Whitening
-from factrace.encode.second_moment import Correction, SquaredGradientSums
+from factrace.encode.second_moment import SquaredGradientSums
 from factrace.search.topk import TopK, exact_topk
 
 # Windows of one passage share its row's block of positions in the top-k tie order.
@@ -47,18 +46,10 @@ class ShardWorker:
 
     # fitted state, set by the driver ------------------------------------------------------
     def squared_gradients(self, passages: list[Passage]) -> SquaredGradientSums:
-        from factrace.encode.capture import GradientSquares
+        return self.encoder.squared_gradient_sums(self.encoder.tokenize_passages(passages))
 
-        enc = self.encoder
-        collector = GradientSquares(enc.loaded.model, enc.tracked)
-        with collector:
-            for batch in enc._batches(enc.tokenize_passages(passages)):
-                collector.backward(batch, enc.config.loss_reduction)
-        return collector.sums
-
-    def set_corrections(self, corrections: dict[str, Correction], note: str) -> None:
-        self.encoder._corrections = corrections
-        self.encoder.second_moment_note = note
+    def set_second_moment(self, sums: SquaredGradientSums) -> None:
+        self.encoder.set_estimated_second_moment(sums)
 
     def hessian_partial(self, passages: list[Passage] | None = None,
                         queries: list[Query] | None = None) -> SecondMomentMatrix:
@@ -89,6 +80,3 @@ class ShardWorker:
         return exact_topk(query_psi, [(ids, psi)] if ids else [], k,
                           row_offset=start * POSITIONS_PER_ROW)
 
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
