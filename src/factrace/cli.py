@@ -45,7 +45,9 @@ Engine = Annotated[str, typer.Option(help="local | ray")]
 Workers = Annotated[int, typer.Option(help="Ray workers (model replicas).")]
 RayAddress = Annotated[str | None, typer.Option("--ray-address", help="Existing Ray cluster.")]
 GpusPerWorker = Annotated[float, typer.Option("--gpus-per-worker", help="GPUs per Ray worker.")]
-ShardRows = Annotated[int, typer.Option("--shard-rows", help="Corpus rows per task/shard.")]
+ShardRows = Annotated[int | None, typer.Option(
+    "--shard-rows", help="Corpus rows per task/shard [default: 256 MiB of float32 encodings, "
+    "256-8192 rows].")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars.")]
 Model = Annotated[str, typer.Option(help="Hugging Face model directory.")]
 OptState = Annotated[str | None, typer.Option(
@@ -100,7 +102,7 @@ def scan(
     batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
     include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
     engine: Engine = "local", workers: Workers = 2, ray_address: RayAddress = None,
-    gpus_per_worker: GpusPerWorker = 0.0, shard_rows: ShardRows = 512, quiet: Quiet = False,
+    gpus_per_worker: GpusPerWorker = 0.0, shard_rows: ShardRows = None, quiet: Quiet = False,
 ):
     """Score every corpus passage against every query in one streaming pass (the paper's mode)."""
     _quiet_libraries()
@@ -136,7 +138,7 @@ def index_build(
     batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
     include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
     engine: Engine = "local", workers: Workers = 2, ray_address: RayAddress = None,
-    gpus_per_worker: GpusPerWorker = 0.0, shard_rows: ShardRows = 512, quiet: Quiet = False,
+    gpus_per_worker: GpusPerWorker = 0.0, shard_rows: ShardRows = None, quiet: Quiet = False,
 ):
     """Encode every passage into a persistent, fingerprinted, resumable store."""
     _quiet_libraries()

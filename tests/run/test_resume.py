@@ -14,11 +14,11 @@ from factrace.errors import FactraceError
 from factrace.search.store import EncodingStore
 
 
-def _argv(world, out):
+def _argv(world, out, shard_rows=4):
     return [sys.executable, "-m", "factrace.cli", "index", "build", "--model", world["model"],
             "--optimizer-state", world["optimizer"], "--corpus", world["corpus"],
             "--queries", world["queries"], "--out", str(out), "--dim", "256",
-            "--train-examples", "32", "--shard-rows", "4", "-q"]
+            "--train-examples", "32", "--shard-rows", str(shard_rows), "-q"]
 
 
 def _done(out: Path) -> int:
@@ -47,7 +47,8 @@ def test_sigkill_then_resume_equals_uninterrupted(world, tmp_path):
     assert 3 <= n_before < 15
     with pytest.raises(FactraceError, match="incomplete"):
         EncodingStore.open(killed)
-    subprocess.run(_argv(world, killed), check=True, env=env, timeout=300)
+    # resumed with another --shard-rows: the store keeps the shard size it was started with
+    subprocess.run(_argv(world, killed, shard_rows=7), check=True, env=env, timeout=300)
     assert _files(killed) == _files(full)
     assert EncodingStore.open(killed).n_rows == EncodingStore.open(full).n_rows
 

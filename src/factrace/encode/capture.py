@@ -1,8 +1,9 @@
 """Hooks that capture module inputs x and output gradients δ during one forward/backward.
 
 No weight gradient is ever computed: every parameter is set to ``requires_grad=False`` while the
-hooks are installed (and restored after), and the input embeddings' output is made to require
-grad, so backward flows through the activations only.
+hooks are installed (and restored after), and a tracked module's output that nothing upstream
+makes require grad (the first block's) is made a leaf that does, so backward flows through the
+activations only, and only as far back as the first tracked modules.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ class HookCollector:
         modules = dict(self.model.named_modules())
         for tm in self.tracked:
             self._handles.append(modules[tm.name].register_forward_hook(self._forward_hook(tm)))
-        embed = self.model.get_input_embeddings()
-        self._handles.append(embed.register_forward_hook(_require_grad))
         return self
 
     def __exit__(self, *exc):
@@ -62,8 +61,13 @@ class HookCollector:
     def _forward_hook(self, tm: TrackedModule):
         def hook(_module, args, output):
             self.on_forward(tm, args[0].float())
-            if output.requires_grad:
-                output.register_hook(lambda g: self.on_backward(tm, g.float()))
+            if not output.requires_grad:
+                # No tracked module upstream (e.g. q/k/v of the first block): backward starts
+                # here and never computes the input gradient of this module. The clone keeps
+                # in-place operations of the model on its output legal.
+                output = output.detach().requires_grad_(True).clone()
+            output.register_hook(lambda g: self.on_backward(tm, g.float()))
+            return output
         return hook
 
     def backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
@@ -74,10 +78,6 @@ class HookCollector:
             loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
             loss.sum().backward()
         self.mask = None
-
-
-def _require_grad(_module, _args, output):
-    return output.detach().requires_grad_(True)
 
 
 class ProjectedGradients(HookCollector):

@@ -12,9 +12,14 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     ``logits``: ``[batch, tokens, vocab]``; returns ``[batch, tokens]`` with column 0 set to 0
     (the first token has no prediction).
     """
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return F.pad(picked, (1, 0))
+    # Position t predicts token t+1. Rolling the labels instead of slicing the logits keeps the
+    # [batch, tokens, vocab] tensor whole (no copy forward, no zero-filled slice backward); the
+    # last position's wrapped-around label is dropped below.
+    batch, tokens = input_ids.shape
+    labels = input_ids.roll(-1, dims=1)
+    nll = F.cross_entropy(logits.reshape(batch * tokens, -1).float(), labels.reshape(-1),
+                          reduction="none").view(batch, tokens)
+    return F.pad(-nll[:, :-1], (1, 0))
 
 
 def per_example_loss(

@@ -95,16 +95,19 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
     try:
         record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
         encoder = engine.encoder
-        starts = list(range(0, info.n_rows, cfg.shard_rows))
+        rows = cfg.rows_per_shard(encoder.dim)
         config = {"encoder": encoder.metadata(), "model": str(cfg.model),
                   "optimizer_state": cfg.optimizer_state, "corpus": str(cfg.corpus),
-                  "corpus_rows": info.n_rows, "shard_rows": cfg.shard_rows, "fit": record}
+                  "corpus_rows": info.n_rows, "shard_rows": rows, "fit": record}
         writer = StoreWriter.create_or_resume(cfg.out, encoder.fingerprints(), encoder.dim, config)
+        # A resumed store keeps the shard size it was started with, whatever is asked now.
+        rows = writer.manifest["config"].get("shard_rows", rows)
+        starts = list(range(0, info.n_rows, rows))
         if not writer.complete:
             if writer.done_shards == 0 or not (Path(cfg.out) / STATE_FILE).is_file():
                 _save_state(Path(cfg.out) / STATE_FILE, encoder)
             todo = starts[writer.done_shards:]
-            tasks = [(str(cfg.corpus), s, min(s + cfg.shard_rows, info.n_rows)) for s in todo]
+            tasks = [(str(cfg.corpus), s, min(s + rows, info.n_rows)) for s in todo]
             bar = progress_bar(engine.map("encode_rows", tasks), total=len(tasks),
                                desc="encoding corpus", enabled=cfg.progress, unit="shard")
             for ids, psi in bar:

@@ -8,6 +8,9 @@ from factrace.config import EncoderConfig
 from factrace.run.engines import make_engine
 from factrace.run.worker import EncoderSpec
 
+SHARD_ELEMENTS = 1 << 26
+MIN_SHARD_ROWS, MAX_SHARD_ROWS = 256, 8192
+
 
 @dataclass(kw_only=True)
 class EncodingJob:
@@ -29,9 +32,17 @@ class EncodingJob:
     """An existing Ray cluster; ``None`` starts a local Ray for the run."""
     gpus_per_worker: float = 0.0
     """GPUs per Ray actor."""
-    shard_rows: int = 512
-    """Corpus rows per task: memory is bounded by one task's encodings."""
+    shard_rows: int | None = None
+    """Corpus rows per task and store shard: memory is bounded by one task's encodings. ``None``:
+    as many rows as fit :data:`SHARD_ELEMENTS` float32 values (256 MiB), 256 to 8192 rows."""
     progress: bool = True
+
+    def rows_per_shard(self, dim: int) -> int:
+        # Encoding runs batch by batch within a shard, so a small shard wastes its last, partly
+        # filled batch and sorts fewer examples by length (more padding).
+        if self.shard_rows:
+            return self.shard_rows
+        return max(MIN_SHARD_ROWS, min(MAX_SHARD_ROWS, SHARD_ELEMENTS // dim))
 
     def make_engine(self):
         spec = EncoderSpec(str(self.model), self.optimizer_state, self.encoder)

@@ -71,8 +71,9 @@ def scan(cfg: ScanConfig) -> ScanResult:
         t = time.perf_counter()
         _, query_psi = engine.encoder.encode_queries(queries)
         query_psi = query_psi.numpy()
-        tasks = [(str(cfg.corpus), s, min(s + cfg.shard_rows, info.n_rows), query_psi, cfg.top_k)
-                 for s in range(0, info.n_rows, cfg.shard_rows)]
+        rows = cfg.rows_per_shard(engine.encoder.dim)
+        tasks = [(str(cfg.corpus), s, min(s + rows, info.n_rows), query_psi, cfg.top_k)
+                 for s in range(0, info.n_rows, rows)]
         total = TopK(len(queries), cfg.top_k)
         bar = progress_bar(engine.map("scan_rows", tasks), total=len(tasks),
                            desc="scanning corpus", enabled=cfg.progress, unit="shard")
