@@ -3,8 +3,9 @@
 A tiny Llama (about 5M parameters) and encyclopedia-length passages of the fact world. For the
 same token batches, it times (a) a plain training step: forward + backward with weight gradients
 (no optimizer update), and (b) factrace's encoding (`layers` layout, `factored` correction,
-d = 2^14): forward + backward to activations only + projection. The two alternate batch by
-batch, so machine noise hits both alike. Prints the ratio encode / train-step.
+d = 2^14): forward + backward to activations only + projection, and (c) the floor: the same
+activation-only backward with nothing captured or projected. They alternate batch by batch, so
+machine noise hits all alike. Prints the ratios encode / train-step and encode / floor.
 
     python benchmarks/encode.py [--passages 2000] [--dim 16384] [--threads 2]
     python benchmarks/encode.py --device cuda --dtype bfloat16 --dim 65536 --batch-tokens 65536
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from factrace.encode.capture import HookCollector
 
 
 def build(tmp: Path, n_passages: int, seed: int = 0):
@@ -48,6 +51,16 @@ def random_state(model):
     g = torch.Generator().manual_seed(0)
     return OptimizerState({n: ParamMoment(exp_avg_sq=torch.rand(p.shape, generator=g) * 1e-6 + 1e-9)
                            for n, p in model.named_parameters()}, "benchmark")
+
+
+class Floor(HookCollector):
+    """The same activation-only backward as encoding, with nothing captured: the floor."""
+
+    def on_forward(self, module, x):
+        pass
+
+    def on_backward(self, module, delta):
+        pass
 
 
 def main():
@@ -94,26 +107,35 @@ def main():
         with capture:
             capture.project(batch)
 
-    train_step(batches[0])  # warm-up both paths
-    encode_step(batches[0])
-    t_train = t_encode = 0.0
+    floor = Floor(model, enc.tracked)
+
+    def floor_step(batch):
+        with floor:
+            floor.backward(batch)
+
+    steps = {"train": train_step, "floor": floor_step, "encode": encode_step}
+    seconds = dict.fromkeys(steps, 0.0)
+    for step in steps.values():  # warm-up every path
+        step(batches[0])
     for _ in range(args.repeats):
         for batch in batches:
-            sync()
-            t = time.perf_counter()
-            train_step(batch)
-            sync()
-            t_train += time.perf_counter() - t
-            t = time.perf_counter()
-            encode_step(batch)
-            sync()
-            t_encode += time.perf_counter() - t
+            for name, step in steps.items():
+                sync()
+                t = time.perf_counter()
+                step(batch)
+                sync()
+                seconds[name] += time.perf_counter() - t
+    t_train, t_encode = seconds["train"], seconds["encode"]
     result = {
         "params": n_params, "passages": len(passages), "examples": sum(len(b.ids) for b in batches),
         "tokens": n_tokens, "batches": len(batches), "dim": enc.dim, "blocks": len(enc.blocks),
-        "threads": args.threads, "device": str(enc.device), "dtype": args.dtype, "train_step_s": round(t_train, 3), "encode_s": round(t_encode, 3),
+        "threads": args.threads, "device": str(enc.device), "dtype": args.dtype,
+        "train_step_s": round(t_train, 3), "floor_s": round(seconds["floor"], 3),
+        "encode_s": round(t_encode, 3),
         "encode_tokens_per_s": round(n_tokens * args.repeats / t_encode),
         "ratio_encode_over_train_step": round(t_encode / t_train, 3),
+        "ratio_floor_over_train_step": round(seconds["floor"] / t_train, 3),
+        "ratio_encode_over_floor": round(t_encode / seconds["floor"], 3),
     }
     print(json.dumps(result, indent=2))
 

@@ -3,9 +3,10 @@
 Both tools run as their command-line tools on the same 2,000 fact-world passages and the same
 tiny Llama (4.2M parameters), each as one whole command (start-up, tokenising, encoding, writing)
 timed wall-clock, alternating, twice. Equal settings: 8192 tokens per batch, no optimizer
-correction, float32, total projection dimension 16,128 = 28 modules × 24 × 24 (bergson
-`--projection_dim 24`, its per-module two-sided projection; factrace `--layout modules --dim
-16128`), plus factrace's default `layers` layout at d = 2^14.
+correction, float32 (with ``--bf16`` also both in bfloat16), total projection dimension
+16,128 = 28 modules × 24 × 24 (bergson `--projection_dim 24`, its per-module two-sided
+projection; factrace `--layout modules --dim 16128`), plus factrace's default `layers` layout at
+d = 2^14.
 
 bergson must be installed in its own environment (it requires torchvision/torchaudio); point
 ``--bergson-python`` at that environment's python, e.g. a venv made with
@@ -54,11 +55,16 @@ def timed(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - t
 
 
+def _peer(name: str) -> str:
+    return "bergson-bf16" if name.endswith("-bf16") else "bergson"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bergson-python", required=True)
     ap.add_argument("--passages", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="also both tools in bfloat16")
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,15 +72,21 @@ def main():
         model, corpus, tokens = prepare(root, args.passages)
         factrace = [sys.executable, "-m", "factrace.cli", "index", "build", "--model", str(model),
                     "--corpus", str(corpus), "--second-moment", "none", "--hessian", "none",
-                    "--batch-tokens", "8192", "--dtype", "float32", "-q"]
+                    "--batch-tokens", "8192", "-q"]
+        bergson = [args.bergson_python, "-m", "bergson", "build", "OUT", "--model", str(model),
+                   "--dataset", str(corpus), "--projection_dim", "24", "--token_batch_size",
+                   "8192", "--overwrite", "true", "--precision"]
         commands = {
-            "factrace-modules": factrace + ["--layout", "modules", "--dim", "16128"],
-            "factrace-layers": factrace + ["--layout", "layers", "--dim", "16384"],
-            "bergson": [args.bergson_python, "-m", "bergson", "build", "OUT", "--model",
-                        str(model), "--dataset", str(corpus), "--projection_dim", "24",
-                        "--token_batch_size", "8192", "--precision", "fp32", "--overwrite",
-                        "true"],
+            "factrace-modules": factrace + ["--dtype", "float32", "--layout", "modules",
+                                            "--dim", "16128"],
+            "factrace-layers": factrace + ["--dtype", "float32", "--layout", "layers",
+                                           "--dim", "16384"],
+            "bergson": bergson + ["fp32"],
         }
+        if args.bf16:
+            commands["factrace-modules-bf16"] = factrace + ["--dtype", "bfloat16", "--layout",
+                                                            "modules", "--dim", "16128"]
+            commands["bergson-bf16"] = bergson + ["bf16"]
         times: dict[str, list[float]] = {k: [] for k in commands}
         for r in range(args.rounds):
             for name, cmd in commands.items():
@@ -86,8 +98,8 @@ def main():
     best = {k: min(v) for k, v in times.items()}
     result = {"passages": args.passages, "tokens": tokens, "seconds": times,
               "tokens_per_s_best": {k: round(tokens / v) for k, v in best.items()},
-              "speedup_vs_bergson": {k: round(best["bergson"] / v, 3)
-                                     for k, v in best.items() if k != "bergson"}}
+              "speedup_vs_bergson": {k: round(best[_peer(k)] / v, 3)
+                                     for k, v in best.items() if k.startswith("factrace")}}
     print(json.dumps(result, indent=2))
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from reference import reference_projection
 
+import factrace.model.attention as attention
 from factrace.config import EncoderConfig
 from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
@@ -111,3 +112,27 @@ def test_parameters_untouched_after_encoding():
     assert seen and not any(any(flags) for flags in seen), "weights required grad while encoding"
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_bfloat16_model_projects_in_bfloat16_close_to_autograd(arch, monkeypatch):
+    # A bfloat16 model's x and δ are bfloat16: the first projection runs in bfloat16 there, the
+    # per-example products and sums in float32. Reference: the same bfloat16 model's autograd
+    # weight gradients, projected densely in float64, with the same attention kernel (the switch
+    # to eager attention is tested in tests/model/test_attention.py).
+    monkeypatch.setattr(attention, "EAGER_MAX_WIDTH", 0)
+    loaded = tiny_loaded(arch)
+    loaded.model.to(torch.bfloat16)
+    state = random_state(loaded.model)
+    config = EncoderConfig(dim=64, second_moment="factored", hessian="none", normalize=False,
+                           batch_tokens=10_000)
+    enc = Encoder(loaded, config, state)
+    examples = list(enc.tokenize_passages(PASSAGES)) + enc.tokenize_queries(QUERIES)
+    got = {}
+    for batch_ids, p in enc.project(examples):
+        assert p.dtype == torch.float32
+        got.update(zip(batch_ids, p.double(), strict=True))
+    correct = correction_fn(enc, state, "factored")
+    for example in examples:
+        want = reference_projection(enc, example, correct)
+        assert rel_err(got[example.id], want) < 2e-2, (arch, example.id)

@@ -14,6 +14,7 @@ from torch import nn
 from factrace.data.batching import Batch
 from factrace.encode.projection import Block, module_projections
 from factrace.encode.second_moment import Correction, SquaredGradientSums
+from factrace.model.attention import attention_for_width
 from factrace.model.loss import forward_logits, per_example_loss
 from factrace.model.modules import TrackedModule
 
@@ -21,7 +22,7 @@ from factrace.model.modules import TrackedModule
 class HookCollector:
     """Owns hook lifetime and the activation-only backward; subclasses say what to do with
     ``x`` ``[batch, tokens, d_in]`` (forward) and ``δ`` ``[batch, tokens, d_out]`` (backward),
-    both float32. ``self.mask`` ``[batch, tokens, 1]`` marks real tokens: δ is exactly zero at
+    both in the model's dtype. ``self.mask`` ``[batch, tokens, 1]`` marks real tokens: δ is exactly zero at
     padding (no loss there, and no real token attends to it), so zeroing padding on one side of
     each product — whichever is cheaper — removes it from every sum."""
 
@@ -60,20 +61,20 @@ class HookCollector:
 
     def _forward_hook(self, tm: TrackedModule):
         def hook(_module, args, output):
-            self.on_forward(tm, args[0].float())
+            self.on_forward(tm, args[0])
             if not output.requires_grad:
                 # No tracked module upstream (e.g. q/k/v of the first block): backward starts
                 # here and never computes the input gradient of this module. The clone keeps
                 # in-place operations of the model on its output legal.
                 output = output.detach().requires_grad_(True).clone()
-            output.register_hook(lambda g: self.on_backward(tm, g.float()))
+            output.register_hook(lambda g: self.on_backward(tm, g))
             return output
         return hook
 
     def backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
         """One forward and an activation-only backward of the summed per-example losses."""
         self.mask = batch.attention_mask[..., None].float()
-        with torch.enable_grad():
+        with torch.enable_grad(), attention_for_width(self.model, batch.input_ids.shape[1]):
             logits = forward_logits(self.model, batch)
             loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
             loss.sum().backward()
@@ -87,6 +88,10 @@ class ProjectedGradients(HookCollector):
     scales folded into ``L̃ = L·diag(row)`` and ``R̃ = R·diag(col)``. Exact: per-example
     ``G = δᵀ x`` is built (chunked over examples), divided elementwise by ``sqrt(V) + ε`` and
     projected as ``L G Rᵀ``.
+
+    The first projection of each side (``x R̃ᵀ``, ``δ L̃ᵀ``) runs in bfloat16 when the model does
+    (its x and δ are bfloat16 already; this is where the projection's cost is), everything after
+    it — the per-example products and their sums — in float32. Other dtypes project in float32.
     """
 
     def __init__(self, model, tracked, blocks: list[Block], seed: int,
@@ -97,6 +102,8 @@ class ProjectedGradients(HookCollector):
         self.exact_chunk_elements = exact_chunk_elements
         block_of = {name: b for b in blocks for name in b.modules}
         self.block_of = block_of
+        dtypes = {p.dtype for p in model.parameters()}
+        self.project_dtype = torch.bfloat16 if dtypes == {torch.bfloat16} else torch.float32
         self.left: dict[str, torch.Tensor] = {}
         self.right: dict[str, torch.Tensor] = {}
         self.inverse: dict[str, torch.Tensor] = {}
@@ -107,24 +114,27 @@ class ProjectedGradients(HookCollector):
                 left, right = left * corr.row[None, :], right * corr.col[None, :]
             elif corr is not None:
                 self.inverse[tm.name] = corr.inverse.to(device)
-            self.left[tm.name] = left.to(device)
-            self.right[tm.name] = right.to(device)
+            dtype = torch.float32 if tm.name in self.inverse else self.project_dtype
+            self.left[tm.name] = left.to(device, dtype)
+            self.right[tm.name] = right.to(device, dtype)
         self._inputs: dict[str, torch.Tensor] = {}
         self._out: torch.Tensor | None = None
 
     def on_forward(self, tm, x):
         if tm.name in self.inverse:
-            self._inputs[tm.name] = x * self.mask
+            self._inputs[tm.name] = x.float() * self.mask
         else:
-            self._inputs[tm.name] = (x @ self.right[tm.name].T) * self.mask  # [batch, tokens, b]
+            right = self.right[tm.name]  # x R̃ᵀ: [batch, tokens, b]
+            self._inputs[tm.name] = (x.to(right.dtype) @ right.T).float() * self.mask
 
     def on_backward(self, tm, delta):
         block = self.block_of[tm.name]
         x = self._inputs.pop(tm.name)
         if tm.name in self.inverse:
-            p = self._exact(tm, x, delta)
+            p = self._exact(tm, x, delta.float())
         else:
-            dl = delta @ self.left[tm.name].T  # [batch, tokens, a]
+            left = self.left[tm.name]
+            dl = (delta.to(left.dtype) @ left.T).float()  # [batch, tokens, a]
             p = torch.bmm(dl.transpose(1, 2), x)  # [batch, a, b]
         self._out[:, block.offset:block.offset + block.size] += p.reshape(p.shape[0], -1)
 
@@ -156,7 +166,7 @@ class GradientSquares(HookCollector):
         self._inputs: dict[str, torch.Tensor] = {}
 
     def on_forward(self, tm, x):
-        self._inputs[tm.name] = x * self.mask
+        self._inputs[tm.name] = x.float() * self.mask
 
     def on_backward(self, tm, delta):
-        self.sums.add(tm.name, self._inputs.pop(tm.name), delta * self.mask)
+        self.sums.add(tm.name, self._inputs.pop(tm.name), delta.float() * self.mask)
