@@ -35,7 +35,9 @@ Damping = Annotated[float | None, typer.Option(help="Damping η of R^{-1/2}.")]
 Seed = Annotated[int | None, typer.Option(help="Projection seed.")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Dtype = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")]
-BatchTokens = Annotated[int | None, typer.Option("--batch-tokens", help="Tokens per batch.")]
+BatchTokens = Annotated[int | None, typer.Option(
+    "--batch-tokens", help="Padded tokens per batch [default: 8192 on CPU; on CUDA grown to fill "
+    "the device].")]
 TrainExamples = Annotated[int | None, typer.Option(
     "--train-examples", help="Corpus passages sampled for R_train.")]
 Include = Annotated[list[str] | None, typer.Option(help="Glob of modules to track (repeatable).")]

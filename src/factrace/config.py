@@ -76,8 +76,9 @@ class EncoderConfig:
     """``auto``/``None``, ``cpu``, ``cuda``, ``cuda:N``. Not part of the fingerprint."""
     dtype: str | None = None
     """Model dtype: ``float32`` (CPU default), ``bfloat16`` (CUDA default), ``float16``."""
-    batch_tokens: int = 8192
-    """Token budget per batch (padded batch × length). Not part of the fingerprint."""
+    batch_tokens: int | None = None
+    """Token budget per batch (padded batch × length); ``None``: 8192 on a CPU, grown to fill the
+    device on CUDA (:mod:`factrace.encode.budget`). Not part of the fingerprint."""
     extra: dict = field(default_factory=dict)
     """Free-form notes recorded with the configuration (not used by the encoder)."""
 
@@ -88,6 +89,8 @@ class EncoderConfig:
         _check(self.hessian_structure, HESSIAN_STRUCTURES, "hessian-structure")
         _check(self.loss_reduction, ("sum", "mean"), "loss-reduction")
         _check(self.overflow, ("window", "truncate"), "overflow")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise FactraceError(f"--batch-tokens must be positive, got {self.batch_tokens}")
         if self.dim is not None and self.dim < 1:
             raise FactraceError(f"--dim must be positive, got {self.dim}")
         if self.lambda_ is not None and not 0.0 <= self.lambda_ <= 1.0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,14 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Two batches of the first and the last half of the rows (at least two rows)."""
+        if len(self.ids) < 2:
+            raise ValueError("a batch of one example cannot be split")
+        h = len(self.ids) // 2
+        return tuple(Batch(self.ids[rows], self.input_ids[rows], self.attention_mask[rows],
+                           self.loss_mask[rows]) for rows in (slice(0, h), slice(h, None)))
 
     def to(self, device) -> Batch:
         return Batch(
@@ -52,7 +60,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, padding_side: str = "
 
 def token_budget_batches(
     examples: Iterable[TokenizedExample],
-    batch_tokens: int,
+    batch_tokens: int | Callable[[], int],
     pad_id: int,
     *,
     max_batch_size: int | None = None,
@@ -60,13 +68,15 @@ def token_budget_batches(
     padding_side: str = "right",
 ) -> Iterator[Batch]:
     """Group examples into batches whose padded size ``batch × longest`` stays within
-    ``batch_tokens`` (an example longer than the budget gets a batch of its own).
+    ``batch_tokens`` (an example longer than the budget gets a batch of its own). A callable
+    ``batch_tokens`` is asked again before every batch (a budget that adapts as batches run).
 
     ``sort_window > 0`` buffers that many examples and sorts them by length before batching, which
     cuts padding; the order of examples across batches then differs from the input order, so
     callers that need it keep the ids (every batch carries them).
     """
-    if batch_tokens < 1:
+    budget = batch_tokens if callable(batch_tokens) else (lambda: batch_tokens)
+    if budget() < 1:
         raise ValueError("batch_tokens must be positive")
     buffer: list[TokenizedExample] = []
 
@@ -75,12 +85,13 @@ def token_budget_batches(
             items = sorted(items, key=len)
         group: list[TokenizedExample] = []
         longest = 0
+        limit = budget()
         for e in items:
             new_longest = max(longest, len(e))
             full = max_batch_size is not None and len(group) >= max_batch_size
-            if group and (new_longest * (len(group) + 1) > batch_tokens or full):
+            if group and (new_longest * (len(group) + 1) > limit or full):
                 yield collate(group, pad_id, padding_side)
-                group, new_longest = [], len(e)
+                group, new_longest, limit = [], len(e), budget()
             group.append(e)
             longest = new_longest
         if group:

@@ -13,7 +13,11 @@ from torch import nn
 
 from factrace.data.batching import Batch
 from factrace.encode.projection import Block, module_projections
-from factrace.encode.second_moment import Correction, SquaredGradientSums
+from factrace.encode.second_moment import (
+    Correction,
+    SquaredGradientSums,
+    merge_squared_sums,
+)
 from factrace.model.attention import attention_for_width
 from factrace.model.loss import forward_logits, per_example_loss
 from factrace.model.modules import TrackedModule
@@ -74,11 +78,13 @@ class HookCollector:
     def backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
         """One forward and an activation-only backward of the summed per-example losses."""
         self.mask = batch.attention_mask[..., None].float()
-        with torch.enable_grad(), attention_for_width(self.model, batch.input_ids.shape[1]):
-            logits = forward_logits(self.model, batch)
-            loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
-            loss.sum().backward()
-        self.mask = None
+        try:
+            with torch.enable_grad(), attention_for_width(self.model, batch.input_ids.shape[1]):
+                logits = forward_logits(self.model, batch)
+                loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
+                loss.sum().backward()
+        finally:
+            self.mask = None
 
 
 class ProjectedGradients(HookCollector):
@@ -151,22 +157,35 @@ class ProjectedGradients(HookCollector):
         """``[batch, d]`` float32 on the model's device."""
         self._out = torch.zeros(batch.input_ids.shape[0], self.dim,
                                 device=batch.input_ids.device)
-        self.backward(batch, loss_reduction)
-        out, self._out = self._out, None
-        self._inputs.clear()
-        return out
+        try:
+            self.backward(batch, loss_reduction)
+            return self._out
+        finally:  # also after running out of memory: the next batch starts clean
+            self._out = None
+            self._inputs.clear()
 
 
 class GradientSquares(HookCollector):
-    """Feeds :class:`SquaredGradientSums` (``estimate`` mode) from captured x and δ."""
+    """Feeds :class:`SquaredGradientSums` (``estimate`` mode) from captured x and δ; a batch
+    counts only once its backward has finished (:meth:`add_batch`)."""
 
     def __init__(self, model, tracked):
         super().__init__(model, tracked)
         self.sums = SquaredGradientSums()
+        self._batch: SquaredGradientSums | None = None
         self._inputs: dict[str, torch.Tensor] = {}
+
+    def add_batch(self, batch: Batch, loss_reduction: str = "sum") -> None:
+        self._batch = SquaredGradientSums()
+        try:
+            self.backward(batch, loss_reduction)
+            self.sums = merge_squared_sums([self.sums, self._batch])
+        finally:
+            self._batch = None
+            self._inputs.clear()
 
     def on_forward(self, tm, x):
         self._inputs[tm.name] = x.float() * self.mask
 
     def on_backward(self, tm, delta):
-        self.sums.add(tm.name, self._inputs.pop(tm.name), delta.float() * self.mask)
+        self._batch.add(tm.name, self._inputs.pop(tm.name), delta.float() * self.mask)

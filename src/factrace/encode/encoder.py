@@ -8,18 +8,21 @@ projection (:class:`ProjectedGradients` does these three in one backward) → R^
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 
 from factrace.config import EncoderConfig
-from factrace.data.batching import token_budget_batches
+from factrace.data.batching import Batch, token_budget_batches
 from factrace.data.records import Passage, Query
 from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize_queries
+from factrace.encode.budget import TokenBudget
 from factrace.encode.capture import GradientSquares, ProjectedGradients
 from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
 from factrace.encode.projection import plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
+from factrace.errors import FactraceError
 from factrace.model.load import (
     LoadedModel,
     file_fingerprint,
@@ -36,6 +39,8 @@ from factrace.model.optimizer_state import OptimizerState, load_optimizer_state
 AUTO_GLOBAL_MAX_DIM = 8192
 # Examples buffered and sorted by length before batching.
 SORT_WINDOW = 2048
+_OUT_OF_MEMORY = object()
+T = TypeVar("T")
 
 
 def unit_normalize(p: torch.Tensor) -> torch.Tensor:
@@ -72,6 +77,7 @@ class Encoder:
         if self.config.hessian == "none":
             self.whitening = Whitening.identity()
         self.max_length = self.config.max_length or loaded.max_length
+        self.budget = TokenBudget(self.device, self.config.batch_tokens)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, optimizer_state: str | os.PathLike | None = None,
@@ -96,9 +102,28 @@ class Encoder:
     def _batches(self, examples: Iterable[TokenizedExample]):
         # Sorting windows of examples by length cuts padding; ψ does not depend on the batching,
         # and every batch carries its ids, so outputs come in length order within a window.
-        for batch in token_budget_batches(examples, self.config.batch_tokens, self.loaded.pad_id,
+        for batch in token_budget_batches(examples, self.budget, self.loaded.pad_id,
                                           sort_window=SORT_WINDOW):
             yield batch.to(self.device)
+
+    def _fitting(self, batch: Batch, step: Callable[[Batch], T]) -> Iterator[tuple[Batch, T]]:
+        """``step(batch)``, measured for the token budget; a batch that runs out of device memory
+        is split in two (and the budget lowered) until every part fits."""
+        try:
+            with self.budget.measure(batch.input_ids.numel()):
+                result = step(batch)
+        except torch.OutOfMemoryError:
+            result = _OUT_OF_MEMORY  # leave the except block: its traceback holds the tensors
+        if result is not _OUT_OF_MEMORY:
+            yield batch, result
+            return
+        if len(batch.ids) == 1:
+            raise FactraceError(
+                f"{batch.ids[0]} ({batch.input_ids.shape[1]} tokens) does not fit in "
+                f"{self.device} memory even alone; lower --max-length or use --dtype bfloat16")
+        self.budget.shrink(batch.input_ids.numel())
+        for half in batch.split():
+            yield from self._fitting(half, step)
 
     # optimizer correction --------------------------------------------------------------------
     def squared_gradient_sums(self, examples: Iterable[TokenizedExample]) -> SquaredGradientSums:
@@ -107,7 +132,9 @@ class Encoder:
         collector = GradientSquares(self.loaded.model, self.tracked)
         with collector:
             for batch in self._batches(examples):
-                collector.backward(batch, self.config.loss_reduction)
+                for _ in self._fitting(batch, lambda b: collector.add_batch(
+                        b, self.config.loss_reduction)):
+                    pass
         return collector.sums
 
     def set_estimated_second_moment(self, sums: SquaredGradientSums) -> None:
@@ -131,7 +158,8 @@ class Encoder:
                                      self.config.seed, self._corrections, self.device)
         with capture:
             for batch in self._batches(examples):
-                yield batch.ids, capture.project(batch, self.config.loss_reduction).detach()
+                yield from ((part.ids, p.detach()) for part, p in self._fitting(
+                    batch, lambda b: capture.project(b, self.config.loss_reduction)))
 
     # Hessian ------------------------------------------------------------------------------
     def hessian_spans(self) -> list[tuple[int, int]]:
