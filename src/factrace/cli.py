@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from factrace.errors import FactraceError
+from factrace.run.allocator import keep_freed_memory
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Trace a language model's outputs back to its pretraining data (TrackStar).")
@@ -330,6 +331,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``factrace`` script."""
+    keep_freed_memory()
     try:
         app(args=argv, prog_name="factrace", standalone_mode=True)
     except SystemExit as e:
