@@ -44,6 +44,8 @@ TrainExamples = Annotated[int | None, typer.Option(
 Include = Annotated[list[str] | None, typer.Option(help="Glob of modules to track (repeatable).")]
 Exclude = Annotated[list[str] | None, typer.Option(help="Glob of modules to skip (repeatable).")]
 Truncate = Annotated[bool, typer.Option(help="Truncate long passages instead of windowing.")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model's forward (compiles first, then runs faster).")]
 Engine = Annotated[str, typer.Option(help="local | ray")]
 Workers = Annotated[int, typer.Option(help="Ray workers (model replicas).")]
 RayAddress = Annotated[str | None, typer.Option("--ray-address", help="Existing Ray cluster.")]
@@ -59,7 +61,7 @@ OptState = Annotated[str | None, typer.Option(
 
 def _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure, lambda_,
                     damping, seed, device, dtype, batch_tokens, train_examples, include, exclude,
-                    truncate):
+                    truncate, compile_):
     from factrace.config import variant_config
 
     return variant_config(
@@ -67,7 +69,7 @@ def _encoder_config(variant, dim, layout, second_moment, hessian, hessian_struct
         hessian_structure=hessian_structure, lambda_=lambda_, damping=damping, seed=seed,
         device=device, dtype=dtype, batch_tokens=batch_tokens, train_examples=train_examples,
         include=tuple(include) if include else None, exclude=tuple(exclude) if exclude else None,
-        overflow="truncate" if truncate else None)
+        overflow="truncate" if truncate else None, compile=compile_ or None)
 
 
 def user_errors(fn):
@@ -104,8 +106,9 @@ def scan(
     seed: Seed = None, device: Device = None, dtype: Dtype = None,
     batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
     include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
-    engine: Engine = "local", workers: Workers = 2, ray_address: RayAddress = None,
-    gpus_per_worker: GpusPerWorker = 0.0, shard_rows: ShardRows = None, quiet: Quiet = False,
+    compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
+    ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
+    shard_rows: ShardRows = None, quiet: Quiet = False,
 ):
     """Score every corpus passage against every query in one streaming pass (the paper's mode)."""
     _quiet_libraries()
@@ -114,7 +117,7 @@ def scan(
 
     enc = _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure,
                           lambda_, damping, seed, device, dtype, batch_tokens, train_examples,
-                          include, exclude, truncate)
+                          include, exclude, truncate, compile_)
     result = run_scan(ScanConfig(model=model, corpus=corpus, queries=queries, out=out,
                                  optimizer_state=optimizer_state, top_k=top_k, encoder=enc,
                                  engine=engine, workers=workers, ray_address=ray_address,
@@ -140,8 +143,9 @@ def index_build(
     seed: Seed = None, device: Device = None, dtype: Dtype = None,
     batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
     include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
-    engine: Engine = "local", workers: Workers = 2, ray_address: RayAddress = None,
-    gpus_per_worker: GpusPerWorker = 0.0, shard_rows: ShardRows = None, quiet: Quiet = False,
+    compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
+    ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
+    shard_rows: ShardRows = None, quiet: Quiet = False,
 ):
     """Encode every passage into a persistent, fingerprinted, resumable store."""
     _quiet_libraries()
@@ -149,7 +153,7 @@ def index_build(
 
     enc = _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure,
                           lambda_, damping, seed, device, dtype, batch_tokens, train_examples,
-                          include, exclude, truncate)
+                          include, exclude, truncate, compile_)
     store = build_index(IndexConfig(model=model, corpus=corpus, out=out, queries=queries,
                                     optimizer_state=optimizer_state, encoder=enc, engine=engine,
                                     workers=workers, ray_address=ray_address,

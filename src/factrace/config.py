@@ -79,6 +79,9 @@ class EncoderConfig:
     batch_tokens: int | None = None
     """Token budget per batch (padded batch × length); ``None``: 8192 on a CPU, grown to fill the
     device on CUDA (:mod:`factrace.encode.budget`). Not part of the fingerprint."""
+    compile: bool = False
+    """``torch.compile`` the model's forward (the capture hooks stay eager): compilation up front
+    for fused elementwise work after. Not part of the fingerprint."""
     extra: dict = field(default_factory=dict)
     """Free-form notes recorded with the configuration (not used by the encoder)."""
 
@@ -115,7 +118,7 @@ class EncoderConfig:
     def fingerprint(self) -> str:
         """Hash of every field that changes ψ (device, batch size and notes excluded)."""
         d = self.to_dict()
-        for k in ("device", "batch_tokens", "extra", "variant", "dtype"):
+        for k in ("device", "batch_tokens", "extra", "variant", "dtype", "compile"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

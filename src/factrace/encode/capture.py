@@ -30,9 +30,13 @@ class HookCollector:
     padding (no loss there, and no real token attends to it), so zeroing padding on one side of
     each product — whichever is cheaper — removes it from every sum."""
 
-    def __init__(self, model: nn.Module, tracked: list[TrackedModule]):
+    def __init__(self, model: nn.Module, tracked: list[TrackedModule],
+                 forward: nn.Module | None = None):
         self.model = model
         self.tracked = tracked
+        # What runs the forward: the model, or its torch.compile'd wrapper (same submodules, so
+        # the same hooks fire; they run eagerly, outside the compiled graphs).
+        self.forward = forward if forward is not None else model
         self._handles: list = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
         self.mask: torch.Tensor | None = None
@@ -73,14 +77,14 @@ class HookCollector:
                 output = output.detach().requires_grad_(True).clone()
             output.register_hook(lambda g: self.on_backward(tm, g))
             return output
-        return hook
+        return hook if self.forward is self.model else torch._dynamo.disable(hook)
 
     def backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
         """One forward and an activation-only backward of the summed per-example losses."""
         self.mask = batch.attention_mask[..., None].float()
         try:
             with torch.enable_grad(), attention_for_width(self.model, batch.input_ids.shape[1]):
-                logits = forward_logits(self.model, batch)
+                logits = forward_logits(self.forward, batch)
                 loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
                 loss.sum().backward()
         finally:
@@ -102,8 +106,8 @@ class ProjectedGradients(HookCollector):
 
     def __init__(self, model, tracked, blocks: list[Block], seed: int,
                  corrections: dict[str, Correction | None], device: torch.device,
-                 exact_chunk_elements: int = 1 << 25):
-        super().__init__(model, tracked)
+                 exact_chunk_elements: int = 1 << 25, forward: nn.Module | None = None):
+        super().__init__(model, tracked, forward)
         self.dim = sum(b.size for b in blocks)
         self.exact_chunk_elements = exact_chunk_elements
         block_of = {name: b for b in blocks for name in b.modules}
@@ -169,8 +173,8 @@ class GradientSquares(HookCollector):
     """Feeds :class:`SquaredGradientSums` (``estimate`` mode) from captured x and δ; a batch
     counts only once its backward has finished (:meth:`add_batch`)."""
 
-    def __init__(self, model, tracked):
-        super().__init__(model, tracked)
+    def __init__(self, model, tracked, forward: nn.Module | None = None):
+        super().__init__(model, tracked, forward)
         self.sums = SquaredGradientSums()
         self._batch: SquaredGradientSums | None = None
         self._inputs: dict[str, torch.Tensor] = {}

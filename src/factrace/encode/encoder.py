@@ -78,6 +78,9 @@ class Encoder:
             self.whitening = Whitening.identity()
         self.max_length = self.config.max_length or loaded.max_length
         self.budget = TokenBudget(self.device, self.config.batch_tokens)
+        # Shapes vary batch by batch: compile once for dynamic shapes.
+        self.forward = (torch.compile(loaded.model, dynamic=True) if self.config.compile
+                        else loaded.model)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, optimizer_state: str | os.PathLike | None = None,
@@ -129,7 +132,7 @@ class Encoder:
     def squared_gradient_sums(self, examples: Iterable[TokenizedExample]) -> SquaredGradientSums:
         """Row/column sums of per-example squared gradients over ``examples`` (a partial sum:
         merge several with :func:`merge_squared_sums`)."""
-        collector = GradientSquares(self.loaded.model, self.tracked)
+        collector = GradientSquares(self.loaded.model, self.tracked, self.forward)
         with collector:
             for batch in self._batches(examples):
                 for _ in self._fitting(batch, lambda b: collector.add_batch(
@@ -155,7 +158,8 @@ class Encoder:
         if self._corrections is None:
             raise RuntimeError("estimate mode: call fit_second_moment() before projecting")
         capture = ProjectedGradients(self.loaded.model, self.tracked, self.blocks,
-                                     self.config.seed, self._corrections, self.device)
+                                     self.config.seed, self._corrections, self.device,
+                                     forward=self.forward)
         with capture:
             for batch in self._batches(examples):
                 yield from ((part.ids, p.detach()) for part, p in self._fitting(
