@@ -199,3 +199,19 @@ def test_non_store_directory_is_not_overwritten(tmp_path):
     with pytest.raises(FactraceError, match="not empty"):
         StoreWriter.create_or_resume(tmp_path / "s", FINGERPRINTS, DIM)
     assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float16_rounding_is_numpys(dtype):
+    # the fast conversion must round exactly as numpy's astype (to nearest even, ties included)
+    from factrace.search.store import _as_float16
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 512)) * np.logspace(-9, 3.5, 512)).astype(dtype)
+    x[0, :4] = [np.float16(1.0) + np.float16(2**-11), 2**-25, -2**-24, 65504.0]  # ties, subnormals
+    got = _as_float16(x, 512)
+    assert got.dtype == np.float16 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
+    reversed_view = x[:, ::-1]  # negative strides
+    np.testing.assert_array_equal(_as_float16(reversed_view, 512),
+                                  reversed_view.astype(np.float16))
