@@ -143,7 +143,8 @@ def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: s
                      device: str | None = None) -> Encoder:
     """The store's own encoder (its configuration and fitted state), checked against it."""
     config = store.config
-    enc_cfg = EncoderConfig.from_dict(config["encoder"]["config"])
+    # a few queries never repay a compilation, whatever the store was built with
+    enc_cfg = EncoderConfig.from_dict(config["encoder"]["config"]).replace(compile=False)
     if device is not None:
         enc_cfg = enc_cfg.replace(device=device)
     encoder = Encoder.load(model or config["model"], optimizer_state or config["optimizer_state"],
