@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from factrace.encode.capture import HookCollector
-from factrace.run.allocator import keep_freed_memory
+from factrace.run.process import tune_process
 
 
 def build(tmp: Path, n_passages: int, seed: int = 0):
@@ -75,7 +75,7 @@ def main():
     ap.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as the factrace command does; both steps run under it
+    tune_process()  # as the factrace command does; every step runs under it
 
     from factrace.config import EncoderConfig
     from factrace.data.batching import token_budget_batches

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from factrace.errors import FactraceError
-from factrace.run.allocator import keep_freed_memory
+from factrace.run.process import tune_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Trace a language model's outputs back to its pretraining data (TrackStar).")
@@ -335,7 +335,7 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``factrace`` script."""
-    keep_freed_memory()
+    tune_process()
     try:
         app(args=argv, prog_name="factrace", standalone_mode=True)
     except SystemExit as e:

@@ -59,7 +59,7 @@ class RayEngine:
             self._started = True
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(ShardWorker)
         threads = max(1, int(cpus_per_worker))
-        self.actors = [actor.remote(spec, threads, tune_allocator=True) for _ in range(workers)]
+        self.actors = [actor.remote(spec, threads, tune_process_settings=True) for _ in range(workers)]
         self.driver = ShardWorker(spec)  # the driver's own replica: fitting and query encoding
 
     @property

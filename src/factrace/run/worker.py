@@ -18,7 +18,7 @@ from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
 from factrace.encode.hessian import SecondMomentMatrix, Whitening
 from factrace.encode.second_moment import SquaredGradientSums
-from factrace.run.allocator import keep_freed_memory
+from factrace.run.process import tune_process
 from factrace.search.topk import TopK, exact_topk
 
 # Windows of one passage share its row's block of positions in the top-k tie order.
@@ -41,9 +41,9 @@ class ShardWorker:
     """One model replica and the tasks of a pipeline."""
 
     def __init__(self, spec: EncoderSpec, threads: int | None = None,
-                 tune_allocator: bool = False):
-        if tune_allocator:  # a process of its own (a Ray actor): see factrace.run.allocator
-            keep_freed_memory()
+                 tune_process_settings: bool = False):
+        if tune_process_settings:  # a process of its own (a Ray actor): factrace.run.process
+            tune_process()
         if threads:
             torch.set_num_threads(threads)
         self.encoder = spec.load()
