@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_capture import PASSAGES, QUERIES
+from test_capture import PASSAGES, QUERIES, random_state
 
 from factrace.config import EncoderConfig
 from factrace.data.batching import collate, token_budget_batches
@@ -130,7 +130,6 @@ def test_out_of_memory_splits_the_batch_and_changes_nothing(mode, where):
     config = EncoderConfig(dim=64, hessian="none", second_moment=mode, batch_tokens=100_000)
     state = None
     if mode == "factored":
-        from test_capture import random_state
         state = random_state(loaded.model)
     passages = PASSAGES * 3
     passages = [Passage(f"{p.id}{i}", p.text) for i, p in enumerate(passages)]

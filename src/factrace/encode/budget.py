@@ -51,8 +51,8 @@ class TokenBudget:
         self.tokens = tokens or START_TOKENS
         self.ceiling = MAX_TOKENS
         self.fill = fill
-        self.adaptive = tokens is None and (memory is not None or device.type == "cuda")
         self.memory = memory or (CudaMemory(device) if device.type == "cuda" else None)
+        self.adaptive = tokens is None and self.memory is not None
         self.bytes_per_token = 0.0
 
     def __call__(self) -> int:

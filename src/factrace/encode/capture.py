@@ -26,9 +26,11 @@ from factrace.model.modules import TrackedModule
 class HookCollector:
     """Owns hook lifetime and the activation-only backward; subclasses say what to do with
     ``x`` ``[batch, tokens, d_in]`` (forward) and ``δ`` ``[batch, tokens, d_out]`` (backward),
-    both in the model's dtype. ``self.mask`` ``[batch, tokens, 1]`` marks real tokens: δ is exactly zero at
-    padding (no loss there, and no real token attends to it), so zeroing padding on one side of
-    each product — whichever is cheaper — removes it from every sum."""
+    both in the model's dtype. ``self.mask`` ``[batch, tokens, 1]`` marks real tokens: δ is
+    exactly zero at padding (no loss there, and no real token attends to it), so zeroing padding
+    on one side of each product — whichever is cheaper — removes it from every sum. What a
+    subclass keeps of ``x`` until its ``δ`` arrives goes in ``self._inputs`` (emptied after every
+    backward, finished or not)."""
 
     def __init__(self, model: nn.Module, tracked: list[TrackedModule],
                  forward: nn.Module | None = None):
@@ -40,6 +42,7 @@ class HookCollector:
         self._handles: list = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
         self.mask: torch.Tensor | None = None
+        self._inputs: dict[str, torch.Tensor] = {}
 
     # subclass interface -------------------------------------------------------------------
     def on_forward(self, module: TrackedModule, x: torch.Tensor) -> None:
@@ -87,8 +90,9 @@ class HookCollector:
                 logits = forward_logits(self.forward, batch)
                 loss = per_example_loss(logits, batch.input_ids, batch.loss_mask, loss_reduction)
                 loss.sum().backward()
-        finally:
+        finally:  # also after running out of memory: the next batch starts clean
             self.mask = None
+            self._inputs.clear()
 
 
 class ProjectedGradients(HookCollector):
@@ -127,7 +131,6 @@ class ProjectedGradients(HookCollector):
             dtype = torch.float32 if tm.name in self.inverse else self.project_dtype
             self.left[tm.name] = left.to(device, dtype)
             self.right[tm.name] = right.to(device, dtype)
-        self._inputs: dict[str, torch.Tensor] = {}
         self._out: torch.Tensor | None = None
 
     def on_forward(self, tm, x):
@@ -164,9 +167,8 @@ class ProjectedGradients(HookCollector):
         try:
             self.backward(batch, loss_reduction)
             return self._out
-        finally:  # also after running out of memory: the next batch starts clean
+        finally:
             self._out = None
-            self._inputs.clear()
 
 
 class GradientSquares(HookCollector):
@@ -177,7 +179,6 @@ class GradientSquares(HookCollector):
         super().__init__(model, tracked, forward)
         self.sums = SquaredGradientSums()
         self._batch: SquaredGradientSums | None = None
-        self._inputs: dict[str, torch.Tensor] = {}
 
     def add_batch(self, batch: Batch, loss_reduction: str = "sum") -> None:
         self._batch = SquaredGradientSums()
@@ -186,7 +187,6 @@ class GradientSquares(HookCollector):
             self.sums = merge_squared_sums([self.sums, self._batch])
         finally:
             self._batch = None
-            self._inputs.clear()
 
     def on_forward(self, tm, x):
         self._inputs[tm.name] = x.float() * self.mask

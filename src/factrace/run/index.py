@@ -23,7 +23,7 @@ from factrace.encode.hessian import Whitening
 from factrace.encode.second_moment import Correction
 from factrace.errors import FactraceError
 from factrace.run.fit import fit
-from factrace.run.jobs import EncodingJob
+from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_bar
 from factrace.run.scan import ScanResult, to_rankings, write_with_metadata
 from factrace.search.approx import ApproxIndex, recall_at_k
@@ -102,12 +102,11 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         writer = StoreWriter.create_or_resume(cfg.out, encoder.fingerprints(), encoder.dim, config)
         # A resumed store keeps the shard size it was started with, whatever is asked now.
         rows = writer.manifest["config"].get("shard_rows", rows)
-        starts = list(range(0, info.n_rows, rows))
         if not writer.complete:
             if writer.done_shards == 0 or not (Path(cfg.out) / STATE_FILE).is_file():
                 _save_state(Path(cfg.out) / STATE_FILE, encoder)
-            todo = starts[writer.done_shards:]
-            tasks = [(str(cfg.corpus), s, min(s + rows, info.n_rows)) for s in todo]
+            todo = row_ranges(info.n_rows, rows)[writer.done_shards:]
+            tasks = [(str(cfg.corpus), start, stop) for start, stop in todo]
             bar = progress_bar(engine.map("encode_rows", tasks), total=len(tasks),
                                desc="encoding corpus", enabled=cfg.progress, unit="shard")
             for ids, psi in bar:

@@ -12,6 +12,11 @@ SHARD_ELEMENTS = 1 << 26
 MIN_SHARD_ROWS, MAX_SHARD_ROWS = 256, 8192
 
 
+def row_ranges(n_rows: int, rows: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each shard of ``rows`` corpus rows (the last one shorter)."""
+    return [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+
+
 @dataclass(kw_only=True)
 class EncodingJob:
     """Options shared by ``scan`` and ``index build``."""

@@ -15,7 +15,7 @@ from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
 from factrace.data.records import Query
 from factrace.run.fit import fit
-from factrace.run.jobs import EncodingJob
+from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_bar
 from factrace.search.topk import TopK
 
@@ -71,9 +71,8 @@ def scan(cfg: ScanConfig) -> ScanResult:
         t = time.perf_counter()
         _, query_psi = engine.encoder.encode_queries(queries)
         query_psi = query_psi.numpy()
-        rows = cfg.rows_per_shard(engine.encoder.dim)
-        tasks = [(str(cfg.corpus), s, min(s + rows, info.n_rows), query_psi, cfg.top_k)
-                 for s in range(0, info.n_rows, rows)]
+        tasks = [(str(cfg.corpus), start, stop, query_psi, cfg.top_k) for start, stop
+                 in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]
         total = TopK(len(queries), cfg.top_k)
         bar = progress_bar(engine.map("scan_rows", tasks), total=len(tasks),
                            desc="scanning corpus", enabled=cfg.progress, unit="shard")

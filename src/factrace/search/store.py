@@ -296,8 +296,8 @@ def _as_float16(encodings: np.ndarray | torch.Tensor, dim: int) -> np.ndarray:
         # torch rounds float32 to float16 exactly as numpy does (nearest even), 50× faster;
         # not float64, which torch rounds twice (through float32)
         array = torch.from_numpy(array).to(torch.float16).numpy()
-    else:
-        array = array.astype(np.float16)
+    else:  # no copy when the caller converted already
+        array = array.astype(np.float16, copy=False)
     if array.ndim != 2 or array.shape[1] != dim:
         raise ValueError(f"encodings must have shape [rows, {dim}], got {list(array.shape)}")
     if not np.isfinite(array).all():
