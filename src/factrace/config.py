@@ -17,6 +17,7 @@ SECOND_MOMENT_MODES = ("factored", "exact", "adafactor", "estimate", "none")
 HESSIAN_MODES = ("mixed", "train", "none")
 HESSIAN_STRUCTURES = ("auto", "global", "block")
 LAYOUTS = ("layers", "modules")
+PROJECTIONS = ("kronecker", "exact")
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,21 @@ class EncoderConfig:
     variant: str = "trackstar"
     """Name of the ladder step these settings came from (informational once built)."""
     dim: int | None = None
-    """Projection dimension d = Σ_k a_k·b_k; ``None`` → 2^14 on CPU, 2^16 on CUDA."""
+    """Projection dimension d = Σ_k a_k·b_k; ``None`` → 2^14 on CPU, 2^16 on CUDA (with
+    ``projection="exact"``: the number of tracked weights, and it may not be set)."""
+    projection: str = "kronecker"
+    """``kronecker``: seeded two-sided Gaussian projection into d dimensions; ``exact``: no
+    projection at all, ψ from the whole corrected per-example gradient (one block per module,
+    d = Σ d_out·d_in): the yardstick for every projection, practical for models up to tens of
+    millions of parameters, and only without R (``hessian="none"``)."""
     layout: str = "layers"
     """``layers``: contiguous layer groups × {attention, MLP} (the paper's); ``modules``: one
     block per tracked module."""
     layer_groups: int = 8
     """Number of contiguous layer groups in the ``layers`` layout (capped by the layer count)."""
+    aspect: float = 1.0
+    """Shape of each projection block ``a × b``: ``a/b ≈ aspect``, a being the side of the output
+    gradients δ (``L``, rows) and b the side of the inputs x (``R``, columns)."""
     second_moment: str = "factored"
     """Optimizer correction: ``factored`` (rank-one Adafactor form of Adam's V), ``exact``
     (elementwise), ``adafactor`` (the optimizer's own row/column state), ``estimate`` (no
@@ -87,6 +97,7 @@ class EncoderConfig:
 
     def __post_init__(self):
         _check(self.layout, LAYOUTS, "layout")
+        _check(self.projection, PROJECTIONS, "projection")
         _check(self.second_moment, SECOND_MOMENT_MODES, "second-moment")
         _check(self.hessian, HESSIAN_MODES, "hessian")
         _check(self.hessian_structure, HESSIAN_STRUCTURES, "hessian-structure")
@@ -98,8 +109,18 @@ class EncoderConfig:
             raise FactraceError(f"--dim must be positive, got {self.dim}")
         if self.lambda_ is not None and not 0.0 <= self.lambda_ <= 1.0:
             raise FactraceError(f"--lambda must be in [0, 1], got {self.lambda_}")
+        if not self.aspect > 0:
+            raise FactraceError(f"--aspect must be positive, got {self.aspect}")
         if self.damping < 0:
             raise FactraceError(f"--damping must be >= 0, got {self.damping}")
+        if self.projection == "exact" and self.hessian != "none":
+            raise FactraceError(
+                f"--projection exact has no R (a d × d matrix over every weight is out of reach): "
+                f"use --hessian none (or a variant without R, e.g. grad-cos+opt), not "
+                f"--hessian {self.hessian}")
+        if self.projection == "exact" and self.dim is not None:
+            raise FactraceError("--projection exact sets d to the number of tracked weights: "
+                                "leave --dim unset")
 
     def replace(self, **changes) -> EncoderConfig:
         return dataclasses.replace(self, **changes)

@@ -136,3 +136,21 @@ def test_bfloat16_model_projects_in_bfloat16_close_to_autograd(arch, monkeypatch
     for example in examples:
         want = reference_projection(enc, example, correct)
         assert rel_err(got[example.id], want) < 2e-2, (arch, example.id)
+
+
+@pytest.mark.parametrize("aspect", [0.25, 8.0])
+def test_tall_and_wide_blocks_equal_autograd(aspect):
+    loaded = tiny_loaded("llama")
+    state = random_state(loaded.model)
+    config = EncoderConfig(dim=14 * 64, layout="modules", aspect=aspect, hessian="none",
+                           normalize=False, batch_tokens=10_000)
+    enc = Encoder(loaded, config, state)
+    rows, cols = enc.blocks[0].rows, enc.blocks[0].cols
+    assert (rows > cols) == (aspect > 1) and rows * cols == 64
+    correct = correction_fn(enc, state, "factored")
+    examples = list(enc.tokenize_passages(PASSAGES)) + enc.tokenize_queries(QUERIES)
+    got = {}
+    for batch_ids, p in enc.project(examples):
+        got.update(zip(batch_ids, p.double(), strict=True))
+    for example in examples:
+        assert rel_err(got[example.id], reference_projection(enc, example, correct)) < 1e-4

@@ -89,3 +89,32 @@ def test_projection_preserves_inner_products_in_expectation():
     # sample variance of 400 draws: relative standard error ≈ sqrt(2/399) ≈ 7% (more for
     # heavier tails), so 30% is a loose but meaningful band
     assert 0.7 < est.var(ddof=1) / var < 1.3
+
+
+def test_factor_pair_aspect():
+    assert factor_pair(1024, aspect=4) == (64, 16)
+    assert factor_pair(1152, aspect=16) == (144, 8)  # 144/8 and 128/9 tie: the larger a
+    a, b = factor_pair(576, aspect=0.25)
+    assert (a, b) == (12, 48)
+    for m in (1, 7, 576, 1170):
+        for aspect in (0.1, 1, 3, 100):
+            a, b = factor_pair(m, aspect)
+            assert a * b == m
+
+
+def test_default_dim_fits_every_layout():
+    from factrace.encode.projection import default_dim
+    assert default_dim(14, 1 << 14) == 14 * 1170
+    assert default_dim(16, 1 << 14) == 1 << 14
+    assert default_dim(1 << 15, 1 << 14) == 1 << 15  # at least one dimension per block
+
+
+def test_encoder_default_dim_rounds_to_the_blocks():
+    from factrace.config import EncoderConfig
+    from factrace.encode.encoder import Encoder
+    from tiny import tiny_loaded
+
+    enc = Encoder(tiny_loaded("llama"), EncoderConfig(layout="modules", hessian="none",
+                                                      second_moment="none"))
+    assert len(enc.blocks) == 14 and enc.dim == 14 * (16384 // 14)
+    assert sum(b.size for b in enc.blocks) == enc.dim

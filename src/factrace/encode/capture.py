@@ -96,7 +96,8 @@ class HookCollector:
 
 
 class ProjectedGradients(HookCollector):
-    """Per-example corrected, projected block vectors ``p(z)`` ``[batch, d]``.
+    """Per-example corrected, projected block vectors ``p(z)`` ``[batch, d]`` (with
+    ``projected=False``: the corrected per-example gradients themselves, one block per module).
 
     Factored or no correction: ``p_k = Σ_i Σ_t (L̃_i δ_t)(R̃_i x_t)ᵀ`` with the row and column
     scales folded into ``L̃ = L·diag(row)`` and ``R̃ = R·diag(col)``. Exact: per-example
@@ -110,7 +111,8 @@ class ProjectedGradients(HookCollector):
 
     def __init__(self, model, tracked, blocks: list[Block], seed: int,
                  corrections: dict[str, Correction | None], device: torch.device,
-                 exact_chunk_elements: int = 1 << 25, forward: nn.Module | None = None):
+                 exact_chunk_elements: int = 1 << 25, forward: nn.Module | None = None,
+                 projected: bool = True):
         super().__init__(model, tracked, forward)
         self.dim = sum(b.size for b in blocks)
         self.exact_chunk_elements = exact_chunk_elements
@@ -118,35 +120,51 @@ class ProjectedGradients(HookCollector):
         self.block_of = block_of
         dtypes = {p.dtype for p in model.parameters()}
         self.project_dtype = torch.bfloat16 if dtypes == {torch.bfloat16} else torch.float32
-        self.left: dict[str, torch.Tensor] = {}
-        self.right: dict[str, torch.Tensor] = {}
+        # Projected: L̃ [a, d_out] and R̃ [b, d_in]. Unprojected (``projected=False``): the
+        # factored correction's row [d_out] and column [d_in] scales, or None.
+        self.left: dict[str, torch.Tensor | None] = {}
+        self.right: dict[str, torch.Tensor | None] = {}
         self.inverse: dict[str, torch.Tensor] = {}
+        self.projected = projected
         for tm in tracked:
-            left, right = module_projections(seed, tm, block_of[tm.name])
             corr = corrections.get(tm.name)
+            if corr is not None and not corr.factored:
+                self.inverse[tm.name] = corr.inverse.to(device)
+            if not projected:
+                factored = corr is not None and corr.factored
+                self.left[tm.name] = corr.row.to(device) if factored else None
+                self.right[tm.name] = corr.col.to(device) if factored else None
+                continue
+            left, right = module_projections(seed, tm, block_of[tm.name])
             if corr is not None and corr.factored:
                 left, right = left * corr.row[None, :], right * corr.col[None, :]
-            elif corr is not None:
-                self.inverse[tm.name] = corr.inverse.to(device)
             dtype = torch.float32 if tm.name in self.inverse else self.project_dtype
             self.left[tm.name] = left.to(device, dtype)
             self.right[tm.name] = right.to(device, dtype)
         self._out: torch.Tensor | None = None
 
     def on_forward(self, tm, x):
-        if tm.name in self.inverse:
+        right = self.right[tm.name]
+        if not self.projected:  # x·diag(col): [batch, tokens, d_in]
+            x = x.float() * self.mask
+            self._inputs[tm.name] = x if right is None else x * right
+        elif tm.name in self.inverse:
             self._inputs[tm.name] = x.float() * self.mask
-        else:
-            right = self.right[tm.name]  # x R̃ᵀ: [batch, tokens, b]
+        else:  # x R̃ᵀ: [batch, tokens, b]
             self._inputs[tm.name] = (x.to(right.dtype) @ right.T).float() * self.mask
 
     def on_backward(self, tm, delta):
         block = self.block_of[tm.name]
         x = self._inputs.pop(tm.name)
-        if tm.name in self.inverse:
+        left = self.left[tm.name]
+        if not self.projected:  # the whole G̃ = diag(row) δᵀ x diag(col), or (δᵀ x) ⊙ V^{-1/2}
+            delta = delta.float() if left is None else delta.float() * left
+            p = torch.bmm(delta.transpose(1, 2), x)  # [batch, d_out, d_in]
+            if tm.name in self.inverse:
+                p *= self.inverse[tm.name]
+        elif tm.name in self.inverse:
             p = self._exact(tm, x, delta.float())
         else:
-            left = self.left[tm.name]
             dl = (delta.to(left.dtype) @ left.T).float()  # [batch, tokens, a]
             p = torch.bmm(dl.transpose(1, 2), x)  # [batch, a, b]
         self._out[:, block.offset:block.offset + block.size] += p.reshape(p.shape[0], -1)

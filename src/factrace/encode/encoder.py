@@ -20,7 +20,7 @@ from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize
 from factrace.encode.budget import TokenBudget
 from factrace.encode.capture import GradientSquares, ProjectedGradients
 from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
-from factrace.encode.projection import plan_blocks
+from factrace.encode.projection import default_dim, exact_blocks, module_groups, plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
 from factrace.errors import FactraceError
 from factrace.model.load import (
@@ -63,10 +63,16 @@ class Encoder:
         self.loaded = loaded
         self.config = config or EncoderConfig()
         self.device = loaded.device
-        self.dim = self.config.dim or (1 << 16 if self.device.type == "cuda" else 1 << 14)
         self.tracked = discover(loaded.model, self.config.include, self.config.exclude)
-        self.blocks = plan_blocks(self.tracked, self.dim, self.config.layout,
-                                  self.config.layer_groups)
+        if self.config.projection == "exact":
+            self.blocks = exact_blocks(self.tracked)
+            self.dim = sum(b.size for b in self.blocks)
+        else:
+            c = self.config
+            self.dim = c.dim or default_dim(
+                len(module_groups(self.tracked, c.layout, c.layer_groups)),
+                1 << 16 if self.device.type == "cuda" else 1 << 14)
+            self.blocks = plan_blocks(self.tracked, self.dim, c.layout, c.layer_groups, c.aspect)
         self.optimizer_state = optimizer_state
         self.second_moment_note = self.config.second_moment
         self._corrections = None
@@ -159,7 +165,8 @@ class Encoder:
             raise RuntimeError("estimate mode: call fit_second_moment() before projecting")
         capture = ProjectedGradients(self.loaded.model, self.tracked, self.blocks,
                                      self.config.seed, self._corrections, self.device,
-                                     forward=self.forward)
+                                     forward=self.forward,
+                                     projected=self.config.projection != "exact")
         with capture:
             for batch in self._batches(examples):
                 yield from ((part.ids, p.detach()) for part, p in self._fitting(
@@ -247,6 +254,7 @@ class Encoder:
         return {
             "config": self.config.to_dict(),
             "dim": self.dim,
+            "projection": self.config.projection,
             "blocks": [{"name": b.name, "rows": b.rows, "cols": b.cols, "modules": len(b.modules)}
                        for b in self.blocks],
             "tracked_modules": len(self.tracked),

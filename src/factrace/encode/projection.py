@@ -34,53 +34,81 @@ class Block:
         return self.rows * self.cols
 
 
-def factor_pair(m: int) -> tuple[int, int]:
-    """``(a, b)`` with ``a·b = m``, ``a ≥ b`` and ``b`` as close to sqrt(m) as possible."""
-    b = int(math.isqrt(m))
-    while m % b:
-        b -= 1
-    return m // b, b
+def factor_pair(m: int, aspect: float = 1.0) -> tuple[int, int]:
+    """``(a, b)`` with ``a·b = m`` and ``a/b`` as close to ``aspect`` as the divisors of ``m``
+    allow (on a log scale; ties go to the larger ``a``). ``aspect=1``: the most square pair,
+    ``a ≥ b``."""
+    target = math.log(aspect)
+    best = None
+    for a in range(1, m + 1):
+        if m % a:
+            continue
+        gap = abs(math.log(a / (m // a)) - target)
+        if best is None or gap <= best[0] + 1e-12:
+            best = (gap, a)
+    return best[1], m // best[1]
 
 
-def plan_blocks(
-    tracked: list[TrackedModule], dim: int, layout: str = "layers", layer_groups: int = 8
-) -> list[Block]:
-    """Partition tracked modules into blocks of equal size ``dim / n_blocks``.
+def module_groups(tracked: list[TrackedModule], layout: str = "layers",
+                  layer_groups: int = 8) -> list[tuple[str, list[str]]]:
+    """The projection blocks' names and modules.
 
     ``layers``: layers split into ``layer_groups`` contiguous groups (fewer when there are fewer
     layers), each giving an attention block and an MLP block; modules outside the blocks form one
     more block. ``modules``: one block per module.
     """
     if layout == "modules":
-        groups = [(m.name, [m.name]) for m in tracked]
-    elif layout == "layers":
-        layers = sorted({m.layer for m in tracked if m.layer >= 0})
-        n_groups = max(1, min(layer_groups, len(layers)))
-        group_of = {}
-        for g, chunk in enumerate(np.array_split(np.array(layers), n_groups)):
-            for layer in chunk.tolist():
-                group_of[layer] = g
-        groups_map: dict[str, list[str]] = {}
-        for m in tracked:
-            if m.layer < 0:
-                key = "extra"
-            else:
-                g = group_of[m.layer]
-                lo = min(k for k, v in group_of.items() if v == g)
-                hi = max(k for k, v in group_of.items() if v == g)
-                key = f"layers{lo}-{hi}.{m.part}"
-            groups_map.setdefault(key, []).append(m.name)
-        groups = list(groups_map.items())
-    else:
+        return [(m.name, [m.name]) for m in tracked]
+    if layout != "layers":
         raise FactraceError(f"unknown layout {layout!r} (use layers or modules)")
+    layers = sorted({m.layer for m in tracked if m.layer >= 0})
+    n_groups = max(1, min(layer_groups, len(layers)))
+    group_of = {}
+    for g, chunk in enumerate(np.array_split(np.array(layers), n_groups)):
+        for layer in chunk.tolist():
+            group_of[layer] = g
+    groups: dict[str, list[str]] = {}
+    for m in tracked:
+        if m.layer < 0:
+            key = "extra"
+        else:
+            g = group_of[m.layer]
+            lo = min(k for k, v in group_of.items() if v == g)
+            hi = max(k for k, v in group_of.items() if v == g)
+            key = f"layers{lo}-{hi}.{m.part}"
+        groups.setdefault(key, []).append(m.name)
+    return list(groups.items())
+
+
+def default_dim(n_blocks: int, target: int) -> int:
+    """The largest multiple of ``n_blocks`` not above ``target`` (at least one per block)."""
+    return n_blocks * max(1, target // n_blocks)
+
+
+def plan_blocks(
+    tracked: list[TrackedModule], dim: int, layout: str = "layers", layer_groups: int = 8,
+    aspect: float = 1.0,
+) -> list[Block]:
+    """Partition tracked modules into blocks of equal size ``dim / n_blocks``, each of
+    ``a × b`` with ``a/b ≈ aspect`` (:func:`module_groups` says which modules share a block)."""
+    groups = module_groups(tracked, layout, layer_groups)
     if dim % len(groups):
         raise FactraceError(
             f"--dim {dim} is not divisible by the {len(groups)} projection blocks of layout "
-            f"{layout!r}; use a multiple of {len(groups)} (a power of two usually works)"
+            f"{layout!r}; use a multiple of {len(groups)} (or leave --dim unset)"
         )
-    rows, cols = factor_pair(dim // len(groups))
+    rows, cols = factor_pair(dim // len(groups), aspect)
     return [Block(name, tuple(mods), rows, cols, i * rows * cols)
             for i, (name, mods) in enumerate(groups)]
+
+
+def exact_blocks(tracked: list[TrackedModule]) -> list[Block]:
+    """No projection: one block per module holding its whole ``[d_out, d_in]`` gradient."""
+    blocks, offset = [], 0
+    for m in tracked:
+        blocks.append(Block(m.name, (m.name,), m.d_out, m.d_in, offset))
+        offset += m.d_out * m.d_in
+    return blocks
 
 
 def _seed_for(seed: int, module: str, side: str) -> int:
