@@ -88,3 +88,44 @@ def test_index_build_and_trace_with_faiss_recall(world, tmp_path, capsys):
     recall = float(printed.strip().split()[-1])
     assert recall == 1.0  # every list probed: approximate search is exact
     assert len(out.read_text().splitlines()) == 6
+
+
+def _rankings(path, query_ids):
+    return _write(path, [json.dumps({"query_id": q, "doc_ids": ["d0", "d1"], "scores": [2.0, 1.0]})
+                         for q in query_ids])
+
+
+def test_eval_refuses_qrels_that_match_no_ranked_query(tmp_path, capsys):
+    rankings = _rankings(tmp_path / "r.jsonl", ["q0", "q1"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "x", "doc_id": "d0"})])
+    code = main(["eval", "--rankings", str(rankings), "--qrels", str(qrels)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1 and "none of its 1 queries" in captured.err
+    assert "MRR" not in captured.out
+
+
+def test_eval_warns_when_qrels_match_some_ranked_queries(tmp_path, capsys):
+    rankings = _rankings(tmp_path / "r.jsonl", ["q0", "q1", "q2"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "q0", "doc_id": "d1"}),
+                                              json.dumps({"query_id": "q9", "doc_id": "d1"})])
+    out = tmp_path / "metrics.json"
+    code = main(["eval", "--rankings", str(rankings), "--qrels", str(qrels), "--out", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0
+    assert any(line.startswith("factrace: warning:") and "2 of the 3 queries" in line
+               for line in err)
+    assert any("1 of the 2 queries" in line and "score 0" in line for line in err)
+    assert json.loads(out.read_text())["mrr"] == 0.25  # q0: 1/2, q9: 0
+
+
+def test_query_target_without_space_is_repaired_with_a_warning(world, tmp_path, capsys):
+    queries = _write(tmp_path / "queries.jsonl",
+                     [json.dumps({"id": "q", "prompt": "Alba was born in", "target": "Tesk"})])
+    out = tmp_path / "bm25.jsonl"
+    code = main(["baseline", "--method", "bm25+target", "--corpus", world["corpus"],
+                 "--queries", str(queries), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 0
+    assert err.startswith("factrace: warning:") and len(err.splitlines()) == 1
+    assert f"{queries}:1: 1 of 1 targets had no leading space" in err

@@ -1,6 +1,7 @@
 """The ``factrace`` command line: parse options, build a config, call the library.
 
-User errors (:class:`~factrace.errors.FactraceError`) print one line and exit with code 2.
+User errors (:class:`~factrace.errors.FactraceError`) print one line and exit with code 2;
+warnings for the user (:class:`~factrace.errors.FactraceWarning`) print one line each.
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, FactraceWarning
 from factrace.run.process import tune_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -73,14 +75,26 @@ def _encoder_config(variant, dim, layout, second_moment, hessian, hessian_struct
 
 
 def user_errors(fn):
-    """Turn a FactraceError into one line on stderr and exit code 2."""
+    """Turn a FactraceError into one line on stderr and exit code 2, and each FactraceWarning
+    into one line on stderr."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FactraceError as e:
-            typer.echo(f"factrace: error: {e}", err=True)
-            raise typer.Exit(2) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FactraceWarning)
+            shown = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, FactraceWarning):
+                    typer.echo(f"factrace: warning: {message}", err=True)
+                else:
+                    shown(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            try:
+                return fn(*args, **kwargs)
+            except FactraceError as e:
+                typer.echo(f"factrace: error: {e}", err=True)
+                raise typer.Exit(2) from None
     return wrapper
 
 
@@ -219,10 +233,12 @@ def eval_(
     from factrace.data.atomic import atomic_write
     from factrace.data.io import read_qrels, read_queries, read_rankings
     from factrace.evaluate.ladder import results_rows
+    from factrace.evaluate.metrics import check_coverage
     from factrace.report import print_table
 
     ranked = read_rankings(rankings)
     gold = read_qrels(qrels)
+    check_coverage([r.query_id for r in ranked], gold, rankings, qrels)
     patched = {}
     if tail_patch:
         missing = [n for n, v in (("--model", model), ("--optimizer-state", optimizer_state),

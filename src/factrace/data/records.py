@@ -6,7 +6,7 @@ Ids are kept as strings everywhere inside factrace (an integer id ``7`` in a cor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -24,3 +24,22 @@ class Query:
     id: str
     prompt: str
     target: str
+
+
+def needs_space(prompt: str, target: str) -> bool:
+    """Whether ``target`` lacks the space that joins it to ``prompt``.
+
+    True when the prompt does not end in whitespace and the target starts with a letter or a digit
+    (``"capital of"`` + ``"France"``): for the BPE tokenizers of language models, the word after
+    a space is a different token from the same word glued to the text before it, so such a
+    target is almost always meant as ``" France"``. A target starting with whitespace or
+    punctuation (``","``, ``"'s"``), or a prompt ending in whitespace, is left as it is.
+    """
+    return bool(prompt) and bool(target) and not prompt[-1].isspace() and target[0].isalnum()
+
+
+def with_target_space(query: Query) -> Query:
+    """``query`` with a space prepended to its target when :func:`needs_space` says so."""
+    if needs_space(query.prompt, query.target):
+        return replace(query, target=" " + query.target)
+    return query

@@ -25,7 +25,7 @@ from factrace.encode.encoder import Encoder, unit_normalize
 from factrace.encode.hessian import SecondMomentMatrix, fit_whitening
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
 from factrace.evaluate.ladder import LADDER, findings, results_rows
-from factrace.evaluate.metrics import mean_stderr
+from factrace.evaluate.metrics import check_coverage, mean_stderr
 from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
 from factrace.model.optimizer_state import load_optimizer_state
@@ -168,6 +168,7 @@ def compare(cfg: CompareConfig) -> dict:
     t = time.perf_counter()
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
+    check_coverage([q.id for q in queries], qrels, cfg.queries, cfg.qrels)
     info = validate_corpus(cfg.corpus)
     passages = list(iter_corpus(cfg.corpus))
     texts = {p.id: p.text for p in passages}
