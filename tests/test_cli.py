@@ -1,6 +1,7 @@
 """The command line: bad input gets one line naming file and line, exit code 2, no output left."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,94 @@ def test_query_target_without_space_is_repaired_with_a_warning(world, tmp_path, 
     assert code == 0
     assert err.startswith("factrace: warning:") and len(err.splitlines()) == 1
     assert f"{queries}:1: 1 of 1 targets had no leading space" in err
+
+
+def _commands(world, tmp_path, out):
+    """Each command that writes, with valid inputs but a model and store that do not exist: an
+    error about anything else proves it came before loading them."""
+    absent = str(tmp_path / "no-model")
+    encoding = ["--model", absent, "--corpus", world["corpus"], "--queries", world["queries"],
+                "--out", out]
+    rankings = _rankings(tmp_path / "given.jsonl", ["q0"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "q0", "doc_id": "d0"})])
+    return {
+        "scan": ["scan", *encoding],
+        "index": ["index", "build", *encoding],
+        "trace": ["trace", "--index", absent, "--queries", world["queries"], "--out", out],
+        "eval": ["eval", "--rankings", str(rankings), "--qrels", str(qrels), "--out", out],
+        "baseline": ["baseline", "--method", "random", "--corpus", world["corpus"], "--queries",
+                     world["queries"], "--out", out],
+        "compare": ["compare", "--model", absent, "--optimizer-state", absent, "--corpus",
+                    world["corpus"], "--queries", world["queries"], "--qrels", str(qrels),
+                    "--out", out],
+        "demo": ["demo", "--out", out],
+    }
+
+
+BAD_OPTIONS = [
+    ("scan", ["--top-k", "0"], "--top-k must be at least 1, got 0"),
+    ("scan", ["--top-k", "-1"], "--top-k must be at least 1, got -1"),
+    ("scan", ["--train-examples", "0"], "--train-examples must be at least 1"),
+    ("scan", ["--shard-rows", "0"], "--shard-rows must be at least 1"),
+    ("index", ["--workers", "0"], "--workers must be at least 1"),
+    ("trace", ["--top-k", "0"], "--top-k must be at least 1"),
+    ("trace", ["--nprobe", "0"], "--nprobe must be at least 1"),
+    ("eval", ["--tail-patch-k", "0"], "--tail-patch-k must be at least 1"),
+    ("baseline", ["--top-k", "-3"], "--top-k must be at least 1"),
+    ("compare", ["--tail-patch-queries", "0"], "--tail-patch-queries must be at least 1"),
+    ("demo", ["--passages", "0"], "--passages must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("command", "extra", "message"), BAD_OPTIONS)
+def test_bad_options_are_refused_before_any_work(world, tmp_path, capsys, command, extra,
+                                                  message):
+    out = tmp_path / "out"
+    code = main(_commands(world, tmp_path, str(out))[command] + extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"factrace: error: {message}") and "\n" not in err
+    assert not out.exists()
+
+
+OUTPUT_COMMANDS = ["scan", "index", "trace", "eval", "baseline", "compare", "demo"]
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_unwritable_outputs_are_refused_before_any_work(world, tmp_path, capsys, monkeypatch,
+                                                         command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code = main(_commands(world, tmp_path, str(blocker / "out"))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("factrace: error:") and len(err.splitlines()) == 1
+    assert f"{blocker} is not a directory" in err
+
+    # a read-only directory (simulated: the tests may run as root, who can write anywhere)
+    import factrace.data.outputs as outputs
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: Path(path) != locked)
+    code = main(_commands(world, tmp_path, str(locked / "out"))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"directory {locked} is not writable" in err
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["scan", "trace", "eval", "baseline"])
+def test_out_naming_a_directory_is_refused_before_any_work(world, tmp_path, capsys, command):
+    out = tmp_path / "existing"
+    out.mkdir()
+    code = main(_commands(world, tmp_path, str(out))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"factrace: error: {out}: is a directory; --out names the file to write"
+
+
+@pytest.mark.parametrize("command", ["index", "compare", "demo"])
+def test_out_naming_a_file_where_a_directory_is_written(world, tmp_path, capsys, command):
+    out = tmp_path / "a-file"
+    out.write_text("x")
+    code = main(_commands(world, tmp_path, str(out))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "exists and is not a directory" in err
+    assert out.read_text() == "x"

@@ -232,10 +232,14 @@ def eval_(
 
     from factrace.data.atomic import atomic_write
     from factrace.data.io import read_qrels, read_queries, read_rankings
+    from factrace.data.outputs import check_at_least, check_output_file
     from factrace.evaluate.ladder import results_rows
     from factrace.evaluate.metrics import check_coverage
     from factrace.report import print_table
 
+    check_at_least(1, tail_patch_k=tail_patch_k, tail_patch_queries=tail_patch_queries)
+    if out:
+        check_output_file(out)
     ranked = read_rankings(rankings)
     gold = read_qrels(qrels)
     check_coverage([r.query_id for r in ranked], gold, rankings, qrels)
@@ -274,10 +278,13 @@ def baseline(
     _quiet_libraries()
     from factrace.data.corpus import iter_corpus, validate_corpus
     from factrace.data.io import read_queries, write_rankings
+    from factrace.data.outputs import check_at_least, check_output_file
     from factrace.evaluate.compare import BASELINES, CompareConfig, baseline_rankings
 
     if method not in BASELINES:
         raise FactraceError(f"--method must be one of {', '.join(BASELINES)}; got {method!r}")
+    check_at_least(1, top_k=top_k)
+    check_output_file(out)
     qs = read_queries(queries)
     validate_corpus(corpus)
     cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,))

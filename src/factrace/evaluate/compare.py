@@ -21,6 +21,7 @@ from factrace.config import variant_config
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
+from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder, unit_normalize
 from factrace.encode.hessian import SecondMomentMatrix, fit_whitening
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
@@ -166,6 +167,10 @@ def compare(cfg: CompareConfig) -> dict:
 
     timings = {}
     t = time.perf_counter()
+    check_at_least(1, top_k=cfg.top_k, tail_patch_k=cfg.tail_patch_k,
+                   tail_patch_queries=cfg.tail_patch_queries,
+                   **{k: cfg.encoder_options.get(k) for k in ("dim", "train_examples")})
+    check_output_dir(cfg.out)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
     check_coverage([q.id for q in queries], qrels, cfg.queries, cfg.qrels)

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.evaluate.compare import CompareConfig, compare
 from factrace.factworld.generate import generate_world
 from factrace.factworld.pretrain import PretrainConfig, fingerprint, pretrain
@@ -42,6 +43,9 @@ def cache_dir(cfg: DemoConfig) -> Path:
 def run_demo(cfg: DemoConfig) -> dict:
     timings = {}
     out = Path(cfg.out)
+    check_at_least(1, passages=cfg.passages, n_queries=cfg.queries,
+                   tail_patch_queries=cfg.tail_patch_queries, dim=cfg.dim)
+    check_output_dir(out)
     t = time.perf_counter()
     files = generate_world(out / "world", WorldConfig(n_passages=cfg.passages,
                                                       n_queries=cfg.queries, seed=cfg.seed))

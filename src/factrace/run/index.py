@@ -18,6 +18,7 @@ from factrace.config import EncoderConfig
 from factrace.data.atomic import atomic_path
 from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries
+from factrace.data.outputs import check_at_least, check_output_dir, check_output_file
 from factrace.encode.encoder import Encoder
 from factrace.encode.hessian import Whitening
 from factrace.encode.second_moment import Correction
@@ -25,7 +26,8 @@ from factrace.errors import FactraceError
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_bar
-from factrace.run.scan import ScanResult, to_rankings, write_with_metadata
+from factrace.run.scan import META_SUFFIX, ScanResult, to_rankings, write_with_metadata
+from factrace.search import manifest as mf
 from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.store import EncodingStore, StoreWriter
 from factrace.search.topk import exact_topk
@@ -84,8 +86,20 @@ def _load_state(path: Path, encoder: Encoder) -> None:
     encoder.second_moment_note = state["second_moment_note"]
 
 
+def _check_store_path(path: Path) -> None:
+    """Refuse, before any work, a store path that cannot become a store."""
+    check_output_dir(path)
+    if (path.is_dir() and not (path / mf.MANIFEST).is_file()
+            and any(not mf.is_tmp(p) for p in path.iterdir())):
+        raise FactraceError(
+            f"{path} is not empty and has no {mf.MANIFEST}; choose an empty or new directory"
+        )
+
+
 def build_index(cfg: IndexConfig) -> EncodingStore:
     """Build (or resume) an encoding store of every passage of the corpus."""
+    cfg.check_options()
+    _check_store_path(Path(cfg.out))
     queries = read_queries(cfg.queries) if cfg.queries else []
     if cfg.encoder.hessian == "mixed" and not queries:
         raise FactraceError("--hessian mixed (TrackStar) needs --queries for R_eval; or use "
@@ -155,6 +169,9 @@ def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: s
 
 
 def trace(cfg: TraceConfig) -> ScanResult:
+    check_at_least(1, top_k=cfg.top_k, nprobe=cfg.nprobe)
+    if cfg.out:
+        check_output_file(cfg.out, [META_SUFFIX])
     queries = read_queries(cfg.queries)
     store = EncodingStore.open(cfg.index)
     encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)

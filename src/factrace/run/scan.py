@@ -13,6 +13,7 @@ from pathlib import Path
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
+from factrace.data.outputs import check_at_least, check_output_file
 from factrace.data.records import Query
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
@@ -53,13 +54,20 @@ def write_with_metadata(out: str, rankings: list[Ranking], metadata: dict) -> No
         json.dump(metadata, f, indent=2, default=str)
 
 
+META_SUFFIX = ".meta.json"
+
+
 def meta_path(out: str) -> Path:
-    return Path(str(out) + ".meta.json")
+    return Path(str(out) + META_SUFFIX)
 
 
 def scan(cfg: ScanConfig) -> ScanResult:
     """Run a scan; validates every input before any model work, writes outputs atomically."""
     t0 = time.perf_counter()
+    cfg.check_options()
+    check_at_least(1, top_k=cfg.top_k)
+    if cfg.out:
+        check_output_file(cfg.out, [META_SUFFIX])
     queries = read_queries(cfg.queries)
     info = validate_corpus(cfg.corpus)
     engine = cfg.make_engine()
