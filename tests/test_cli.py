@@ -221,3 +221,38 @@ def test_out_naming_a_file_where_a_directory_is_written(world, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert code == 2 and "exists and is not a directory" in err
     assert out.read_text() == "x"
+
+
+@pytest.mark.parametrize(("command", "existing"), [
+    ("scan", "out"), ("scan", "out.meta.json"), ("trace", "out"), ("trace", "out.meta.json"),
+    ("eval", "out"), ("baseline", "out"), ("compare", "out/results.json"),
+    ("compare", "out/rankings"), ("demo", "out/report.html"),
+])
+def test_existing_outputs_are_refused_without_overwrite(world, tmp_path, capsys, command,
+                                                        existing):
+    old = tmp_path / existing
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text("earlier results")
+    code = main(_commands(world, tmp_path, str(tmp_path / "out"))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "pass --overwrite to replace it" in err and old.name in err
+    assert old.read_text() == "earlier results"
+
+
+def test_overwrite_replaces_an_existing_output(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("earlier results")
+    code = main(_commands(world, tmp_path, str(out))["baseline"] + ["--overwrite"])
+    assert code == 0
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_index_build_overwrite_replaces_the_store(world, tmp_path):
+    store = tmp_path / "store"
+    argv = ["index", "build", "--model", world["model"], "--optimizer-state", world["optimizer"],
+            "--corpus", world["corpus"], "--queries", world["queries"], "--out", str(store), *FAST]
+    assert main(argv) == 0
+    assert main(argv + ["--dim", "128"]) == 2  # another encoder: refused, not mixed in
+    assert main(argv + ["--dim", "128", "--overwrite"]) == 0
+    assert json.loads((store / "manifest.json").read_text())["dim"] == 128

@@ -56,6 +56,8 @@ ShardRows = Annotated[int | None, typer.Option(
     "--shard-rows", help="Corpus rows per task/shard [default: 256 MiB of float32 encodings, "
     "256-8192 rows].")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace existing outputs (otherwise refused before any work).")]
 Model = Annotated[str, typer.Option(help="Hugging Face model directory.")]
 OptState = Annotated[str | None, typer.Option(
     "--optimizer-state", help="optimizer.pt / state_dict / safetensors of exp_avg_sq.")]
@@ -122,7 +124,7 @@ def scan(
     include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
     compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
     ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
-    shard_rows: ShardRows = None, quiet: Quiet = False,
+    shard_rows: ShardRows = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """Score every corpus passage against every query in one streaming pass (the paper's mode)."""
     _quiet_libraries()
@@ -136,7 +138,7 @@ def scan(
                                  optimizer_state=optimizer_state, top_k=top_k, encoder=enc,
                                  engine=engine, workers=workers, ray_address=ray_address,
                                  gpus_per_worker=gpus_per_worker, shard_rows=shard_rows,
-                                 progress=not quiet))
+                                 progress=not quiet, overwrite=overwrite))
     if not quiet:
         t = result.metadata["timings"]
         typer.echo(f"wrote {out} ({len(result.rankings)} queries, "
@@ -160,6 +162,9 @@ def index_build(
     compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
     ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
     shard_rows: ShardRows = None, quiet: Quiet = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a store already at --out by a new one (otherwise it is "
+        "resumed, or kept when complete).")] = False,
 ):
     """Encode every passage into a persistent, fingerprinted, resumable store."""
     _quiet_libraries()
@@ -172,7 +177,7 @@ def index_build(
                                     optimizer_state=optimizer_state, encoder=enc, engine=engine,
                                     workers=workers, ray_address=ray_address,
                                     gpus_per_worker=gpus_per_worker, shard_rows=shard_rows,
-                                    progress=not quiet))
+                                    progress=not quiet, overwrite=overwrite))
     if not quiet:
         typer.echo(f"store {out}: {store.n_rows} encodings of dimension {store.dim}", err=True)
 
@@ -191,7 +196,7 @@ def trace(
     nprobe: Annotated[int, typer.Option(help="FAISS lists probed per query.")] = 16,
     report_recall: Annotated[bool, typer.Option("--report-recall", help="Print recall@10 of "
                                                 "approximate against exact search.")] = False,
-    device: Device = None, quiet: Quiet = False,
+    device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """Rank a store's passages for new queries, encoded with the store's own configuration."""
     _quiet_libraries()
@@ -201,7 +206,7 @@ def trace(
     result = run_trace(TraceConfig(index=index, queries=queries, out=out, top_k=top_k,
                                    model=model, optimizer_state=optimizer_state, faiss=faiss,
                                    nprobe=nprobe, report_recall=report_recall, device=device,
-                                   progress=not quiet))
+                                   progress=not quiet, overwrite=overwrite))
     if report_recall and "recall_at_10" in result.metadata:
         typer.echo(f"recall@10 of {faiss} against exact search: "
                    f"{result.metadata['recall_at_10']:.4f}")
@@ -224,7 +229,7 @@ def eval_(
     tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate (default: the "
                                              "final learning rate of training).")] = None,
-    device: Device = None, quiet: Quiet = False,
+    device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """MRR, recall@10 and (optionally) tail-patch of a rankings file, each mean ± se."""
     _quiet_libraries()
@@ -239,7 +244,7 @@ def eval_(
 
     check_at_least(1, tail_patch_k=tail_patch_k, tail_patch_queries=tail_patch_queries)
     if out:
-        check_output_file(out)
+        check_output_file(out, overwrite=overwrite)
     ranked = read_rankings(rankings)
     gold = read_qrels(qrels)
     check_coverage([r.query_id for r in ranked], gold, rankings, qrels)
@@ -272,7 +277,7 @@ def baseline(
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k")] = 10, overwrite: Overwrite = False,
 ):
     """Rank passages with a baseline retriever, in the rankings format."""
     _quiet_libraries()
@@ -284,7 +289,7 @@ def baseline(
     if method not in BASELINES:
         raise FactraceError(f"--method must be one of {', '.join(BASELINES)}; got {method!r}")
     check_at_least(1, top_k=top_k)
-    check_output_file(out)
+    check_output_file(out, overwrite=overwrite)
     qs = read_queries(queries)
     validate_corpus(corpus)
     cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,))
@@ -307,7 +312,7 @@ def compare(
     tail_patch_k: Annotated[int, typer.Option("--tail-patch-k")] = 10,
     tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate.")] = None,
-    device: Device = None, quiet: Quiet = False,
+    device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """The ladder (grad-dot … trackstar) and the baselines: results.json/.md and report.html."""
     _quiet_libraries()
@@ -321,7 +326,8 @@ def compare(
                                        top_k=top_k, encoder_options=options,
                                        tail_patch=tail_patch, tail_patch_k=tail_patch_k,
                                        tail_patch_queries=tail_patch_queries, lr=lr,
-                                       device=device, progress=not quiet))
+                                       device=device, progress=not quiet,
+                                       overwrite=overwrite))
     print_table(result["rows"])
     typer.echo(f"report: {Path(out) / 'report.html'}")
 
@@ -335,7 +341,7 @@ def demo(
     tail_patch_queries: Annotated[int, typer.Option("--tail-patch-queries")] = 100,
     dim: Annotated[int, typer.Option(help="Projection dimension.")] = 1 << 14,
     seed: Annotated[int, typer.Option(help="Seed of the world, model and projection.")] = 0,
-    quiet: Quiet = False,
+    quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """Fact world → tiny pretrained Llama → TrackStar and baselines → evaluation and report."""
     _quiet_libraries()
@@ -343,7 +349,8 @@ def demo(
     from factrace.run.demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=out, passages=passages, queries=queries, seed=seed, dim=dim,
-                                 tail_patch_queries=tail_patch_queries, progress=not quiet))
+                                 tail_patch_queries=tail_patch_queries, progress=not quiet,
+                                 overwrite=overwrite))
     info = result["train_info"]
     typer.echo(f"pretrained model: fact accuracy {info.get('fact_accuracy', float('nan')):.3f}, "
                f"{result['model_dir']}")

@@ -35,6 +35,9 @@ from factrace.run.progress import progress_bar
 from factrace.search.topk import exact_topk
 
 BASELINES = ("bm25", "bm25+target", "dense", "random")
+OUTPUTS = ("rankings", "results.json", "results.md", "report.html", "mrr_vs_tail_patch.png",
+           "tail_patch.json")
+"""What ``compare`` writes into its output directory."""
 
 
 @dataclass
@@ -60,6 +63,8 @@ class CompareConfig:
     lr: float | None = None
     device: str | None = None
     progress: bool = True
+    overwrite: bool = False
+    """Replace results already in ``out`` (otherwise refused before any work)."""
 
 
 def _project_all(encoder: Encoder, passages, queries, progress: bool):
@@ -170,7 +175,7 @@ def compare(cfg: CompareConfig) -> dict:
     check_at_least(1, top_k=cfg.top_k, tail_patch_k=cfg.tail_patch_k,
                    tail_patch_queries=cfg.tail_patch_queries,
                    **{k: cfg.encoder_options.get(k) for k in ("dim", "train_examples")})
-    check_output_dir(cfg.out)
+    check_output_dir(cfg.out, OUTPUTS, cfg.overwrite)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
     check_coverage([q.id for q in queries], qrels, cfg.queries, cfg.qrels)

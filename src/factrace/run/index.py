@@ -8,6 +8,7 @@ passages were encoded. An interrupted build resumes at the first missing shard.
 from __future__ import annotations
 
 import io
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class IndexConfig(EncodingJob):
     """Store directory to build (or resume)."""
     queries: str | None = None
     """Queries for R_eval; required by ``--hessian mixed`` (TrackStar)."""
+    overwrite: bool = False
+    """Replace a store already at ``out`` by a new one (otherwise it is resumed, or left as it
+    is when complete)."""
 
 
 def _save_state(path: Path, encoder: Encoder) -> None:
@@ -113,6 +117,8 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         config = {"encoder": encoder.metadata(), "model": str(cfg.model),
                   "optimizer_state": cfg.optimizer_state, "corpus": str(cfg.corpus),
                   "corpus_rows": info.n_rows, "shard_rows": rows, "fit": record}
+        if cfg.overwrite and (Path(cfg.out) / mf.MANIFEST).is_file():
+            shutil.rmtree(cfg.out)
         writer = StoreWriter.create_or_resume(cfg.out, encoder.fingerprints(), encoder.dim, config)
         # A resumed store keeps the shard size it was started with, whatever is asked now.
         rows = writer.manifest["config"].get("shard_rows", rows)
@@ -150,6 +156,8 @@ class TraceConfig:
     """Also run exact search and report recall@10 of the approximate one."""
     device: str | None = None
     progress: bool = True
+    overwrite: bool = False
+    """Replace an existing ``out`` (otherwise refused before any work)."""
 
 
 def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: str | None,
@@ -171,7 +179,7 @@ def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: s
 def trace(cfg: TraceConfig) -> ScanResult:
     check_at_least(1, top_k=cfg.top_k, nprobe=cfg.nprobe)
     if cfg.out:
-        check_output_file(cfg.out, [META_SUFFIX])
+        check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
     queries = read_queries(cfg.queries)
     store = EncodingStore.open(cfg.index)
     encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)

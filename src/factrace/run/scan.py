@@ -31,6 +31,8 @@ class ScanConfig(EncodingJob):
     """Rankings JSONL to write (and ``<out>.meta.json`` beside it); ``None`` → not written."""
     top_k: int = 10
     """Proponents (and opponents) kept per query."""
+    overwrite: bool = False
+    """Replace an existing ``out`` (otherwise refused before any work)."""
 
 
 @dataclass
@@ -67,7 +69,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
     cfg.check_options()
     check_at_least(1, top_k=cfg.top_k)
     if cfg.out:
-        check_output_file(cfg.out, [META_SUFFIX])
+        check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
     queries = read_queries(cfg.queries)
     info = validate_corpus(cfg.corpus)
     engine = cfg.make_engine()
