@@ -256,3 +256,32 @@ def test_index_build_overwrite_replaces_the_store(world, tmp_path):
     assert main(argv + ["--dim", "128"]) == 2  # another encoder: refused, not mixed in
     assert main(argv + ["--dim", "128", "--overwrite"]) == 0
     assert json.loads((store / "manifest.json").read_text())["dim"] == 128
+
+
+def test_store_records_absolute_paths_and_trace_accepts_model_elsewhere(world, tmp_path, capsys,
+                                                                       monkeypatch):
+    import shutil
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(world["model"], model)
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    assert main(["index", "build", "--model", "ckpt", "--optimizer-state", "ckpt/optimizer.pt",
+                 "--corpus", world["corpus"], "--queries", world["queries"], "--out", "store",
+                 *FAST]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    trace = ["trace", "--index", str(store), "--queries", world["queries"], "-q"]
+    assert main([*trace, "--out", "a.jsonl"]) == 0  # the recorded paths do not depend on the cwd
+
+    model.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main([*trace, "--out", "b.jsonl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(store) in err and str(model) in err and "--model" in err
+    assert len(err.splitlines()) == 1
+    moved = str(tmp_path / "moved")
+    assert main([*trace, "--out", "c.jsonl", "--model", moved, "--optimizer-state",
+                 moved + "/optimizer.pt"]) == 0
+    assert (elsewhere / "c.jsonl").read_text() == (elsewhere / "a.jsonl").read_text()

@@ -8,6 +8,7 @@ passages were encoded. An interrupted build resumes at the first missing shard.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +115,9 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
         encoder = engine.encoder
         rows = cfg.rows_per_shard(encoder.dim)
-        config = {"encoder": encoder.metadata(), "model": str(cfg.model),
-                  "optimizer_state": cfg.optimizer_state, "corpus": str(cfg.corpus),
+        # absolute paths: the store is used later, from any working directory
+        config = {"encoder": encoder.metadata(), "model": absolute(cfg.model),
+                  "optimizer_state": absolute(cfg.optimizer_state), "corpus": absolute(cfg.corpus),
                   "corpus_rows": info.n_rows, "shard_rows": rows, "fit": record}
         if cfg.overwrite and (Path(cfg.out) / mf.MANIFEST).is_file():
             shutil.rmtree(cfg.out)
@@ -160,6 +162,20 @@ class TraceConfig:
     """Replace an existing ``out`` (otherwise refused before any work)."""
 
 
+def absolute(path: str | None) -> str | None:
+    """``path`` made absolute (symbolic links kept), ``None`` kept."""
+    return None if path is None else os.path.abspath(path)
+
+
+def _recorded(store: EncodingStore, path: str | None, what: str, flag: str) -> str | None:
+    """A path the store recorded, checked to exist: a store outlives where its inputs were."""
+    if path is not None and not Path(path).exists():
+        relative = "" if Path(path).is_absolute() else f" (relative to {os.getcwd()})"
+        raise FactraceError(f"{store.path}: the store was built with {what} {path}, which is not "
+                            f"there{relative}; pass {flag} to say where it is now")
+    return path
+
+
 def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: str | None,
                      device: str | None = None) -> Encoder:
     """The store's own encoder (its configuration and fitted state), checked against it."""
@@ -168,8 +184,10 @@ def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: s
     enc_cfg = EncoderConfig.from_dict(config["encoder"]["config"]).replace(compile=False)
     if device is not None:
         enc_cfg = enc_cfg.replace(device=device)
-    encoder = Encoder.load(model or config["model"], optimizer_state or config["optimizer_state"],
-                           enc_cfg)
+    model = model or _recorded(store, config["model"], "model", "--model")
+    optimizer_state = optimizer_state or _recorded(store, config["optimizer_state"],
+                                                   "optimizer state", "--optimizer-state")
+    encoder = Encoder.load(model, optimizer_state, enc_cfg)
     _load_state(Path(store.path) / STATE_FILE, encoder)
     EncodingStore.open(store.path, expect=encoder.fingerprints(), verify=False,
                        labels=FINGERPRINT_LABELS)
