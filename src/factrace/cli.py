@@ -329,7 +329,14 @@ def compare(
                                        device=device, progress=not quiet,
                                        overwrite=overwrite))
     print_table(result["rows"])
+    _print_findings(result["findings"])
     typer.echo(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_findings(found) -> None:
+    """The paper's findings, one line each: verdict (±2 combined se), claim, evidence."""
+    for f in found:
+        typer.echo(f"- {f.verdict}: {f.claim} ({f.evidence})")
 
 
 @app.command()
@@ -355,9 +362,7 @@ def demo(
     typer.echo(f"pretrained model: fact accuracy {info.get('fact_accuracy', float('nan')):.3f}, "
                f"{result['model_dir']}")
     print_table(result["rows"])
-    for f in result["findings"]:
-        mark = {True: "held", False: "did not hold", None: "not measured"}[f.held]
-        typer.echo(f"- {f.claim}: {mark} ({f.evidence})")
+    _print_findings(result["findings"])
     t = result["timings"]
     typer.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     typer.echo(f"report: {Path(out) / 'report.html'}")

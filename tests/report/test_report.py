@@ -76,7 +76,8 @@ def test_write_report_files_table_plot_and_escaping(tmp_path):
     assert record["rows"] == ROWS
     assert record["metadata"] == {"model": "tiny <model>", "d": 65536}
     assert record["findings"][-1] == {"claim": "A claim with <b>markup</b>", "held": None,
-                                      "evidence": "not measured"}
+                                      "evidence": "not measured", "z": None,
+                                      "verdict": "not measured"}
     assert record["examples"][0]["columns"]["trackstar"][1]["gold"] is True
 
     md = paths["markdown"].read_text()
@@ -106,3 +107,18 @@ def test_report_without_tail_patch_has_no_plot(tmp_path):
     assert "<img" not in paths["html"].read_text()
     assert json.loads(paths["json"].read_text())["rows"][0]["mrr"] is None
     assert "**did not hold**: c — e" in paths["markdown"].read_text()
+
+
+def test_findings_within_two_standard_errors_read_not_significant(tmp_path):
+    found = [Finding("big win", True, "e1", 3.0), Finding("small win", None, "e2", 0.4),
+             Finding("big loss", False, "e3", -5.0), Finding("absent", None, "e4")]
+    paths = write_report(tmp_path, ROWS, found)
+    md = paths["markdown"].read_text()
+    for verdict, claim in (("held", "big win"), ("not significant", "small win"),
+                           ("did not hold", "big loss"), ("not measured", "absent")):
+        assert f"**{verdict}**: {claim}" in md
+    html = paths["html"].read_text()
+    assert '<li class="unsure"><strong>not significant</strong>: small win' in html
+    assert "at least 2 combined standard errors" in html
+    assert [f["verdict"] for f in json.loads(paths["json"].read_text())["findings"]] == [
+        "held", "not significant", "did not hold", "not measured"]

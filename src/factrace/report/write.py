@@ -16,24 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from factrace.data.atomic import atomic_write
-from factrace.evaluate.ladder import Finding
+from factrace.evaluate.ladder import SIGNIFICANT_SE, Finding
 from factrace.report.examples import ReportExample
 from factrace.report.plot import scatter_png
 from factrace.report.table import COLUMNS, format_value, markdown_report, verdict
 from factrace.report.template import REPORT_TEMPLATE
 
 PLOT_NAME = "mrr_vs_tail_patch.png"
-_CSS = {True: "held", False: "failed", None: "unmeasured"}
+_CSS = {"held": "held", "did not hold": "failed", "not significant": "unsure",
+        "not measured": "unmeasured"}
 
 
 def as_finding(item: Finding | Sequence | Mapping) -> Finding:
-    """A :class:`Finding` from itself, a ``(claim, held, evidence)`` tuple or a dict."""
+    """A :class:`Finding` from itself, a ``(claim, held, evidence[, z])`` tuple or a dict."""
     if isinstance(item, Finding):
         return item
     if isinstance(item, Mapping):
-        return Finding(item["claim"], item["held"], item["evidence"])
-    claim, held, evidence = item
-    return Finding(claim, held, evidence)
+        return Finding(item["claim"], item["held"], item["evidence"], item.get("z"))
+    return Finding(*item)
 
 
 def _json_safe(value: Any) -> Any:
@@ -67,8 +67,8 @@ def render_html(
     table = [{"method": r["method"], "cells": [format_value(r, key) for key, _ in COLUMNS],
               "n_queries": r.get("n_queries", ""), "n_tail_patch": r.get("n_tail_patch", "")}
              for r in rows]
-    shown_findings = [{"claim": f.claim, "evidence": f.evidence, "verdict": verdict(f.held),
-                       "css": _CSS[f.held]} for f in findings]
+    shown_findings = [{"claim": f.claim, "evidence": f.evidence, "verdict": verdict(f),
+                       "css": _CSS[verdict(f)]} for f in findings]
     return template.render(
         title=title,
         metadata=[(str(k), _shown(v)) for k, v in (metadata or {}).items()],
@@ -76,6 +76,7 @@ def render_html(
         rows=table,
         plot=base64.b64encode(plot_png).decode("ascii") if plot_png else None,
         findings=shown_findings,
+        significant=f"{SIGNIFICANT_SE:g}",
         examples=examples,
     )
 
