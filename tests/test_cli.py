@@ -1,6 +1,7 @@
 """The command line: bad input gets one line naming file and line, exit code 2, no output left."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,23 @@ def test_store_records_absolute_paths_and_trace_accepts_model_elsewhere(world, t
     assert main([*trace, "--out", "c.jsonl", "--model", moved, "--optimizer-state",
                  moved + "/optimizer.pt"]) == 0
     assert (elsewhere / "c.jsonl").read_text() == (elsewhere / "a.jsonl").read_text()
+
+
+def _help(capsys, monkeypatch, *command):
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main([*command, "--help"]) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_texts_keep_their_defaults_and_describe_every_option(capsys, monkeypatch):
+    scan_help = _help(capsys, monkeypatch, "scan")
+    assert "Padded tokens per batch (default: 8192 on CPU; on CUDA grown to fill the device)" \
+        in scan_help
+    assert "(default: 256 MiB of float32 encodings, 256-8192 rows)" in scan_help
+    assert re.search(r"--top-k \S+ Top passages kept per query", scan_help)
+    eval_help = _help(capsys, monkeypatch, "eval")
+    assert re.search(r"--tail-patch-k \S+ Top passages of each ranking tail-patched", eval_help)
+    assert re.search(r"--tail-patch-queries \S+ Tail-patch the first N queries only", eval_help)
+    demo_help = _help(capsys, monkeypatch, "demo")
+    assert re.search(r"--n-queries \S+ Queries in the fact world", demo_help)
+    assert "--queries" not in demo_help

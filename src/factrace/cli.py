@@ -39,8 +39,8 @@ Seed = Annotated[int | None, typer.Option(help="Projection seed.")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Dtype = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")]
 BatchTokens = Annotated[int | None, typer.Option(
-    "--batch-tokens", help="Padded tokens per batch [default: 8192 on CPU; on CUDA grown to fill "
-    "the device].")]
+    "--batch-tokens", help="Padded tokens per batch (default: 8192 on CPU; on CUDA grown to fill "
+    "the device).")]
 TrainExamples = Annotated[int | None, typer.Option(
     "--train-examples", help="Corpus passages sampled for R_train.")]
 Include = Annotated[list[str] | None, typer.Option(help="Glob of modules to track (repeatable).")]
@@ -53,12 +53,18 @@ Workers = Annotated[int, typer.Option(help="Ray workers (model replicas).")]
 RayAddress = Annotated[str | None, typer.Option("--ray-address", help="Existing Ray cluster.")]
 GpusPerWorker = Annotated[float, typer.Option("--gpus-per-worker", help="GPUs per Ray worker.")]
 ShardRows = Annotated[int | None, typer.Option(
-    "--shard-rows", help="Corpus rows per task/shard [default: 256 MiB of float32 encodings, "
-    "256-8192 rows].")]
+    "--shard-rows", help="Corpus rows per task/shard (default: 256 MiB of float32 encodings, "
+    "256-8192 rows).")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars.")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace existing outputs (otherwise refused before any work).")]
 Model = Annotated[str, typer.Option(help="Hugging Face model directory.")]
+TopK = Annotated[int, typer.Option("--top-k", help="Top passages kept per query (gradient methods also keep as many "
+    "opponents).")]
+TailPatchK = Annotated[int, typer.Option(
+    "--tail-patch-k", help="Top passages of each ranking tail-patched, one step each.")]
+TailPatchQueries = Annotated[int | None, typer.Option(
+    "--tail-patch-queries", help="Tail-patch the first N queries only (default: all).")]
 OptState = Annotated[str | None, typer.Option(
     "--optimizer-state", help="optimizer.pt / state_dict / safetensors of exp_avg_sq.")]
 
@@ -115,7 +121,7 @@ def scan(
                                                       "dataset, or a directory of them.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL (id, prompt, target).")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: TopK = 10,
     optimizer_state: OptState = None, variant: Variant = "trackstar", dim: Dim = None,
     layout: Layout = None, second_moment: SecondMoment = None, hessian: Hessian = None,
     hessian_structure: HessianStructure = None, lambda_: Lambda = None, damping: Damping = None,
@@ -188,7 +194,7 @@ def trace(
     index: Annotated[str, typer.Option(help="Store built by `factrace index build`.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: TopK = 10,
     model: Annotated[str | None, typer.Option(help="Model dir (default: the store's).")] = None,
     optimizer_state: OptState = None,
     faiss: Annotated[str | None, typer.Option(help="Approximate search: IVF<n>,Flat or "
@@ -225,8 +231,8 @@ def eval_(
     optimizer_state: OptState = None,
     corpus: Annotated[str | None, typer.Option(help="Corpus (tail-patch).")] = None,
     queries: Annotated[str | None, typer.Option(help="Queries (tail-patch).")] = None,
-    tail_patch_k: Annotated[int, typer.Option("--tail-patch-k")] = 10,
-    tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
+    tail_patch_k: TailPatchK = 10,
+    tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate (default: the "
                                              "final learning rate of training).")] = None,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
@@ -277,7 +283,7 @@ def baseline(
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10, overwrite: Overwrite = False,
+    top_k: TopK = 10, overwrite: Overwrite = False,
 ):
     """Rank passages with a baseline retriever, in the rankings format."""
     _quiet_libraries()
@@ -305,12 +311,12 @@ def compare(
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     qrels: Annotated[str, typer.Option(help="Gold passages JSONL.")],
     out: Annotated[str, typer.Option(help="Output directory.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: TopK = 10,
     dim: Dim = None, seed: Seed = None, damping: Damping = None,
     train_examples: TrainExamples = None,
     tail_patch: Annotated[bool, typer.Option(help="Measure tail-patch.")] = True,
-    tail_patch_k: Annotated[int, typer.Option("--tail-patch-k")] = 10,
-    tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
+    tail_patch_k: TailPatchK = 10,
+    tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate.")] = None,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
@@ -344,8 +350,10 @@ def _print_findings(found) -> None:
 def demo(
     out: Annotated[str, typer.Option(help="Output directory.")] = "demo_out",
     passages: Annotated[int, typer.Option(help="Passages in the fact world.")] = 3000,
-    queries: Annotated[int, typer.Option(help="Queries (facts asked).")] = 300,
-    tail_patch_queries: Annotated[int, typer.Option("--tail-patch-queries")] = 100,
+    n_queries: Annotated[int, typer.Option(
+        "--n-queries", help="Queries in the fact world (facts asked).")] = 300,
+    tail_patch_queries: Annotated[int, typer.Option(
+        "--tail-patch-queries", help="Tail-patch the first N queries.")] = 100,
     dim: Annotated[int, typer.Option(help="Projection dimension.")] = 1 << 14,
     seed: Annotated[int, typer.Option(help="Seed of the world, model and projection.")] = 0,
     quiet: Quiet = False, overwrite: Overwrite = False,
@@ -355,7 +363,7 @@ def demo(
     from factrace.report import print_table
     from factrace.run.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=out, passages=passages, queries=queries, seed=seed, dim=dim,
+    result = run_demo(DemoConfig(out=out, passages=passages, queries=n_queries, seed=seed, dim=dim,
                                  tail_patch_queries=tail_patch_queries, progress=not quiet,
                                  overwrite=overwrite))
     info = result["train_info"]

@@ -6,7 +6,11 @@ Ids are kept as strings everywhere inside factrace (an integer id ``7`` in a cor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
+
+from factrace.errors import FactraceError
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,29 @@ def with_target_space(query: Query) -> Query:
     if needs_space(query.prompt, query.target):
         return replace(query, target=" " + query.target)
     return query
+
+
+def _fields(item: Any, kind: str, keys: tuple[str, ...]) -> list[Any]:
+    if not isinstance(item, Mapping) or any(k not in item for k in keys):
+        shown = repr(item) if len(repr(item)) <= 60 else repr(item)[:60] + "..."
+        raise FactraceError(f"a {kind} must be a {kind.title()} or a mapping with "
+                            f"{', '.join(repr(k) for k in keys)}; got {shown}")
+    values = [item[k] for k in keys]
+    if not isinstance(values[0], str | int) or isinstance(values[0], bool):
+        raise FactraceError(f"a {kind} id must be a string or an integer; got {values[0]!r}")
+    for key, value in zip(keys[1:], values[1:], strict=True):
+        if not isinstance(value, str):
+            raise FactraceError(f"{kind} {values[0]!r}: {key!r} must be a string; got {value!r}")
+    return [str(values[0]), *values[1:]]
+
+
+def as_passage(item: Passage | Mapping[str, Any]) -> Passage:
+    """A :class:`Passage` from itself or a mapping with ``id`` and ``text``."""
+    return item if isinstance(item, Passage) else Passage(*_fields(item, "passage", ("id", "text")))
+
+
+def as_query(item: Query | Mapping[str, Any]) -> Query:
+    """A :class:`Query` from itself or a mapping with ``id``, ``prompt`` and ``target``."""
+    if isinstance(item, Query):
+        return item
+    return Query(*_fields(item, "query", ("id", "prompt", "target")))
