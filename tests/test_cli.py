@@ -84,11 +84,15 @@ def test_index_build_and_trace_with_faiss_recall(world, tmp_path, capsys):
     out = tmp_path / "traced.jsonl"
     code = main(["trace", "--index", str(store), "--queries", world["queries"], "--out", str(out),
                  "--top-k", "5", "--faiss", "IVF4,Flat", "--nprobe", "4", "--report-recall", "-q"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 0
-    assert "recall@10" in printed
+    assert "recall@10 of IVF1,Flat" in printed  # the index built, not the one asked for
     recall = float(printed.strip().split()[-1])
     assert recall == 1.0  # every list probed: approximate search is exact
+    assert captured.err.strip() == ("approximate search: FAISS IVF1,Flat over 64 rows, 1 of 1 "
+                                    "lists probed per query (64 training rows support 1 IVF "
+                                    "list, not 4)")
     assert len(out.read_text().splitlines()) == 6
 
 

@@ -213,8 +213,10 @@ def trace(
                                    model=model, optimizer_state=optimizer_state, faiss=faiss,
                                    nprobe=nprobe, report_recall=report_recall, device=device,
                                    progress=not quiet, overwrite=overwrite))
+    if "faiss" in result.metadata:
+        typer.echo(f"approximate search: {result.metadata['faiss']['description']}", err=True)
     if report_recall and "recall_at_10" in result.metadata:
-        typer.echo(f"recall@10 of {faiss} against exact search: "
+        typer.echo(f"recall@10 of {result.metadata['faiss']['built']} against exact search: "
                    f"{result.metadata['recall_at_10']:.4f}")
 
 

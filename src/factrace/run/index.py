@@ -215,7 +215,10 @@ def trace(cfg: TraceConfig) -> ScanResult:
         found = index.search(query_psi, cfg.top_k)
         rankings = [Ranking(q.id, list(r.doc_ids), [float(s) for s in r.scores])
                     for q, r in zip(queries, found, strict=True)]
-        metadata["search"] = f"faiss {cfg.faiss} nprobe={cfg.nprobe}"
+        metadata["search"] = f"faiss {index.spec} nprobe={index.nprobe}"
+        metadata["faiss"] = {"requested": cfg.faiss, "built": index.spec, "nlist": index.nlist,
+                             "nprobe": index.nprobe, "notes": index.notes,
+                             "description": index.describe()}
         if cfg.report_recall:
             k = min(10, cfg.top_k)
             metadata["recall_at_10"] = recall_at_k([r.doc_ids for r in rankings],
