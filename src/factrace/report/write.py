@@ -48,7 +48,19 @@ def _json_safe(value: Any) -> Any:
 
 
 def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(_json_safe(value), ensure_ascii=False)
+    """A metadata value for people: numbers to 4 significant digits, mappings as ``key value``
+    pairs, not raw JSON (``lr 0.0003``, not ``{"lr": 0.00030000000000000003}``)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items()) or "–"
+    if isinstance(value, list | tuple):
+        return ", ".join(_shown(v) for v in value) or "–"
+    return str(value)
 
 
 def render_html(
