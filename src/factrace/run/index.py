@@ -7,9 +7,12 @@ passages were encoded. An interrupted build resumes at the first missing shard.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import torch
 
 from factrace.config import EncoderConfig
 from factrace.data.atomic import atomic_path
-from factrace.data.corpus import validate_corpus
+from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_queries
 from factrace.data.outputs import check_at_least, check_output_dir, check_output_file
 from factrace.encode.encoder import Encoder
@@ -101,6 +104,49 @@ def _check_store_path(path: Path) -> None:
         )
 
 
+def rows_fingerprint(corpus: str, start: int, stop: int) -> str:
+    """sha256 of the ids and texts of corpus rows ``[start, stop)``: what a shard encodes."""
+    digest = hashlib.sha256()
+    for passage in iter_corpus(corpus, start=start, stop=stop):
+        digest.update(json.dumps([passage.id, passage.text], ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _earlier_build(path: Path, corpus: str, n_rows: int) -> dict | None:
+    """The manifest of a store already at ``path`` (None: there is none), after checking that
+    every shard it holds was encoded from the corpus rows it has now.
+
+    Raises:
+        FactraceError: the corpus has another number of rows, or a shard's rows changed.
+    """
+    if not (path / mf.MANIFEST).is_file():
+        return None
+    manifest = mf.read_manifest(path)
+    built_rows = manifest["config"].get("corpus_rows")
+    advice = "pass --overwrite to rebuild the store, or restore the corpus it was built from"
+    if built_rows is not None and built_rows != n_rows:
+        raise FactraceError(f"{path}: the store was built from {built_rows} corpus rows, "
+                            f"{corpus} now has {n_rows}; {advice}")
+    shard_rows = manifest["config"].get("shard_rows")
+    for index, entry in enumerate(manifest["shards"]):
+        recorded = entry.get("inputs_sha256")
+        if recorded is None or shard_rows is None:
+            continue  # a store from before input fingerprints were recorded
+        start, stop = index * shard_rows, min((index + 1) * shard_rows, n_rows)
+        if rows_fingerprint(corpus, start, stop) != recorded:
+            raise FactraceError(f"{path}: {entry['name']} was encoded from rows {start}-{stop - 1}"
+                                f" of {corpus}, which have changed since; {advice}")
+    if not (path / STATE_FILE).is_file():
+        return None
+    return manifest
+
+
+def _say(cfg: IndexConfig, message: str) -> None:
+    if cfg.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
 def build_index(cfg: IndexConfig) -> EncodingStore:
     """Build (or resume) an encoding store of every passage of the corpus."""
     cfg.check_options()
@@ -110,9 +156,18 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         raise FactraceError("--hessian mixed (TrackStar) needs --queries for R_eval; or use "
                             "--hessian train")
     info = validate_corpus(cfg.corpus)
+    path = Path(cfg.out)
+    earlier = None if cfg.overwrite else _earlier_build(path, cfg.corpus, info.n_rows)
     engine = cfg.make_engine()
     try:
-        record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
+        if earlier is not None and cfg.encoder.second_moment != "estimate":
+            # R was fitted by the earlier run and saved with the store: reuse it (a store made
+            # with another model or configuration is still refused, by its fingerprints)
+            _load_state(path / STATE_FILE, engine.encoder)
+            engine.broadcast("set_whitening", engine.encoder.whitening)
+            record = earlier["config"].get("fit", {})
+        else:
+            record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
         encoder = engine.encoder
         rows = cfg.rows_per_shard(encoder.dim)
         # absolute paths: the store is used later, from any working directory
@@ -124,15 +179,21 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         writer = StoreWriter.create_or_resume(cfg.out, encoder.fingerprints(), encoder.dim, config)
         # A resumed store keeps the shard size it was started with, whatever is asked now.
         rows = writer.manifest["config"].get("shard_rows", rows)
-        if not writer.complete:
+        ranges = row_ranges(info.n_rows, rows)
+        if writer.complete:
+            _say(cfg, f"store {cfg.out} is already complete ({len(ranges)} shards)")
+        else:
             if writer.done_shards == 0 or not (Path(cfg.out) / STATE_FILE).is_file():
                 _save_state(Path(cfg.out) / STATE_FILE, encoder)
-            todo = row_ranges(info.n_rows, rows)[writer.done_shards:]
+            if writer.done_shards:
+                _say(cfg, f"resuming {cfg.out} at shard {writer.done_shards + 1} of {len(ranges)}")
+            todo = ranges[writer.done_shards:]
             tasks = [(str(cfg.corpus), start, stop) for start, stop in todo]
             bar = progress_bar(engine.map("encode_rows", tasks), total=len(tasks),
                                desc="encoding corpus", enabled=cfg.progress, unit="shard")
-            for ids, psi in bar:
-                writer.write_shard(writer.done_shards, ids, psi)
+            for (start, stop), (ids, psi) in zip(todo, bar, strict=True):
+                writer.write_shard(writer.done_shards, ids, psi,
+                                   inputs=rows_fingerprint(cfg.corpus, start, stop))
             writer.finish()
     finally:
         engine.close()
