@@ -130,7 +130,7 @@ def test_query_target_without_space_is_repaired_with_a_warning(world, tmp_path, 
                      [json.dumps({"id": "q", "prompt": "Alba was born in", "target": "Tesk"})])
     out = tmp_path / "bm25.jsonl"
     code = main(["baseline", "--method", "bm25+target", "--corpus", world["corpus"],
-                 "--queries", str(queries), "--out", str(out)])
+                 "--queries", str(queries), "--out", str(out), "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 0
     assert err.startswith("factrace: warning:") and len(err.splitlines()) == 1

@@ -285,7 +285,7 @@ def baseline(
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: TopK = 10, overwrite: Overwrite = False,
+    top_k: TopK = 10, overwrite: Overwrite = False, quiet: Quiet = False,
 ):
     """Rank passages with a baseline retriever, in the rankings format."""
     _quiet_libraries()
@@ -300,7 +300,8 @@ def baseline(
     check_output_file(out, overwrite=overwrite)
     qs = read_queries(queries)
     validate_corpus(corpus)
-    cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,))
+    cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,),
+                        progress=not quiet)
     write_rankings(out, baseline_rankings(cfg, list(iter_corpus(corpus)), qs)[method])
 
 

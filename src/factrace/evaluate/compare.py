@@ -31,7 +31,7 @@ from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
 from factrace.model.optimizer_state import load_optimizer_state
 from factrace.run.fit import sample_passages
-from factrace.run.progress import progress_bar
+from factrace.run.progress import progress_bar, progress_step
 from factrace.search.topk import exact_topk
 
 BASELINES = ("bm25", "bm25+target", "dense", "random")
@@ -113,31 +113,37 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows
             if vc.hessian == "mixed":
                 r_eval = SecondMomentMatrix(enc.hessian_spans())
                 r_eval.add(q)
-            enc.whitening = fit_whitening(vc.hessian, r_train, r_eval, vc.damping, vc.lambda_,
-                                          vc.lambda_k)
-            psi, psi_q = enc.whitening.apply(p), enc.whitening.apply(q)
+            with progress_step(f"{name}: fitting and applying R^-1/2", cfg.progress):
+                enc.whitening = fit_whitening(vc.hessian, r_train, r_eval, vc.damping,
+                                              vc.lambda_, vc.lambda_k)
+                psi, psi_q = enc.whitening.apply(p), enc.whitening.apply(q)
         else:
             psi, psi_q = p, q
         if vc.normalize:
             psi, psi_q = unit_normalize(psi), unit_normalize(psi_q)
-        out[name] = _rank(psi_q, ids, psi, queries, cfg.top_k)
+        with progress_step(f"{name}: ranking", cfg.progress):
+            out[name] = _rank(psi_q, ids, psi, queries, cfg.top_k)
     return out
 
 
 def baseline_rankings(cfg: CompareConfig, passages, queries) -> dict:
     out = {}
     for name in cfg.baselines:
-        if name == "bm25":
-            out[name] = bm25_rankings(passages, queries, cfg.top_k)
-        elif name == "bm25+target":
-            out[name] = bm25_rankings(passages, queries, cfg.top_k, with_target=True)
-        elif name == "dense":
-            out[name] = dense_rankings(passages, queries, cfg.top_k)
-        elif name == "random":
-            out[name] = random_rankings(passages, queries, cfg.top_k)
-        else:
-            raise ValueError(f"unknown baseline {name!r}")
+        with progress_step(f"baseline {name}", cfg.progress):
+            out[name] = _baseline(name, cfg, passages, queries)
     return out
+
+
+def _baseline(name: str, cfg: CompareConfig, passages, queries) -> list[Ranking]:
+    if name == "bm25":
+        return bm25_rankings(passages, queries, cfg.top_k)
+    if name == "bm25+target":
+        return bm25_rankings(passages, queries, cfg.top_k, with_target=True)
+    if name == "dense":
+        return dense_rankings(passages, queries, cfg.top_k)
+    if name == "random":
+        return random_rankings(passages, queries, cfg.top_k)
+    raise ValueError(f"unknown baseline {name!r}")
 
 
 def union_tail_patch(loaded, cfg: CompareConfig, queries, rankings: dict, texts) -> dict:

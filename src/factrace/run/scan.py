@@ -17,7 +17,7 @@ from factrace.data.outputs import check_at_least, check_output_file
 from factrace.data.records import Query
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
-from factrace.run.progress import progress_bar
+from factrace.run.progress import progress_bar, progress_step
 from factrace.search.topk import TopK
 
 
@@ -79,7 +79,8 @@ def scan(cfg: ScanConfig) -> ScanResult:
         record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
         timings["fit_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        _, query_psi = engine.encoder.encode_queries(queries)
+        with progress_step("encoding queries", cfg.progress):
+            _, query_psi = engine.encoder.encode_queries(queries)
         query_psi = query_psi.numpy()
         tasks = [(str(cfg.corpus), start, stop, query_psi, cfg.top_k) for start, stop
                  in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]
