@@ -26,7 +26,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/factrace demo --out $(OUT)
+	$(VENV)/bin/factrace demo --out $(OUT) --overwrite
 
 bench: $(STAMP)
 	$(PY) benchmarks/encode.py

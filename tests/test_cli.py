@@ -1,6 +1,8 @@
 """The command line: bad input gets one line naming file and line, exit code 2, no output left."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -82,9 +84,229 @@ def test_index_build_and_trace_with_faiss_recall(world, tmp_path, capsys):
     out = tmp_path / "traced.jsonl"
     code = main(["trace", "--index", str(store), "--queries", world["queries"], "--out", str(out),
                  "--top-k", "5", "--faiss", "IVF4,Flat", "--nprobe", "4", "--report-recall", "-q"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 0
-    assert "recall@10" in printed
+    assert "recall@10 of IVF1,Flat" in printed  # the index built, not the one asked for
     recall = float(printed.strip().split()[-1])
     assert recall == 1.0  # every list probed: approximate search is exact
+    assert captured.err.strip() == ("approximate search: FAISS IVF1,Flat over 64 rows, 1 of 1 "
+                                    "lists probed per query (64 training rows support 1 IVF "
+                                    "list, not 4)")
     assert len(out.read_text().splitlines()) == 6
+
+
+def _rankings(path, query_ids):
+    return _write(path, [json.dumps({"query_id": q, "doc_ids": ["d0", "d1"], "scores": [2.0, 1.0]})
+                         for q in query_ids])
+
+
+def test_eval_refuses_qrels_that_match_no_ranked_query(tmp_path, capsys):
+    rankings = _rankings(tmp_path / "r.jsonl", ["q0", "q1"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "x", "doc_id": "d0"})])
+    code = main(["eval", "--rankings", str(rankings), "--qrels", str(qrels)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1 and "none of its 1 queries" in captured.err
+    assert "MRR" not in captured.out
+
+
+def test_eval_warns_when_qrels_match_some_ranked_queries(tmp_path, capsys):
+    rankings = _rankings(tmp_path / "r.jsonl", ["q0", "q1", "q2"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "q0", "doc_id": "d1"}),
+                                              json.dumps({"query_id": "q9", "doc_id": "d1"})])
+    out = tmp_path / "metrics.json"
+    code = main(["eval", "--rankings", str(rankings), "--qrels", str(qrels), "--out", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0
+    assert any(line.startswith("factrace: warning:") and "2 of the 3 queries" in line
+               for line in err)
+    assert any("1 of the 2 queries" in line and "score 0" in line for line in err)
+    assert json.loads(out.read_text())["mrr"] == 0.25  # q0: 1/2, q9: 0
+
+
+def test_query_target_without_space_is_repaired_with_a_warning(world, tmp_path, capsys):
+    queries = _write(tmp_path / "queries.jsonl",
+                     [json.dumps({"id": "q", "prompt": "Alba was born in", "target": "Tesk"})])
+    out = tmp_path / "bm25.jsonl"
+    code = main(["baseline", "--method", "bm25+target", "--corpus", world["corpus"],
+                 "--queries", str(queries), "--out", str(out), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 0
+    assert err.startswith("factrace: warning:") and len(err.splitlines()) == 1
+    assert f"{queries}:1: 1 of 1 targets had no leading space" in err
+
+
+def _commands(world, tmp_path, out):
+    """Each command that writes, with valid inputs but a model and store that do not exist: an
+    error about anything else proves it came before loading them."""
+    absent = str(tmp_path / "no-model")
+    encoding = ["--model", absent, "--corpus", world["corpus"], "--queries", world["queries"],
+                "--out", out]
+    rankings = _rankings(tmp_path / "given.jsonl", ["q0"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "q0", "doc_id": "d0"})])
+    return {
+        "scan": ["scan", *encoding],
+        "index": ["index", "build", *encoding],
+        "trace": ["trace", "--index", absent, "--queries", world["queries"], "--out", out],
+        "eval": ["eval", "--rankings", str(rankings), "--qrels", str(qrels), "--out", out],
+        "baseline": ["baseline", "--method", "random", "--corpus", world["corpus"], "--queries",
+                     world["queries"], "--out", out],
+        "compare": ["compare", "--model", absent, "--optimizer-state", absent, "--corpus",
+                    world["corpus"], "--queries", world["queries"], "--qrels", str(qrels),
+                    "--out", out],
+        "demo": ["demo", "--out", out],
+    }
+
+
+BAD_OPTIONS = [
+    ("scan", ["--top-k", "0"], "--top-k must be at least 1, got 0"),
+    ("scan", ["--top-k", "-1"], "--top-k must be at least 1, got -1"),
+    ("scan", ["--train-examples", "0"], "--train-examples must be at least 1"),
+    ("scan", ["--shard-rows", "0"], "--shard-rows must be at least 1"),
+    ("index", ["--workers", "0"], "--workers must be at least 1"),
+    ("trace", ["--top-k", "0"], "--top-k must be at least 1"),
+    ("trace", ["--nprobe", "0"], "--nprobe must be at least 1"),
+    ("eval", ["--tail-patch-k", "0"], "--tail-patch-k must be at least 1"),
+    ("baseline", ["--top-k", "-3"], "--top-k must be at least 1"),
+    ("compare", ["--tail-patch-queries", "0"], "--tail-patch-queries must be at least 1"),
+    ("demo", ["--passages", "0"], "--passages must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("command", "extra", "message"), BAD_OPTIONS)
+def test_bad_options_are_refused_before_any_work(world, tmp_path, capsys, command, extra,
+                                                  message):
+    out = tmp_path / "out"
+    code = main(_commands(world, tmp_path, str(out))[command] + extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"factrace: error: {message}") and "\n" not in err
+    assert not out.exists()
+
+
+OUTPUT_COMMANDS = ["scan", "index", "trace", "eval", "baseline", "compare", "demo"]
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_unwritable_outputs_are_refused_before_any_work(world, tmp_path, capsys, monkeypatch,
+                                                         command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code = main(_commands(world, tmp_path, str(blocker / "out"))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("factrace: error:") and len(err.splitlines()) == 1
+    assert f"{blocker} is not a directory" in err
+
+    # a read-only directory (simulated: the tests may run as root, who can write anywhere)
+    import factrace.data.outputs as outputs
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: Path(path) != locked)
+    code = main(_commands(world, tmp_path, str(locked / "out"))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"directory {locked} is not writable" in err
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["scan", "trace", "eval", "baseline"])
+def test_out_naming_a_directory_is_refused_before_any_work(world, tmp_path, capsys, command):
+    out = tmp_path / "existing"
+    out.mkdir()
+    code = main(_commands(world, tmp_path, str(out))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"factrace: error: {out}: is a directory; --out names the file to write"
+
+
+@pytest.mark.parametrize("command", ["index", "compare", "demo"])
+def test_out_naming_a_file_where_a_directory_is_written(world, tmp_path, capsys, command):
+    out = tmp_path / "a-file"
+    out.write_text("x")
+    code = main(_commands(world, tmp_path, str(out))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "exists and is not a directory" in err
+    assert out.read_text() == "x"
+
+
+@pytest.mark.parametrize(("command", "existing"), [
+    ("scan", "out"), ("scan", "out.meta.json"), ("trace", "out"), ("trace", "out.meta.json"),
+    ("eval", "out"), ("baseline", "out"), ("compare", "out/results.json"),
+    ("compare", "out/rankings"), ("demo", "out/report.html"),
+])
+def test_existing_outputs_are_refused_without_overwrite(world, tmp_path, capsys, command,
+                                                        existing):
+    old = tmp_path / existing
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text("earlier results")
+    code = main(_commands(world, tmp_path, str(tmp_path / "out"))[command])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "pass --overwrite to replace it" in err and old.name in err
+    assert old.read_text() == "earlier results"
+
+
+def test_overwrite_replaces_an_existing_output(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("earlier results")
+    code = main(_commands(world, tmp_path, str(out))["baseline"] + ["--overwrite"])
+    assert code == 0
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_index_build_overwrite_replaces_the_store(world, tmp_path):
+    store = tmp_path / "store"
+    argv = ["index", "build", "--model", world["model"], "--optimizer-state", world["optimizer"],
+            "--corpus", world["corpus"], "--queries", world["queries"], "--out", str(store), *FAST]
+    assert main(argv) == 0
+    assert main(argv + ["--dim", "128"]) == 2  # another encoder: refused, not mixed in
+    assert main(argv + ["--dim", "128", "--overwrite"]) == 0
+    assert json.loads((store / "manifest.json").read_text())["dim"] == 128
+
+
+def test_store_records_absolute_paths_and_trace_accepts_model_elsewhere(world, tmp_path, capsys,
+                                                                       monkeypatch):
+    import shutil
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(world["model"], model)
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    assert main(["index", "build", "--model", "ckpt", "--optimizer-state", "ckpt/optimizer.pt",
+                 "--corpus", world["corpus"], "--queries", world["queries"], "--out", "store",
+                 *FAST]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    trace = ["trace", "--index", str(store), "--queries", world["queries"], "-q"]
+    assert main([*trace, "--out", "a.jsonl"]) == 0  # the recorded paths do not depend on the cwd
+
+    model.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main([*trace, "--out", "b.jsonl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(store) in err and str(model) in err and "--model" in err
+    assert len(err.splitlines()) == 1
+    moved = str(tmp_path / "moved")
+    assert main([*trace, "--out", "c.jsonl", "--model", moved, "--optimizer-state",
+                 moved + "/optimizer.pt"]) == 0
+    assert (elsewhere / "c.jsonl").read_text() == (elsewhere / "a.jsonl").read_text()
+
+
+def _help(capsys, monkeypatch, *command):
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main([*command, "--help"]) == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_texts_keep_their_defaults_and_describe_every_option(capsys, monkeypatch):
+    scan_help = _help(capsys, monkeypatch, "scan")
+    assert "Padded tokens per batch (default: 8192 on CPU; on CUDA grown to fill the device)" \
+        in scan_help
+    assert "(default: 256 MiB of float32 encodings, 256-8192 rows)" in scan_help
+    assert re.search(r"--top-k \S+ Top passages kept per query", scan_help)
+    eval_help = _help(capsys, monkeypatch, "eval")
+    assert re.search(r"--tail-patch-k \S+ Top passages of each ranking tail-patched", eval_help)
+    assert re.search(r"--tail-patch-queries \S+ Tail-patch the first N queries only", eval_help)
+    demo_help = _help(capsys, monkeypatch, "demo")
+    assert re.search(r"--n-queries \S+ Queries in the fact world", demo_help)
+    assert "--queries" not in demo_help

@@ -3,7 +3,8 @@
 An implementation of TrackStar (Chang et al., "Scalable Influence and Fact Tracing for Large
 Language Model Pretraining", ICLR 2025). The public API:
 
-- :class:`Encoder` / :class:`EncoderConfig` / :func:`variant_config`: examples → ψ(z).
+- :class:`Encoder` / :class:`EncoderConfig` / :func:`variant_config`: examples → ψ(z); examples
+  are :class:`Passage` and :class:`Query` records, or plain mappings with the same keys.
 - :func:`scan` / :class:`ScanConfig`: the paper's streaming pass over a corpus → rankings.
 - :func:`build_index`, :func:`trace`, :class:`EncodingStore`: a persistent store for
   interactive tracing.
@@ -13,8 +14,9 @@ Language Model Pretraining", ICLR 2025). The public API:
 """
 
 from factrace.config import EncoderConfig, variant_config
+from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, FactraceWarning
 from factrace.evaluate.compare import CompareConfig, compare
 from factrace.evaluate.metrics import attribution_metrics
 from factrace.evaluate.tail_patch import tail_patch
@@ -30,8 +32,11 @@ __all__ = [
     "EncoderConfig",
     "EncodingStore",
     "FactraceError",
+    "FactraceWarning",
     "Index",
     "IndexConfig",
+    "Passage",
+    "Query",
     "ScanConfig",
     "TraceConfig",
     "build_index",

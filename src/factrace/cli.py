@@ -1,6 +1,7 @@
 """The ``factrace`` command line: parse options, build a config, call the library.
 
-User errors (:class:`~factrace.errors.FactraceError`) print one line and exit with code 2.
+User errors (:class:`~factrace.errors.FactraceError`) print one line and exit with code 2;
+warnings for the user (:class:`~factrace.errors.FactraceWarning`) print one line each.
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, FactraceWarning
 from factrace.run.process import tune_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -37,8 +39,8 @@ Seed = Annotated[int | None, typer.Option(help="Projection seed.")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Dtype = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")]
 BatchTokens = Annotated[int | None, typer.Option(
-    "--batch-tokens", help="Padded tokens per batch [default: 8192 on CPU; on CUDA grown to fill "
-    "the device].")]
+    "--batch-tokens", help="Padded tokens per batch (default: 8192 on CPU; on CUDA grown to fill "
+    "the device).")]
 TrainExamples = Annotated[int | None, typer.Option(
     "--train-examples", help="Corpus passages sampled for R_train.")]
 Include = Annotated[list[str] | None, typer.Option(help="Glob of modules to track (repeatable).")]
@@ -51,10 +53,18 @@ Workers = Annotated[int, typer.Option(help="Ray workers (model replicas).")]
 RayAddress = Annotated[str | None, typer.Option("--ray-address", help="Existing Ray cluster.")]
 GpusPerWorker = Annotated[float, typer.Option("--gpus-per-worker", help="GPUs per Ray worker.")]
 ShardRows = Annotated[int | None, typer.Option(
-    "--shard-rows", help="Corpus rows per task/shard [default: 256 MiB of float32 encodings, "
-    "256-8192 rows].")]
+    "--shard-rows", help="Corpus rows per task/shard (default: 256 MiB of float32 encodings, "
+    "256-8192 rows).")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars.")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace existing outputs (otherwise refused before any work).")]
 Model = Annotated[str, typer.Option(help="Hugging Face model directory.")]
+TopK = Annotated[int, typer.Option("--top-k", help="Top passages kept per query (gradient methods also keep as many "
+    "opponents).")]
+TailPatchK = Annotated[int, typer.Option(
+    "--tail-patch-k", help="Top passages of each ranking tail-patched, one step each.")]
+TailPatchQueries = Annotated[int | None, typer.Option(
+    "--tail-patch-queries", help="Tail-patch the first N queries only (default: all).")]
 OptState = Annotated[str | None, typer.Option(
     "--optimizer-state", help="optimizer.pt / state_dict / safetensors of exp_avg_sq.")]
 
@@ -73,14 +83,26 @@ def _encoder_config(variant, dim, layout, second_moment, hessian, hessian_struct
 
 
 def user_errors(fn):
-    """Turn a FactraceError into one line on stderr and exit code 2."""
+    """Turn a FactraceError into one line on stderr and exit code 2, and each FactraceWarning
+    into one line on stderr."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FactraceError as e:
-            typer.echo(f"factrace: error: {e}", err=True)
-            raise typer.Exit(2) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FactraceWarning)
+            shown = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, FactraceWarning):
+                    typer.echo(f"factrace: warning: {message}", err=True)
+                else:
+                    shown(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            try:
+                return fn(*args, **kwargs)
+            except FactraceError as e:
+                typer.echo(f"factrace: error: {e}", err=True)
+                raise typer.Exit(2) from None
     return wrapper
 
 
@@ -99,7 +121,7 @@ def scan(
                                                       "dataset, or a directory of them.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL (id, prompt, target).")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: TopK = 10,
     optimizer_state: OptState = None, variant: Variant = "trackstar", dim: Dim = None,
     layout: Layout = None, second_moment: SecondMoment = None, hessian: Hessian = None,
     hessian_structure: HessianStructure = None, lambda_: Lambda = None, damping: Damping = None,
@@ -108,7 +130,7 @@ def scan(
     include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
     compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
     ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
-    shard_rows: ShardRows = None, quiet: Quiet = False,
+    shard_rows: ShardRows = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """Score every corpus passage against every query in one streaming pass (the paper's mode)."""
     _quiet_libraries()
@@ -122,7 +144,7 @@ def scan(
                                  optimizer_state=optimizer_state, top_k=top_k, encoder=enc,
                                  engine=engine, workers=workers, ray_address=ray_address,
                                  gpus_per_worker=gpus_per_worker, shard_rows=shard_rows,
-                                 progress=not quiet))
+                                 progress=not quiet, overwrite=overwrite))
     if not quiet:
         t = result.metadata["timings"]
         typer.echo(f"wrote {out} ({len(result.rankings)} queries, "
@@ -146,6 +168,9 @@ def index_build(
     compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
     ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
     shard_rows: ShardRows = None, quiet: Quiet = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a store already at --out by a new one (otherwise it is "
+        "resumed, or kept when complete).")] = False,
 ):
     """Encode every passage into a persistent, fingerprinted, resumable store."""
     _quiet_libraries()
@@ -158,7 +183,7 @@ def index_build(
                                     optimizer_state=optimizer_state, encoder=enc, engine=engine,
                                     workers=workers, ray_address=ray_address,
                                     gpus_per_worker=gpus_per_worker, shard_rows=shard_rows,
-                                    progress=not quiet))
+                                    progress=not quiet, overwrite=overwrite))
     if not quiet:
         typer.echo(f"store {out}: {store.n_rows} encodings of dimension {store.dim}", err=True)
 
@@ -169,7 +194,7 @@ def trace(
     index: Annotated[str, typer.Option(help="Store built by `factrace index build`.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: TopK = 10,
     model: Annotated[str | None, typer.Option(help="Model dir (default: the store's).")] = None,
     optimizer_state: OptState = None,
     faiss: Annotated[str | None, typer.Option(help="Approximate search: IVF<n>,Flat or "
@@ -177,7 +202,7 @@ def trace(
     nprobe: Annotated[int, typer.Option(help="FAISS lists probed per query.")] = 16,
     report_recall: Annotated[bool, typer.Option("--report-recall", help="Print recall@10 of "
                                                 "approximate against exact search.")] = False,
-    device: Device = None, quiet: Quiet = False,
+    device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """Rank a store's passages for new queries, encoded with the store's own configuration."""
     _quiet_libraries()
@@ -187,9 +212,11 @@ def trace(
     result = run_trace(TraceConfig(index=index, queries=queries, out=out, top_k=top_k,
                                    model=model, optimizer_state=optimizer_state, faiss=faiss,
                                    nprobe=nprobe, report_recall=report_recall, device=device,
-                                   progress=not quiet))
+                                   progress=not quiet, overwrite=overwrite))
+    if "faiss" in result.metadata:
+        typer.echo(f"approximate search: {result.metadata['faiss']['description']}", err=True)
     if report_recall and "recall_at_10" in result.metadata:
-        typer.echo(f"recall@10 of {faiss} against exact search: "
+        typer.echo(f"recall@10 of {result.metadata['faiss']['built']} against exact search: "
                    f"{result.metadata['recall_at_10']:.4f}")
 
 
@@ -206,11 +233,11 @@ def eval_(
     optimizer_state: OptState = None,
     corpus: Annotated[str | None, typer.Option(help="Corpus (tail-patch).")] = None,
     queries: Annotated[str | None, typer.Option(help="Queries (tail-patch).")] = None,
-    tail_patch_k: Annotated[int, typer.Option("--tail-patch-k")] = 10,
-    tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
+    tail_patch_k: TailPatchK = 10,
+    tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate (default: the "
                                              "final learning rate of training).")] = None,
-    device: Device = None, quiet: Quiet = False,
+    device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """MRR, recall@10 and (optionally) tail-patch of a rankings file, each mean ± se."""
     _quiet_libraries()
@@ -218,11 +245,17 @@ def eval_(
 
     from factrace.data.atomic import atomic_write
     from factrace.data.io import read_qrels, read_queries, read_rankings
+    from factrace.data.outputs import check_at_least, check_output_file
     from factrace.evaluate.ladder import results_rows
+    from factrace.evaluate.metrics import check_coverage
     from factrace.report import print_table
 
+    check_at_least(1, tail_patch_k=tail_patch_k, tail_patch_queries=tail_patch_queries)
+    if out:
+        check_output_file(out, overwrite=overwrite)
     ranked = read_rankings(rankings)
     gold = read_qrels(qrels)
+    check_coverage([r.query_id for r in ranked], gold, rankings, qrels)
     patched = {}
     if tail_patch:
         missing = [n for n, v in (("--model", model), ("--optimizer-state", optimizer_state),
@@ -252,19 +285,23 @@ def baseline(
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: TopK = 10, overwrite: Overwrite = False, quiet: Quiet = False,
 ):
     """Rank passages with a baseline retriever, in the rankings format."""
     _quiet_libraries()
     from factrace.data.corpus import iter_corpus, validate_corpus
     from factrace.data.io import read_queries, write_rankings
+    from factrace.data.outputs import check_at_least, check_output_file
     from factrace.evaluate.compare import BASELINES, CompareConfig, baseline_rankings
 
     if method not in BASELINES:
         raise FactraceError(f"--method must be one of {', '.join(BASELINES)}; got {method!r}")
+    check_at_least(1, top_k=top_k)
+    check_output_file(out, overwrite=overwrite)
     qs = read_queries(queries)
     validate_corpus(corpus)
-    cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,))
+    cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,),
+                        progress=not quiet)
     write_rankings(out, baseline_rankings(cfg, list(iter_corpus(corpus)), qs)[method])
 
 
@@ -277,14 +314,14 @@ def compare(
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     qrels: Annotated[str, typer.Option(help="Gold passages JSONL.")],
     out: Annotated[str, typer.Option(help="Output directory.")],
-    top_k: Annotated[int, typer.Option("--top-k")] = 10,
+    top_k: TopK = 10,
     dim: Dim = None, seed: Seed = None, damping: Damping = None,
     train_examples: TrainExamples = None,
     tail_patch: Annotated[bool, typer.Option(help="Measure tail-patch.")] = True,
-    tail_patch_k: Annotated[int, typer.Option("--tail-patch-k")] = 10,
-    tail_patch_queries: Annotated[int | None, typer.Option("--tail-patch-queries")] = None,
+    tail_patch_k: TailPatchK = 10,
+    tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate.")] = None,
-    device: Device = None, quiet: Quiet = False,
+    device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """The ladder (grad-dot … trackstar) and the baselines: results.json/.md and report.html."""
     _quiet_libraries()
@@ -298,9 +335,17 @@ def compare(
                                        top_k=top_k, encoder_options=options,
                                        tail_patch=tail_patch, tail_patch_k=tail_patch_k,
                                        tail_patch_queries=tail_patch_queries, lr=lr,
-                                       device=device, progress=not quiet))
+                                       device=device, progress=not quiet,
+                                       overwrite=overwrite))
     print_table(result["rows"])
+    _print_findings(result["findings"])
     typer.echo(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_findings(found) -> None:
+    """The paper's findings, one line each: verdict (±2 combined se), claim, evidence."""
+    for f in found:
+        typer.echo(f"- {f.verdict}: {f.claim} ({f.evidence})")
 
 
 @app.command()
@@ -308,26 +353,27 @@ def compare(
 def demo(
     out: Annotated[str, typer.Option(help="Output directory.")] = "demo_out",
     passages: Annotated[int, typer.Option(help="Passages in the fact world.")] = 3000,
-    queries: Annotated[int, typer.Option(help="Queries (facts asked).")] = 300,
-    tail_patch_queries: Annotated[int, typer.Option("--tail-patch-queries")] = 100,
+    n_queries: Annotated[int, typer.Option(
+        "--n-queries", help="Queries in the fact world (facts asked).")] = 300,
+    tail_patch_queries: Annotated[int, typer.Option(
+        "--tail-patch-queries", help="Tail-patch the first N queries.")] = 100,
     dim: Annotated[int, typer.Option(help="Projection dimension.")] = 1 << 14,
     seed: Annotated[int, typer.Option(help="Seed of the world, model and projection.")] = 0,
-    quiet: Quiet = False,
+    quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """Fact world → tiny pretrained Llama → TrackStar and baselines → evaluation and report."""
     _quiet_libraries()
     from factrace.report import print_table
     from factrace.run.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=out, passages=passages, queries=queries, seed=seed, dim=dim,
-                                 tail_patch_queries=tail_patch_queries, progress=not quiet))
+    result = run_demo(DemoConfig(out=out, passages=passages, queries=n_queries, seed=seed, dim=dim,
+                                 tail_patch_queries=tail_patch_queries, progress=not quiet,
+                                 overwrite=overwrite))
     info = result["train_info"]
     typer.echo(f"pretrained model: fact accuracy {info.get('fact_accuracy', float('nan')):.3f}, "
                f"{result['model_dir']}")
     print_table(result["rows"])
-    for f in result["findings"]:
-        mark = {True: "held", False: "did not hold", None: "not measured"}[f.held]
-        typer.echo(f"- {f.claim}: {mark} ({f.evidence})")
+    _print_findings(result["findings"])
     t = result["timings"]
     typer.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     typer.echo(f"report: {Path(out) / 'report.html'}")

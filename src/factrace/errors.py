@@ -1,10 +1,18 @@
-"""User-facing errors.
+"""User-facing errors and warnings.
 
 A :class:`FactraceError` is a problem with the user's input or environment (a malformed file, a
 mismatched store, an optimizer state that does not fit the model). The CLI prints its message on
 one line and exits with code 2; anything else is a bug and keeps its traceback.
+
+A :class:`FactraceWarning` is something the user should know but that does not stop the work
+(an input repaired by a documented rule, qrels that cover only some queries). It is raised with
+:func:`warnings.warn`; the CLI prints it as one line, ``factrace: warning: ...``.
 """
 
 
 class FactraceError(Exception):
     """An error the user can fix; the message says what is wrong and what to do."""
+
+
+class FactraceWarning(UserWarning):
+    """A one-line notice for the user: the work goes on, but something was repaired or skipped."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from factrace.data.io import (
     write_rankings,
 )
 from factrace.data.records import Query
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, FactraceWarning
 
 
 def write_rows(path: Path, rows: list[object]) -> Path:
@@ -74,6 +75,28 @@ def test_empty_queries_file(tmp_path: Path) -> None:
     path.write_text("\n")
     with pytest.raises(FactraceError, match=r"queries\.jsonl: no queries"):
         read_queries(path)
+
+
+def test_target_without_its_space_is_repaired_with_one_warning(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "q.jsonl", [
+        {"id": 1, "prompt": "Paris is the capital of", "target": " France"},
+        {"id": 2, "prompt": "Rome is the capital of", "target": "Italy"},
+        {"id": 3, "prompt": "Bern is in", "target": "Switzerland"},
+        {"id": 4, "prompt": "The answer is ", "target": "42"},
+        {"id": 5, "prompt": "Alba", "target": "'s"},
+    ])
+    with pytest.warns(FactraceWarning) as caught:
+        queries = read_queries(path)
+    assert [q.target for q in queries] == [" France", " Italy", " Switzerland", "42", "'s"]
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(f"{path}:2: 2 of 5 targets had no leading space")
+
+
+def test_well_joined_queries_read_without_warning(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "q.jsonl", [{"id": 1, "prompt": "a", "target": " b"}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_queries(path) == [Query("1", "a", " b")]
 
 
 # Qrels ------------------------------------------------------------------------------------------

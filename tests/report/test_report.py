@@ -76,7 +76,8 @@ def test_write_report_files_table_plot_and_escaping(tmp_path):
     assert record["rows"] == ROWS
     assert record["metadata"] == {"model": "tiny <model>", "d": 65536}
     assert record["findings"][-1] == {"claim": "A claim with <b>markup</b>", "held": None,
-                                      "evidence": "not measured"}
+                                      "evidence": "not measured", "z": None,
+                                      "verdict": "not measured"}
     assert record["examples"][0]["columns"]["trackstar"][1]["gold"] is True
 
     md = paths["markdown"].read_text()
@@ -106,3 +107,56 @@ def test_report_without_tail_patch_has_no_plot(tmp_path):
     assert "<img" not in paths["html"].read_text()
     assert json.loads(paths["json"].read_text())["rows"][0]["mrr"] is None
     assert "**did not hold**: c — e" in paths["markdown"].read_text()
+
+
+def test_findings_within_two_standard_errors_read_not_significant(tmp_path):
+    found = [Finding("big win", True, "e1", 3.0), Finding("small win", None, "e2", 0.4),
+             Finding("big loss", False, "e3", -5.0), Finding("absent", None, "e4")]
+    paths = write_report(tmp_path, ROWS, found)
+    md = paths["markdown"].read_text()
+    for verdict, claim in (("held", "big win"), ("not significant", "small win"),
+                           ("did not hold", "big loss"), ("not measured", "absent")):
+        assert f"**{verdict}**: {claim}" in md
+    html = paths["html"].read_text()
+    assert '<li class="unsure"><strong>not significant</strong>: small win' in html
+    assert "at least 2 combined standard errors" in html
+    assert [f["verdict"] for f in json.loads(paths["json"].read_text())["findings"]] == [
+        "held", "not significant", "did not hold", "not measured"]
+
+
+README_ROWS = [  # the README's demo table: bm25 and dense nearly coincide, bm25+target at the edge
+    dict(ROWS[0], method=m, mrr=mrr, tail_patch=tp, tail_patch_se=se)
+    for m, mrr, tp, se in (("grad-dot", 0.207, 0.00522, 0.00099), ("grad-cos", 0.266, 0.00645, 0.0012),
+                           ("grad-cos+opt", 0.326, 0.00709, 0.0013),
+                           ("trackstar-train", 0.271, 0.00399, 0.0008),
+                           ("trackstar", 0.316, 0.00331, 0.0007), ("bm25", 0.886, 0.00023, 0.00061),
+                           ("bm25+target", 0.947, 0.00099, 0.00064), ("dense", 0.884, 0.00027, 0.00065),
+                           ("random", 0.005, -0.0001, 0.00035))
+]
+
+
+def test_plot_names_methods_in_a_legend_inside_the_figure():
+    from factrace.report.plot import scatter_figure
+
+    fig = scatter_figure(README_ROWS)
+    [ax] = fig.axes
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [r["method"] for r in README_ROWS]
+    assert len(ax.texts) == 0  # no labels beside points, which overlap for bm25 and dense
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    inside = fig.bbox
+    for artist in (legend, ax):
+        box = artist.get_window_extent(renderer) if artist is legend else ax.get_tightbbox(renderer)
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 \
+            and box.y1 <= inside.y1, (artist, box, inside)
+
+
+def test_report_header_shows_metadata_for_people(tmp_path):
+    paths = write_report(tmp_path, ROWS, [], [], {
+        "tail_patch": {"lr": 0.1 + 0.2 - 0.3 + 0.0003 - 5.551115123125783e-17, "k": 10},
+        "timings": {"load_s": 1.23456789}, "model": "ckpt/"})
+    html = paths["html"].read_text()
+    assert "<th>tail_patch</th><td>lr 0.0003, k 10</td>" in html
+    assert "<th>timings</th><td>load_s 1.235</td>" in html
+    assert "{" not in re.search(r'<table class="meta">(.*?)</table>', html, re.S).group(1)

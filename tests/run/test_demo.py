@@ -1,7 +1,11 @@
 """A small end-to-end demo: world → pretraining → ladder + baselines → evaluation → report."""
 
+import dataclasses
 import json
 
+import pytest
+
+from factrace.errors import FactraceError
 from factrace.factworld.pretrain import PretrainConfig
 from factrace.run.demo import DemoConfig, run_demo
 
@@ -25,7 +29,10 @@ def test_small_demo_end_to_end(tmp_path):
     assert "trackstar" in html and "data:image/png;base64" in html
     assert (out / "rankings" / "trackstar.jsonl").is_file()
     assert len(result["findings"]) >= 3
-    # a second run reuses the cached model instead of training again
-    again = run_demo(cfg)
+    # a second run refuses to replace the first one's results, unless asked to
+    with pytest.raises(FactraceError, match="already holds world, demo.json, rankings"):
+        run_demo(cfg)
+    # ... and then reuses the cached model instead of training again
+    again = run_demo(dataclasses.replace(cfg, overwrite=True))
     assert again["model_dir"] == result["model_dir"]
     assert again["timings"]["pretrain_s"] < result["timings"]["pretrain_s"]

@@ -65,3 +65,53 @@ def test_altered_shard_detected(world, tmp_path):
     shard.write_bytes(bytes(data[:-40]))
     with pytest.raises(FactraceError, match="shard-00001"):
         EncodingStore.open(out)
+
+
+def test_rerun_checks_the_inputs_and_does_not_fit_again(world, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from factrace.config import variant_config
+    from factrace.run import index as index_module
+    from factrace.run.index import IndexConfig, build_index
+
+    corpus = tmp_path / "corpus.jsonl"
+    shutil.copy(world["corpus"], corpus)
+    out = tmp_path / "store"
+    cfg = IndexConfig(model=world["model"], optimizer_state=world["optimizer"],
+                      corpus=str(corpus), queries=world["queries"], out=str(out),
+                      encoder=variant_config("trackstar", dim=64, train_examples=16),
+                      shard_rows=16, progress=True)
+    build_index(cfg)
+    full = _files(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 4 and all("inputs_sha256" in s for s in manifest["shards"])
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("R fitted again")
+
+    monkeypatch.setattr(index_module, "fit", no_fit)
+    capsys.readouterr()
+    build_index(cfg)
+    assert "store " + str(out) + " is already complete (4 shards)" in capsys.readouterr().err
+
+    # as if interrupted after two shards: resumed without a new fit, to the same store
+    last = manifest["shards"][2:]
+    for entry in last:
+        (out / entry["encodings"]).unlink()
+        (out / entry["ids"]).unlink()
+    interrupted = dict(manifest, shards=manifest["shards"][:2], complete=False)
+    (out / "manifest.json").write_text(json.dumps(interrupted))
+    build_index(cfg)
+    assert f"resuming {out} at shard 3 of 4" in capsys.readouterr().err
+    assert _files(out) == full
+
+    # a passage edited after its shard was encoded: refused, naming the shard and rows
+    lines = corpus.read_text().splitlines()
+    row = json.loads(lines[20])
+    lines[20] = json.dumps({"id": row["id"], "text": row["text"] + " Edited."})
+    corpus.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FactraceError, match=r"shard-00001 was encoded from rows 16-31 .* changed"):
+        build_index(cfg)
+    corpus.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(FactraceError, match="built from 60 corpus rows"):
+        build_index(cfg)

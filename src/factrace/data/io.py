@@ -17,6 +17,7 @@ This module is the one to import from; the work is done in :mod:`~factrace.data.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,9 +44,9 @@ from factrace.data.jsonl import (
     write_jsonl,
 )
 from factrace.data.jsonl import field as required
-from factrace.data.records import Query
+from factrace.data.records import Query, needs_space
 from factrace.data.shards import Shard, corpus_shards
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, FactraceWarning
 
 __all__ = [
     "CorpusInfo",
@@ -139,7 +140,10 @@ def _ranking_problem(
 def read_queries(path: PathLike) -> list[Query]:
     """Read queries; ids must be unique, ``prompt`` and ``target`` non-empty strings.
 
-    Other fields (subject, relation, ...) are allowed and ignored.
+    Other fields (subject, relation, ...) are allowed and ignored. A target that lacks the space
+    joining it to its prompt (``"capital of"`` + ``"France"``, see
+    :func:`~factrace.data.records.needs_space`) gets one prepended, with one
+    :class:`~factrace.errors.FactraceWarning` giving the count and the first such line.
 
     Raises:
         FactraceError: malformed line, missing or mistyped field, empty prompt or target,
@@ -148,6 +152,7 @@ def read_queries(path: PathLike) -> list[Query]:
     expected = f"each line must be {QUERY_OBJECT}"
     queries: list[Query] = []
     first_line: dict[str, int] = {}
+    repaired: list[int] = []
     for number, row in iter_jsonl(path, QUERY_OBJECT):
         where = f"{path}:{number}"
         query_id = as_id(required(row, "id", where, expected), "id", where, expected)
@@ -158,9 +163,20 @@ def read_queries(path: PathLike) -> list[Query]:
             required(row, "target", where, expected), "target", where, expected, allow_empty=False
         )
         _check_new("id", query_id, number, first_line, where, "query ids must be unique")
+        if needs_space(prompt, target):
+            repaired.append(number)
+            target = " " + target
         queries.append(Query(query_id, prompt, target))
     if not queries:
         raise FactraceError(f"{path}: no queries (expected one line per query, {QUERY_OBJECT})")
+    if repaired:
+        warnings.warn(
+            f"{path}:{repaired[0]}: {len(repaired)} of {len(queries)} targets had no leading "
+            "space after a prompt not ending in one; a space was prepended (targets keep their "
+            "leading space, see File formats in the README)",
+            FactraceWarning,
+            stacklevel=2,
+        )
     return queries
 
 

@@ -8,11 +8,13 @@ only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from factrace.data.records import Passage, Query
-from factrace.errors import FactraceError
+from factrace.data.records import Passage, Query, as_passage, as_query, with_target_space
+from factrace.errors import FactraceError, FactraceWarning
 
 
 @dataclass(frozen=True)
@@ -102,15 +104,32 @@ def tokenize_query(tokenizer, query: Query, max_length: int) -> TokenizedExample
 
 
 def tokenize_passages(
-    tokenizer, passages: Iterable[Passage], max_length: int, overflow: str = "window"
+    tokenizer,
+    passages: Iterable[Passage | Mapping[str, Any]],
+    max_length: int,
+    overflow: str = "window",
 ) -> Iterator[TokenizedExample]:
-    """Stream :func:`tokenize_passage` over passages."""
+    """Stream :func:`tokenize_passage` over passages (or mappings with ``id`` and ``text``)."""
     for passage in passages:
-        yield from tokenize_passage(tokenizer, passage, max_length, overflow)
+        yield from tokenize_passage(tokenizer, as_passage(passage), max_length, overflow)
 
 
 def tokenize_queries(
-    tokenizer, queries: Iterable[Query], max_length: int
+    tokenizer, queries: Iterable[Query | Mapping[str, Any]], max_length: int
 ) -> list[TokenizedExample]:
-    """:func:`tokenize_query` over queries."""
-    return [tokenize_query(tokenizer, q, max_length) for q in queries]
+    """:func:`tokenize_query` over queries (or mappings with ``id``, ``prompt``, ``target``).
+
+    A target lacking the space that joins it to its prompt gets one, with one warning (see
+    :func:`~factrace.data.records.needs_space`); queries read from a file are repaired already.
+    """
+    given = [as_query(q) for q in queries]
+    joined = [with_target_space(q) for q in given]
+    repaired = [q.id for q, j in zip(given, joined, strict=True) if q is not j]
+    if repaired:
+        warnings.warn(
+            f"{len(repaired)} of {len(given)} query targets had no leading space after a prompt "
+            f"not ending in one (first: query {repaired[0]!r}); a space was prepended",
+            FactraceWarning,
+            stacklevel=3,
+        )
+    return [tokenize_query(tokenizer, q, max_length) for q in joined]

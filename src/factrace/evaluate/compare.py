@@ -21,19 +21,23 @@ from factrace.config import variant_config
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
+from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder, unit_normalize
 from factrace.encode.hessian import SecondMomentMatrix, fit_whitening
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
 from factrace.evaluate.ladder import LADDER, findings, results_rows
-from factrace.evaluate.metrics import mean_stderr
+from factrace.evaluate.metrics import check_coverage, mean_stderr
 from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
 from factrace.model.optimizer_state import load_optimizer_state
 from factrace.run.fit import sample_passages
-from factrace.run.progress import progress_bar
+from factrace.run.progress import progress_bar, progress_step
 from factrace.search.topk import exact_topk
 
 BASELINES = ("bm25", "bm25+target", "dense", "random")
+OUTPUTS = ("rankings", "results.json", "results.md", "report.html", "mrr_vs_tail_patch.png",
+           "tail_patch.json")
+"""What ``compare`` writes into its output directory."""
 
 
 @dataclass
@@ -59,6 +63,8 @@ class CompareConfig:
     lr: float | None = None
     device: str | None = None
     progress: bool = True
+    overwrite: bool = False
+    """Replace results already in ``out`` (otherwise refused before any work)."""
 
 
 def _project_all(encoder: Encoder, passages, queries, progress: bool):
@@ -107,31 +113,37 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows
             if vc.hessian == "mixed":
                 r_eval = SecondMomentMatrix(enc.hessian_spans())
                 r_eval.add(q)
-            enc.whitening = fit_whitening(vc.hessian, r_train, r_eval, vc.damping, vc.lambda_,
-                                          vc.lambda_k)
-            psi, psi_q = enc.whitening.apply(p), enc.whitening.apply(q)
+            with progress_step(f"{name}: fitting and applying R^-1/2", cfg.progress):
+                enc.whitening = fit_whitening(vc.hessian, r_train, r_eval, vc.damping,
+                                              vc.lambda_, vc.lambda_k)
+                psi, psi_q = enc.whitening.apply(p), enc.whitening.apply(q)
         else:
             psi, psi_q = p, q
         if vc.normalize:
             psi, psi_q = unit_normalize(psi), unit_normalize(psi_q)
-        out[name] = _rank(psi_q, ids, psi, queries, cfg.top_k)
+        with progress_step(f"{name}: ranking", cfg.progress):
+            out[name] = _rank(psi_q, ids, psi, queries, cfg.top_k)
     return out
 
 
 def baseline_rankings(cfg: CompareConfig, passages, queries) -> dict:
     out = {}
     for name in cfg.baselines:
-        if name == "bm25":
-            out[name] = bm25_rankings(passages, queries, cfg.top_k)
-        elif name == "bm25+target":
-            out[name] = bm25_rankings(passages, queries, cfg.top_k, with_target=True)
-        elif name == "dense":
-            out[name] = dense_rankings(passages, queries, cfg.top_k)
-        elif name == "random":
-            out[name] = random_rankings(passages, queries, cfg.top_k)
-        else:
-            raise ValueError(f"unknown baseline {name!r}")
+        with progress_step(f"baseline {name}", cfg.progress):
+            out[name] = _baseline(name, cfg, passages, queries)
     return out
+
+
+def _baseline(name: str, cfg: CompareConfig, passages, queries) -> list[Ranking]:
+    if name == "bm25":
+        return bm25_rankings(passages, queries, cfg.top_k)
+    if name == "bm25+target":
+        return bm25_rankings(passages, queries, cfg.top_k, with_target=True)
+    if name == "dense":
+        return dense_rankings(passages, queries, cfg.top_k)
+    if name == "random":
+        return random_rankings(passages, queries, cfg.top_k)
+    raise ValueError(f"unknown baseline {name!r}")
 
 
 def union_tail_patch(loaded, cfg: CompareConfig, queries, rankings: dict, texts) -> dict:
@@ -166,8 +178,13 @@ def compare(cfg: CompareConfig) -> dict:
 
     timings = {}
     t = time.perf_counter()
+    check_at_least(1, top_k=cfg.top_k, tail_patch_k=cfg.tail_patch_k,
+                   tail_patch_queries=cfg.tail_patch_queries,
+                   **{k: cfg.encoder_options.get(k) for k in ("dim", "train_examples")})
+    check_output_dir(cfg.out, OUTPUTS, cfg.overwrite)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
+    check_coverage([q.id for q in queries], qrels, cfg.queries, cfg.qrels)
     info = validate_corpus(cfg.corpus)
     passages = list(iter_corpus(cfg.corpus))
     texts = {p.id: p.text for p in passages}

@@ -8,8 +8,10 @@ A row is one method (a baseline or a rung of the ablation ladder)::
 (``tail_patch`` and ``tail_patch_se`` are ``None`` when tail-patch was not run for the method.)
 
 :func:`findings` checks the paper's claims (DESIGN.md §2) on those rows and says, for each,
-whether it held here and by how much, whichever way it went. A claim whose methods are absent is
-reported as not measured (``held=None``).
+whether it held here and by how much, whichever way it went. A claim is "held" when the
+difference is at least :data:`SIGNIFICANT_SE` combined standard errors in its favour, "did not
+hold" when it is at least that much against it, and "not significant" in between; a claim whose
+methods are absent is "not measured".
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ BM25 = ("bm25", "bm25+target")
 TRACKSTAR = "trackstar"
 
 _METRICS = {"mrr": "MRR", "recall10": "Recall@10", "tail_patch": "tail-patch"}
+SIGNIFICANT_SE = 2.0
+"""How many combined standard errors a difference needs to count as held (or as not held)."""
 
 
 @dataclass(frozen=True)
@@ -36,17 +40,29 @@ class Finding:
 
     Attributes:
         claim: the claim in words.
-        held: True if the measured means agree with it, False if not, None if not measured.
+        held: True if the difference is at least :data:`SIGNIFICANT_SE` combined standard errors
+            in the claim's favour, False if at least that much against it, None if in between
+            (not significant) or not measured.
         evidence: the numbers behind the verdict, with the difference in combined standard
-            errors (``|a − b| / sqrt(se_a² + se_b²)``), so that a win within noise reads as such.
+            errors (``(a − b) / sqrt(se_a² + se_b²)``).
+        z: that difference in combined standard errors, signed in the claim's favour; None when
+            the claim was not measured.
     """
 
     claim: str
     held: bool | None
     evidence: str
+    z: float | None = None
+
+    @property
+    def verdict(self) -> str:
+        """``held``, ``did not hold``, ``not significant`` or ``not measured``."""
+        if self.held is None:
+            return "not measured" if self.z is None else "not significant"
+        return "held" if self.held else "did not hold"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "verdict": self.verdict}
 
 
 def results_rows(
@@ -91,11 +107,12 @@ def _compare(claim: str, winner: dict | None, others: Sequence[dict], key: str) 
     if winner is None or winner[key] is None or not measured:
         return Finding(claim, None, "not measured: the methods it compares were not all run")
     best = max(measured, key=lambda r: r[key])
-    held = winner[key] > best[key]
-    z = abs(_z(winner, best, key))
-    verb = "beats" if held else "does not beat"
+    z = _z(winner, best, key)
+    held = True if z >= SIGNIFICANT_SE else False if z <= -SIGNIFICANT_SE else None
+    verb = "beats" if winner[key] > best[key] else "does not beat"
     return Finding(claim, held, f"{_show(winner, key)} {verb} {_show(best, key)} "
-                                f"(difference {winner[key] - best[key]:+.3g}, {z:.1f} combined se)")
+                                f"(difference {winner[key] - best[key]:+.3g}, {z:+.1f} combined "
+                                f"se; {SIGNIFICANT_SE:g} needed either way)", z)
 
 
 def findings(rows: Sequence[dict]) -> list[Finding]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from factrace.data.io import Ranking
+from factrace.errors import FactraceError, FactraceWarning
 
 RECALL_K = 10
 _WINDOW = re.compile(r"^(.*)#\d+$", re.DOTALL)
@@ -143,3 +145,46 @@ def attribution_metrics(
         missing=missing,
         skipped=skipped,
     )
+
+
+def check_coverage(
+    query_ids: Iterable[str], qrels: Mapping[str, Iterable[str]], source: str, qrels_source: str
+) -> None:
+    """Check that the qrels judge the queries of ``source`` (rankings or a queries file).
+
+    Raises:
+        FactraceError: no query of ``source`` has gold passages in the qrels (every metric
+            would be 0, which says nothing about the method).
+
+    Warns (:class:`~factrace.errors.FactraceWarning`) when only some of them have (the others
+    are not scored), and when queries of the qrels are absent from ``source`` (each scores 0).
+    """
+    ids = list(dict.fromkeys(query_ids))
+    judged = [q for q, gold in qrels.items() if gold]
+    matched = set(ids) & set(judged)
+    if not matched:
+        raise FactraceError(
+            f"{qrels_source}: none of its {len(judged)} queries (e.g. {_listed(judged[:1])}) is "
+            f"among the {len(ids)} queries of {source} (e.g. {_listed(ids[:1])}); "
+            "are these the qrels of these queries?"
+        )
+    unjudged = len(ids) - len(matched)
+    if unjudged:
+        warnings.warn(
+            f"{qrels_source}: {unjudged} of the {len(ids)} queries of {source} have no gold "
+            "passages there and are not scored",
+            FactraceWarning,
+            stacklevel=2,
+        )
+    absent = len(judged) - len(matched)
+    if absent:
+        warnings.warn(
+            f"{source}: {absent} of the {len(judged)} queries of {qrels_source} are not there "
+            "and score 0",
+            FactraceWarning,
+            stacklevel=2,
+        )
+
+
+def _listed(ids: list[str]) -> str:
+    return ", ".join(repr(i) for i in ids) or "none"

@@ -24,9 +24,9 @@ def format_value(row: dict, key: str) -> str:
     return f"{mean:.3f} ± {se:.3f}"
 
 
-def verdict(held: bool | None) -> str:
-    """A finding's verdict in words."""
-    return {True: "held", False: "did not hold", None: "not measured"}[held]
+def verdict(finding) -> str:
+    """A finding's verdict in words (see :attr:`factrace.evaluate.ladder.Finding.verdict`)."""
+    return finding.verdict
 
 
 def _md_cell(text: str) -> str:
@@ -49,7 +49,7 @@ def markdown_report(rows: Sequence[dict], findings: Sequence) -> str:
     if findings:
         parts.append("\n## Findings\n")
         for f in findings:
-            parts.append(f"- **{verdict(f.held)}**: {_md_cell(f.claim)} — {_md_cell(f.evidence)}")
+            parts.append(f"- **{verdict(f)}**: {_md_cell(f.claim)} — {_md_cell(f.evidence)}")
         parts.append("")
     return "\n".join(parts)
 

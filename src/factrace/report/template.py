@@ -12,7 +12,8 @@ table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.held { color: #1a7f37; } .failed { color: #b42318; } .unmeasured { color: #777; }
+.held { color: #1a7f37; } .failed { color: #b42318; } .unsure { color: #8a6d00; }
+.unmeasured { color: #777; }
 .example { border-top: 1px solid #ddd; margin-top: 1.5em; }
 .side { display: flex; gap: 1em; }
 .side > div { flex: 1; min-width: 0; }
@@ -47,6 +48,8 @@ after one training step on each of the top 10 passages).</p>
 
 {% if findings %}
 <h2>Findings</h2>
+<p>A claim held when the difference is at least {{ significant }} combined standard errors in its
+favour, did not hold when at least {{ significant }} against it, and is not significant in between.</p>
 <ul class="findings">
 {% for f in findings %}<li class="{{ f.css }}"><strong>{{ f.verdict }}</strong>: {{ f.claim }}
 <br><small>{{ f.evidence }}</small></li>

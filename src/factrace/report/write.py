@@ -16,24 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from factrace.data.atomic import atomic_write
-from factrace.evaluate.ladder import Finding
+from factrace.evaluate.ladder import SIGNIFICANT_SE, Finding
 from factrace.report.examples import ReportExample
 from factrace.report.plot import scatter_png
 from factrace.report.table import COLUMNS, format_value, markdown_report, verdict
 from factrace.report.template import REPORT_TEMPLATE
 
 PLOT_NAME = "mrr_vs_tail_patch.png"
-_CSS = {True: "held", False: "failed", None: "unmeasured"}
+_CSS = {"held": "held", "did not hold": "failed", "not significant": "unsure",
+        "not measured": "unmeasured"}
 
 
 def as_finding(item: Finding | Sequence | Mapping) -> Finding:
-    """A :class:`Finding` from itself, a ``(claim, held, evidence)`` tuple or a dict."""
+    """A :class:`Finding` from itself, a ``(claim, held, evidence[, z])`` tuple or a dict."""
     if isinstance(item, Finding):
         return item
     if isinstance(item, Mapping):
-        return Finding(item["claim"], item["held"], item["evidence"])
-    claim, held, evidence = item
-    return Finding(claim, held, evidence)
+        return Finding(item["claim"], item["held"], item["evidence"], item.get("z"))
+    return Finding(*item)
 
 
 def _json_safe(value: Any) -> Any:
@@ -48,7 +48,19 @@ def _json_safe(value: Any) -> Any:
 
 
 def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(_json_safe(value), ensure_ascii=False)
+    """A metadata value for people: numbers to 4 significant digits, mappings as ``key value``
+    pairs, not raw JSON (``lr 0.0003``, not ``{"lr": 0.00030000000000000003}``)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items()) or "–"
+    if isinstance(value, list | tuple):
+        return ", ".join(_shown(v) for v in value) or "–"
+    return str(value)
 
 
 def render_html(
@@ -67,8 +79,8 @@ def render_html(
     table = [{"method": r["method"], "cells": [format_value(r, key) for key, _ in COLUMNS],
               "n_queries": r.get("n_queries", ""), "n_tail_patch": r.get("n_tail_patch", "")}
              for r in rows]
-    shown_findings = [{"claim": f.claim, "evidence": f.evidence, "verdict": verdict(f.held),
-                       "css": _CSS[f.held]} for f in findings]
+    shown_findings = [{"claim": f.claim, "evidence": f.evidence, "verdict": verdict(f),
+                       "css": _CSS[verdict(f)]} for f in findings]
     return template.render(
         title=title,
         metadata=[(str(k), _shown(v)) for k, v in (metadata or {}).items()],
@@ -76,6 +88,7 @@ def render_html(
         rows=table,
         plot=base64.b64encode(plot_png).decode("ascii") if plot_png else None,
         findings=shown_findings,
+        significant=f"{SIGNIFICANT_SE:g}",
         examples=examples,
     )
 

@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from factrace.evaluate.compare import CompareConfig, compare
+from factrace.data.atomic import atomic_write
+from factrace.data.outputs import check_at_least, check_output_dir
+from factrace.evaluate.compare import OUTPUTS, CompareConfig, compare
 from factrace.factworld.generate import generate_world
 from factrace.factworld.pretrain import PretrainConfig, fingerprint, pretrain
 from factrace.factworld.world import WorldConfig
@@ -32,6 +34,8 @@ class DemoConfig:
     """Where pretrained models are cached by input hash (default ``$FACTRACE_CACHE`` or
     ``~/.cache/factrace``)."""
     progress: bool = True
+    overwrite: bool = False
+    """Replace the outputs of an earlier demo in ``out`` (otherwise refused before any work)."""
 
 
 def cache_dir(cfg: DemoConfig) -> Path:
@@ -42,6 +46,9 @@ def cache_dir(cfg: DemoConfig) -> Path:
 def run_demo(cfg: DemoConfig) -> dict:
     timings = {}
     out = Path(cfg.out)
+    check_at_least(1, passages=cfg.passages, n_queries=cfg.queries,
+                   tail_patch_queries=cfg.tail_patch_queries, dim=cfg.dim)
+    check_output_dir(out, ("world", "demo.json", *OUTPUTS), cfg.overwrite)
     t = time.perf_counter()
     files = generate_world(out / "world", WorldConfig(n_passages=cfg.passages,
                                                       n_queries=cfg.queries, seed=cfg.seed))
@@ -58,12 +65,12 @@ def run_demo(cfg: DemoConfig) -> dict:
         corpus=str(files.corpus), queries=str(files.queries), qrels=str(files.qrels),
         out=str(out), encoder_options={"dim": cfg.dim, "train_examples": cfg.train_examples,
                                        "seed": cfg.seed},
-        tail_patch_queries=cfg.tail_patch_queries, progress=cfg.progress))
+        tail_patch_queries=cfg.tail_patch_queries, progress=cfg.progress, overwrite=True))
     timings["trace_and_evaluate_s"] = time.perf_counter() - t
     result["timings"] = {**timings, **result["metadata"]["timings"]}
     result["train_info"] = train_info
     result["model_dir"] = str(model_dir)
-    with open(out / "demo.json", "w") as f:
+    with atomic_write(out / "demo.json") as f:
         json.dump({"timings": result["timings"], "train_info": train_info,
                    "model_dir": str(model_dir)}, f, indent=2, default=str)
     return result

@@ -13,7 +13,7 @@ from factrace.data.corpus import iter_corpus
 from factrace.data.records import Passage, Query
 from factrace.encode.hessian import fit_whitening
 from factrace.encode.second_moment import merge_squared_sums
-from factrace.run.progress import progress_bar
+from factrace.run.progress import progress_bar, progress_step
 
 CHUNK = 64
 
@@ -55,9 +55,10 @@ def fit(engine, corpus: str, n_rows: int, queries: list[Query], progress: bool =
         r_eval = _merge(progress_bar(
             engine.map("hessian_partial", [(None, c) for c in query_chunks]),
             total=len(query_chunks), desc="R_eval", enabled=progress))
-    whitening = fit_whitening(cfg.hessian, r_train, r_eval, cfg.damping, cfg.lambda_,
-                              cfg.lambda_k)
-    engine.broadcast("set_whitening", whitening)
+    with progress_step(f"fitting R^-1/2 ({cfg.hessian}, d = {engine.encoder.dim})", progress):
+        whitening = fit_whitening(cfg.hessian, r_train, r_eval, cfg.damping, cfg.lambda_,
+                                  cfg.lambda_k)
+        engine.broadcast("set_whitening", whitening)
     record["whitening"] = whitening.describe()
     return record
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from factrace.config import EncoderConfig
+from factrace.data.outputs import check_at_least
 from factrace.run.engines import make_engine
 from factrace.run.worker import EncoderSpec
 
@@ -41,6 +42,11 @@ class EncodingJob:
     """Corpus rows per task and store shard: memory is bounded by one task's encodings. ``None``:
     as many rows as fit :data:`SHARD_ELEMENTS` float32 values (256 MiB), 256 to 8192 rows."""
     progress: bool = True
+
+    def check_options(self) -> None:
+        """Refuse counts below 1, before any model is loaded."""
+        check_at_least(1, workers=self.workers, shard_rows=self.shard_rows,
+                       train_examples=self.encoder.train_examples)
 
     def rows_per_shard(self, dim: int) -> int:
         # Encoding runs batch by batch within a shard, so a small shard wastes its last, partly

@@ -13,10 +13,11 @@ from pathlib import Path
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
+from factrace.data.outputs import check_at_least, check_output_file
 from factrace.data.records import Query
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
-from factrace.run.progress import progress_bar
+from factrace.run.progress import progress_bar, progress_step
 from factrace.search.topk import TopK
 
 
@@ -30,6 +31,8 @@ class ScanConfig(EncodingJob):
     """Rankings JSONL to write (and ``<out>.meta.json`` beside it); ``None`` → not written."""
     top_k: int = 10
     """Proponents (and opponents) kept per query."""
+    overwrite: bool = False
+    """Replace an existing ``out`` (otherwise refused before any work)."""
 
 
 @dataclass
@@ -53,13 +56,20 @@ def write_with_metadata(out: str, rankings: list[Ranking], metadata: dict) -> No
         json.dump(metadata, f, indent=2, default=str)
 
 
+META_SUFFIX = ".meta.json"
+
+
 def meta_path(out: str) -> Path:
-    return Path(str(out) + ".meta.json")
+    return Path(str(out) + META_SUFFIX)
 
 
 def scan(cfg: ScanConfig) -> ScanResult:
     """Run a scan; validates every input before any model work, writes outputs atomically."""
     t0 = time.perf_counter()
+    cfg.check_options()
+    check_at_least(1, top_k=cfg.top_k)
+    if cfg.out:
+        check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
     queries = read_queries(cfg.queries)
     info = validate_corpus(cfg.corpus)
     engine = cfg.make_engine()
@@ -69,7 +79,8 @@ def scan(cfg: ScanConfig) -> ScanResult:
         record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
         timings["fit_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        _, query_psi = engine.encoder.encode_queries(queries)
+        with progress_step("encoding queries", cfg.progress):
+            _, query_psi = engine.encoder.encode_queries(queries)
         query_psi = query_psi.numpy()
         tasks = [(str(cfg.corpus), start, stop, query_psi, cfg.top_k) for start, stop
                  in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]

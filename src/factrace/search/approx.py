@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,36 +43,46 @@ def _rows(source: Source) -> int:
     )
 
 
-def clamp_spec(spec: str, n_train: int) -> str:
-    """``spec`` with its ``IVF{nlist}`` lowered to ``n_train // 39`` (at least 1) when there are
-    too few training rows for ``nlist`` centroids; warns when it changes anything."""
+def supported_spec(spec: str, n_train: int) -> tuple[str, list[str]]:
+    """``spec`` cut to what ``n_train`` training rows support, and what was cut, in words.
+
+    k-means wants :data:`MIN_POINTS_PER_LIST` points per centroid (FAISS prints a warning per
+    clustering otherwise, and the centroids are noise). So ``IVF{nlist}`` is lowered to
+    ``n_train // 39`` lists (at least 1), and ``PQ{m}x{nbits}`` (8 bits when not given) to the
+    bits whose ``2^nbits`` centroids per sub-quantizer have 39 points each; with fewer than 78
+    rows the codes stay uncompressed (``Flat``).
+    """
+    notes = []
     match = re.search(r"IVF(\d+)", spec)
-    if match is None:
-        return spec
-    nlist = int(match.group(1))
-    fitting = max(1, n_train // MIN_POINTS_PER_LIST)
-    if nlist <= fitting:
-        return spec
-    warnings.warn(
-        f"{n_train} training rows are too few for {nlist} IVF lists; using {fitting}",
-        stacklevel=3,
-    )
-    return spec[: match.start(1)] + str(fitting) + spec[match.end(1) :]
-
-
-def _check_pq(spec: str, dim: int, n_train: int) -> None:
+    if match is not None:
+        nlist = int(match.group(1))
+        fitting = max(1, n_train // MIN_POINTS_PER_LIST)
+        if nlist > fitting:
+            lists = "list" if fitting == 1 else "lists"
+            notes.append(f"{n_train} training rows support {fitting} IVF {lists}, not {nlist}")
+            spec = spec[: match.start(1)] + str(fitting) + spec[match.end(1) :]
     match = re.search(r"PQ(\d+)(?:x(\d+))?", spec)
-    if match is None:
-        return
-    m, nbits = int(match.group(1)), int(match.group(2) or 8)
-    if dim % m:
+    if match is not None:
+        m, nbits = int(match.group(1)), int(match.group(2) or 8)
+        fitting = (n_train // MIN_POINTS_PER_LIST).bit_length() - 1  # floor(log2), -1 for 0
+        if nbits > fitting:
+            if fitting < 1:
+                notes.append(f"{n_train} training rows are too few for PQ{m} codes: kept Flat")
+                replacement = "Flat"
+            else:
+                notes.append(f"{n_train} training rows support {fitting}-bit PQ codes, not "
+                             f"{nbits}-bit")
+                replacement = f"PQ{m}x{fitting}"
+            spec = spec[: match.start()] + replacement + spec[match.end() :]
+    return spec, notes
+
+
+def _check_pq(spec: str, dim: int) -> None:
+    match = re.search(r"PQ(\d+)", spec)
+    if match is not None and dim % int(match.group(1)):
+        m = int(match.group(1))
         raise FactraceError(
             f"FAISS spec {spec!r}: PQ{m} needs a dimension divisible by {m}, got {dim}"
-        )
-    if n_train < 2**nbits:
-        raise FactraceError(
-            f"FAISS spec {spec!r} needs at least {2**nbits} training rows, the store has {n_train}; "
-            "use exact search or an IVF,Flat spec"
         )
 
 
@@ -107,7 +116,8 @@ def _configure_training(index: faiss.Index, seed: int) -> None:
 class ApproxIndex:
     """A FAISS inner-product index over a store's rows, answering with example ids."""
 
-    def __init__(self, index: faiss.Index, ids: Sequence[str], spec: str):
+    def __init__(self, index: faiss.Index, ids: Sequence[str], spec: str,
+                 notes: Sequence[str] = ()):
         if index.ntotal != len(ids):
             raise FactraceError(
                 f"FAISS index holds {index.ntotal} rows but there are {len(ids)} ids; rebuild it"
@@ -115,6 +125,16 @@ class ApproxIndex:
         self.index = index
         self.ids = list(ids)
         self.spec = spec
+        """The index actually built (see :func:`supported_spec`)."""
+        self.notes = list(notes)
+        """How it differs from the spec asked for, in words (empty when it does not)."""
+
+    def describe(self) -> str:
+        """One line naming the index built, its probing, and what was changed from the request."""
+        line = f"FAISS {self.spec} over {self.index.ntotal} rows"
+        if self.nlist is not None:
+            line += f", {self.nprobe} of {self.nlist} lists probed per query"
+        return line + (f" ({'; '.join(self.notes)})" if self.notes else "")
 
     @classmethod
     def build(
@@ -141,8 +161,8 @@ class ApproxIndex:
             by_memory = TRAIN_BYTES // (4 * dim)
             train_rows = max(MIN_POINTS_PER_LIST * nlist, min(max(64 * nlist, 10_000), by_memory))
         n_train = min(n_rows, train_rows)
-        spec = clamp_spec(spec, n_train)
-        _check_pq(spec, dim, n_train)
+        _check_pq(spec, dim)
+        spec, notes = supported_spec(spec, n_train)
         try:
             index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
@@ -159,7 +179,7 @@ class ApproxIndex:
             for start in range(0, encodings.shape[0], chunk_rows):
                 chunk = torch.from_numpy(np.array(encodings[start : start + chunk_rows]))
                 index.add(np.ascontiguousarray(chunk.float().numpy()))
-        approx = cls(index, ids, spec)
+        approx = cls(index, ids, spec, notes)
         approx.nprobe = nprobe
         return approx
 

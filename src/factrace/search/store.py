@@ -121,11 +121,17 @@ class StoreWriter:
         return json.loads(json.dumps(self._manifest))
 
     def write_shard(
-        self, index: int, ids: Sequence[str], encodings: np.ndarray | torch.Tensor
+        self,
+        index: int,
+        ids: Sequence[str],
+        encodings: np.ndarray | torch.Tensor,
+        inputs: str | None = None,
     ) -> None:
         """Write shard ``index`` (must equal :attr:`next_shard`): ``ids`` (``rows`` strings) and
         ``encodings`` ``[rows, dim]`` (any float dtype; stored as float16). Both files are
-        renamed into place before the manifest records the shard."""
+        renamed into place before the manifest records the shard. ``inputs``, a fingerprint of
+        the rows the shard was encoded from, is recorded as ``inputs_sha256`` so that a resumed
+        build can tell whether they changed since."""
         if self.complete:
             raise FactraceError(f"encoding store {self.path} is complete; it takes no more shards")
         if index != self.next_shard:
@@ -147,6 +153,8 @@ class StoreWriter:
         entry["sha256"]["encodings"] = mf.write_npy_atomic(self.path / entry["encodings"], array)
         ids_bytes = (json.dumps(ids, ensure_ascii=False) + "\n").encode("utf-8")
         entry["sha256"]["ids"] = mf.write_bytes_atomic(self.path / entry["ids"], ids_bytes)
+        if inputs is not None:
+            entry["inputs_sha256"] = inputs
         self._manifest["shards"].append(entry)
         mf.write_manifest(self.path, self._manifest)
 

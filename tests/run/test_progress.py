@@ -1,0 +1,27 @@
+"""Long steps without iterations still show that they are working."""
+
+import time
+
+from factrace.run.progress import progress_step
+from factrace.run.scan import ScanConfig, scan
+
+
+def test_progress_step_ticks_with_its_elapsed_time(capsys):
+    with progress_step("fitting R^-1/2", tick_s=0.02):
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert "fitting R^-1/2: 00:00" in err
+    assert err.count("\r") >= 5  # redrawn while the step ran, not only at its start
+    with progress_step("quiet", enabled=False):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_scan_shows_the_r_fit_and_the_query_encoding(world, tmp_path, capsys):
+    from factrace.config import variant_config
+
+    scan(ScanConfig(model=world["model"], corpus=world["corpus"], queries=world["queries"],
+                    optimizer_state=world["optimizer"], top_k=3, progress=True,
+                    encoder=variant_config("trackstar", dim=64, train_examples=16)))
+    err = capsys.readouterr().err
+    assert "fitting R^-1/2 (mixed, d = 64)" in err and "encoding queries" in err
