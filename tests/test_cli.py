@@ -310,3 +310,37 @@ def test_help_texts_keep_their_defaults_and_describe_every_option(capsys, monkey
     demo_help = _help(capsys, monkeypatch, "demo")
     assert re.search(r"--n-queries \S+ Queries in the fact world", demo_help)
     assert "--queries" not in demo_help
+
+
+def test_scan_exact_projection_ranks_by_the_gradient_cosine(world, tmp_path):
+    """`--projection exact` through the whole scan pipeline equals the Encoder's exact cosines."""
+    import numpy as np
+
+    from factrace.config import EncoderConfig
+    from factrace.data.corpus import iter_corpus
+    from factrace.data.io import read_queries
+    from factrace.encode.encoder import Encoder
+
+    out = tmp_path / "rankings.jsonl"
+    code = main(["scan", "--model", world["model"], "--optimizer-state", world["optimizer"],
+                 "--corpus", world["corpus"], "--queries", world["queries"], "--out", str(out),
+                 "--variant", "grad-cos+opt", "--projection", "exact", "--top-k", "4", "-q"])
+    assert code == 0
+    meta = json.loads((tmp_path / "rankings.jsonl.meta.json").read_text())
+    enc = Encoder.load(world["model"], world["optimizer"],
+                       EncoderConfig(projection="exact", hessian="none"))
+    assert meta["encoder"]["dim"] == enc.dim == sum(t.d_out * t.d_in for t in enc.tracked)
+    ids, psi = enc.encode_passages(list(iter_corpus(world["corpus"])))
+    _, psi_q = enc.encode_queries(read_queries(world["queries"]))
+    scores = (psi_q @ psi.T).numpy()
+    for row, s in zip((json.loads(line) for line in out.read_text().splitlines()), scores,
+                      strict=True):
+        best = np.sort(s)[::-1][:4]
+        assert np.allclose(row["scores"], best, atol=2e-3)  # store-free: float16 passages
+        assert [ids.index(d) for d in row["doc_ids"]][:1] == [int(np.argmax(s))]
+
+
+def test_exact_projection_with_r_is_refused_before_any_work(world, tmp_path, capsys):
+    code, out = _scan(world, tmp_path, extra=["--projection", "exact", "--dim", "64"])
+    assert code == 2 and "--projection exact" in capsys.readouterr().err
+    assert not out.exists()

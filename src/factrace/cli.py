@@ -28,6 +28,11 @@ Variant = Annotated[str, typer.Option(help="grad-dot | grad-cos | grad-cos+opt |
                                       "trackstar-train | trackstar")]
 Dim = Annotated[int | None, typer.Option(help="Projection dimension (default 2^14 CPU, 2^16 CUDA).")]
 Layout = Annotated[str | None, typer.Option(help="layers | modules")]
+LayerGroups = Annotated[int | None, typer.Option(
+    "--layer-groups", help="Contiguous layer groups of the layers layout (each gives an "
+    "attention and an MLP block).")]
+Projection = Annotated[str | None, typer.Option(
+    help="kronecker | exact (no projection: the whole corrected gradient, without R).")]
 SecondMoment = Annotated[str | None, typer.Option(
     "--second-moment", help="factored | exact | adafactor | estimate | none")]
 Hessian = Annotated[str | None, typer.Option(help="mixed | train | none")]
@@ -71,11 +76,12 @@ OptState = Annotated[str | None, typer.Option(
 
 def _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure, lambda_,
                     damping, seed, device, dtype, batch_tokens, train_examples, include, exclude,
-                    truncate, compile_):
+                    truncate, compile_, projection=None, layer_groups=None):
     from factrace.config import variant_config
 
     return variant_config(
         variant, dim=dim, layout=layout, second_moment=second_moment, hessian=hessian,
+        projection=projection, layer_groups=layer_groups,
         hessian_structure=hessian_structure, lambda_=lambda_, damping=damping, seed=seed,
         device=device, dtype=dtype, batch_tokens=batch_tokens, train_examples=train_examples,
         include=tuple(include) if include else None, exclude=tuple(exclude) if exclude else None,
@@ -123,7 +129,8 @@ def scan(
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
     top_k: TopK = 10,
     optimizer_state: OptState = None, variant: Variant = "trackstar", dim: Dim = None,
-    layout: Layout = None, second_moment: SecondMoment = None, hessian: Hessian = None,
+    layout: Layout = None, layer_groups: LayerGroups = None, projection: Projection = None,
+    second_moment: SecondMoment = None, hessian: Hessian = None,
     hessian_structure: HessianStructure = None, lambda_: Lambda = None, damping: Damping = None,
     seed: Seed = None, device: Device = None, dtype: Dtype = None,
     batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
@@ -139,7 +146,7 @@ def scan(
 
     enc = _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure,
                           lambda_, damping, seed, device, dtype, batch_tokens, train_examples,
-                          include, exclude, truncate, compile_)
+                          include, exclude, truncate, compile_, projection, layer_groups)
     result = run_scan(ScanConfig(model=model, corpus=corpus, queries=queries, out=out,
                                  optimizer_state=optimizer_state, top_k=top_k, encoder=enc,
                                  engine=engine, workers=workers, ray_address=ray_address,
@@ -160,7 +167,8 @@ def index_build(
     queries: Annotated[str | None, typer.Option(help="Queries for R_eval (needed by "
                                                 "--hessian mixed).")] = None,
     optimizer_state: OptState = None, variant: Variant = "trackstar", dim: Dim = None,
-    layout: Layout = None, second_moment: SecondMoment = None, hessian: Hessian = None,
+    layout: Layout = None, layer_groups: LayerGroups = None, projection: Projection = None,
+    second_moment: SecondMoment = None, hessian: Hessian = None,
     hessian_structure: HessianStructure = None, lambda_: Lambda = None, damping: Damping = None,
     seed: Seed = None, device: Device = None, dtype: Dtype = None,
     batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
@@ -178,7 +186,7 @@ def index_build(
 
     enc = _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure,
                           lambda_, damping, seed, device, dtype, batch_tokens, train_examples,
-                          include, exclude, truncate, compile_)
+                          include, exclude, truncate, compile_, projection, layer_groups)
     store = build_index(IndexConfig(model=model, corpus=corpus, out=out, queries=queries,
                                     optimizer_state=optimizer_state, encoder=enc, engine=engine,
                                     workers=workers, ray_address=ray_address,
@@ -315,8 +323,8 @@ def compare(
     qrels: Annotated[str, typer.Option(help="Gold passages JSONL.")],
     out: Annotated[str, typer.Option(help="Output directory.")],
     top_k: TopK = 10,
-    dim: Dim = None, seed: Seed = None, damping: Damping = None,
-    train_examples: TrainExamples = None,
+    dim: Dim = None, layout: Layout = None, layer_groups: LayerGroups = None,
+    seed: Seed = None, damping: Damping = None, train_examples: TrainExamples = None,
     tail_patch: Annotated[bool, typer.Option(help="Measure tail-patch.")] = True,
     tail_patch_k: TailPatchK = 10,
     tail_patch_queries: TailPatchQueries = None,
@@ -329,7 +337,8 @@ def compare(
     from factrace.evaluate.compare import compare as run_compare
     from factrace.report import print_table
 
-    options = {k: v for k, v in dict(dim=dim, seed=seed, damping=damping,
+    options = {k: v for k, v in dict(dim=dim, layout=layout, layer_groups=layer_groups,
+                                     seed=seed, damping=damping,
                                      train_examples=train_examples).items() if v is not None}
     result = run_compare(CompareConfig(model, optimizer_state, corpus, queries, qrels, out,
                                        top_k=top_k, encoder_options=options,
