@@ -25,7 +25,7 @@ app.add_typer(index_app, name="index")
 
 # Encoder options, shared by every command that encodes (None = the variant's default).
 Variant = Annotated[str, typer.Option(help="grad-dot | grad-cos | grad-cos+opt | "
-                                      "trackstar-train | trackstar")]
+                                      "trackstar-train | trackstar | trackstar-paper (η = 0.1)")]
 Dim = Annotated[int | None, typer.Option(help="Projection dimension (default 2^14 CPU, 2^16 CUDA).")]
 Layout = Annotated[str | None, typer.Option(help="layers | modules")]
 LayerGroups = Annotated[int | None, typer.Option(
@@ -39,7 +39,8 @@ Hessian = Annotated[str | None, typer.Option(help="mixed | train | none")]
 HessianStructure = Annotated[str | None, typer.Option(
     "--hessian-structure", help="auto | global | block")]
 Lambda = Annotated[float | None, typer.Option("--lambda", help="Fixed λ (default: automatic).")]
-Damping = Annotated[float | None, typer.Option(help="Damping η of R^{-1/2}.")]
+Damping = Annotated[float | None, typer.Option(
+    help="Damping η of R^{-1/2} (default 10; trackstar-paper: 0.1).")]
 Seed = Annotated[int | None, typer.Option(help="Projection seed.")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Dtype = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")]

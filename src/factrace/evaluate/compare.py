@@ -52,7 +52,7 @@ class CompareConfig:
     out: str
     """Directory for rankings/, results.json, results.md and report.html."""
     top_k: int = 10
-    variants: tuple[str, ...] = LADDER
+    variants: tuple[str, ...] = (*LADDER, "trackstar-paper")
     baselines: tuple[str, ...] = BASELINES
     encoder_options: dict = field(default_factory=dict)
     """Options for every variant (dim, seed, damping, train_examples, …)."""
