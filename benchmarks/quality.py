@@ -36,7 +36,7 @@ import torch
 
 from factrace.config import EncoderConfig
 from factrace.data.corpus import iter_corpus
-from factrace.data.io import Ranking, read_qrels, read_queries
+from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings
 from factrace.encode.encoder import Encoder
 from factrace.encode.hessian import (
     SecondMomentMatrix,
@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--tail-patch", default="exact,bm25+target,layers/none,layers/mixed-auto,"
                     "modules/none,modules/mixed-auto",
                     help="methods to tail-patch (comma-separated; empty for none)")
+    ap.add_argument("--rankings", action="append", default=[], metavar="NAME=PATH",
+                    help="rankings of another tool (e.g. peer_quality.py's) to evaluate beside")
     ap.add_argument("--dampings", default="0.1,1,10", help="η values of R^{-1/2}")
     ap.add_argument("--lambdas", default="0.9,0.99", help="fixed λ values besides automatic")
     ap.add_argument("--tail-patch-queries", type=int, default=100)
@@ -307,6 +309,14 @@ def main() -> None:
 
     for name, with_target in (("bm25", False), ("bm25+target", True)):
         ranked = bm25_rankings(passages, queries, 10, with_target=with_target)
+        m = attribution_metrics(ranked, qrels)
+        results[name] = {"mrr": m.mrr.mean, "mrr_se": m.mrr.stderr, "recall10": m.recall.mean}
+        rankings[name] = ranked
+        print(f"  {name:<32} mrr {m.mrr.mean:.4g}, recall10 {m.recall.mean:.4g}")
+
+    for spec in args.rankings:
+        name, _, path = spec.partition("=")
+        ranked = read_rankings(path)
         m = attribution_metrics(ranked, qrels)
         results[name] = {"mrr": m.mrr.mean, "mrr_se": m.mrr.stderr, "recall10": m.recall.mean}
         rankings[name] = ranked
