@@ -108,3 +108,17 @@ def test_encoder_trackstar_matches_numpy_end_to_end():
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     _, psi = enc.encode_queries(QUERIES)
     np.testing.assert_allclose(psi.numpy(), want, rtol=1e-3, atol=1e-4)
+
+
+def test_whitening_is_kept_in_the_precision_it_is_applied_in():
+    """R^{-1/2} is stored as float32 (half the saved state) and applies exactly as the float64
+    matrix rounded to float32, which is what apply() multiplies by."""
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal((30, 8))
+    acc = _acc(p, [(0, 8)])
+    w = fit_whitening("train", acc, None, damping=0.1)
+    assert w.blocks[0].dtype == np.float32
+    want = _inv_sqrt(p.T @ p / 30, 0.1).astype(np.float32)
+    np.testing.assert_allclose(w.blocks[0], want, rtol=1e-5, atol=1e-7)
+    x = torch.from_numpy(p).float()
+    assert torch.equal(w.apply(x), x @ torch.from_numpy(w.blocks[0]))
