@@ -125,17 +125,28 @@ class Whitening:
                 "train_examples": self.n_train, "eval_examples": self.n_eval}
 
 
-def fit_whitening(
+@dataclass
+class Decomposed:
+    """The eigendecomposition of R for one mode and λ: everything R^{-1/2} needs but the
+    damping, so several dampings share one decomposition (:func:`whiten`)."""
+
+    spans: list[tuple[int, int]]
+    eig: list[tuple[np.ndarray, np.ndarray]]
+    mode: str
+    lam: float | None
+    k: int | None
+    n_train: int
+    n_eval: int
+
+
+def decompose(
     mode: str,
     r_train: SecondMomentMatrix | None,
     r_eval: SecondMomentMatrix | None,
-    damping: float,
     lam: float | None = None,
     k: int | None = None,
-) -> Whitening:
-    """R^{-1/2} for ``mode`` in ``mixed`` / ``train`` / ``none``."""
-    if mode == "none":
-        return Whitening.identity()
+) -> Decomposed:
+    """R for ``mode`` in ``mixed`` / ``train`` (λ automatic unless given) and its eigenvectors."""
     if r_train is None:
         raise FactraceError(f"--hessian {mode} needs training examples for R_train")
     train = r_train.matrices()
@@ -154,8 +165,27 @@ def fit_whitening(
         mixed = [lam * e + (1 - lam) * t for e, t in zip(evals, train, strict=True)]
     else:
         raise FactraceError(f"unknown hessian mode {mode!r}")
+    return Decomposed(spans, eigh_blocks(mixed), mode, lam, k, r_train.count,
+                      r_eval.count if r_eval is not None else 0)
+
+
+def whiten(d: Decomposed, damping: float) -> Whitening:
+    """R^{-1/2} with damping η from a decomposition."""
     # Kept in float32, the precision it is applied in: the saved state is half the size and
     # encodes exactly as before saving.
-    blocks = [inverse_sqrt(w, u, damping).astype(np.float32) for w, u in eigh_blocks(mixed)]
-    return Whitening(spans, blocks, mode, lam, k, damping, r_train.count,
-                     r_eval.count if r_eval is not None else 0)
+    blocks = [inverse_sqrt(w, u, damping).astype(np.float32) for w, u in d.eig]
+    return Whitening(d.spans, blocks, d.mode, d.lam, d.k, damping, d.n_train, d.n_eval)
+
+
+def fit_whitening(
+    mode: str,
+    r_train: SecondMomentMatrix | None,
+    r_eval: SecondMomentMatrix | None,
+    damping: float,
+    lam: float | None = None,
+    k: int | None = None,
+) -> Whitening:
+    """R^{-1/2} for ``mode`` in ``mixed`` / ``train`` / ``none``."""
+    if mode == "none":
+        return Whitening.identity()
+    return whiten(decompose(mode, r_train, r_eval, lam, k), damping)

@@ -23,7 +23,7 @@ from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
 from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder, unit_normalize
-from factrace.encode.hessian import SecondMomentMatrix, fit_whitening
+from factrace.encode.hessian import Decomposed, SecondMomentMatrix, decompose, whiten
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
 from factrace.evaluate.ladder import LADDER, findings, results_rows
 from factrace.evaluate.metrics import check_coverage, mean_stderr
@@ -91,8 +91,13 @@ def _rank(psi_q: torch.Tensor, ids: list[str], psi: torch.Tensor, queries, k: in
 
 
 def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows: int) -> dict:
-    """Rankings of every requested ladder variant."""
+    """Rankings of every requested ladder variant.
+
+    Variants that differ only in the damping (``trackstar``, ``trackstar-paper``) share R's
+    eigendecomposition, and every variant of one correction shares R_train and R_eval."""
     projections: dict[str, tuple] = {}
+    moments: dict[tuple, SecondMomentMatrix] = {}
+    decompositions: dict[tuple, Decomposed] = {}
     out: dict[str, list[Ranking]] = {}
     sampled = None
     for name in cfg.variants:
@@ -107,15 +112,23 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows
             if sampled is None:
                 wanted = {s.id for s in sample_passages(cfg.corpus, n_rows, vc.train_examples)}
                 sampled = np.array([passages[r].id in wanted for r in rows])
-            r_train = SecondMomentMatrix(enc.hessian_spans())
-            r_train.add(p[torch.from_numpy(sampled)])
-            r_eval = None
-            if vc.hessian == "mixed":
-                r_eval = SecondMomentMatrix(enc.hessian_spans())
-                r_eval.add(q)
+            spans = enc.hessian_spans()
+
+            def moment(side, x, spans=spans, mode=mode):
+                key = (mode, side, tuple(spans))
+                if key not in moments:
+                    moments[key] = SecondMomentMatrix(spans)
+                    moments[key].add(x)
+                return moments[key]
+
+            r_train = moment("train", p[torch.from_numpy(sampled)])
+            r_eval = moment("eval", q) if vc.hessian == "mixed" else None
             with progress_step(f"{name}: fitting and applying R^-1/2", cfg.progress):
-                enc.whitening = fit_whitening(vc.hessian, r_train, r_eval, vc.damping,
-                                              vc.lambda_, vc.lambda_k)
+                key = (mode, vc.hessian, tuple(spans), vc.lambda_, vc.lambda_k)
+                if key not in decompositions:
+                    decompositions[key] = decompose(vc.hessian, r_train, r_eval, vc.lambda_,
+                                                    vc.lambda_k)
+                enc.whitening = whiten(decompositions[key], vc.damping)
                 psi, psi_q = enc.whitening.apply(p), enc.whitening.apply(q)
         else:
             psi, psi_q = p, q
