@@ -38,6 +38,7 @@ from factrace.config import EncoderConfig
 from factrace.data.corpus import iter_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings
 from factrace.encode.encoder import Encoder
+from factrace.encode.encoder import unit_normalize as unit
 from factrace.encode.hessian import (
     SecondMomentMatrix,
     Whitening,
@@ -104,7 +105,7 @@ def count_sketch(dim_in: int, dim: int, seed: int = 0):
 def exact_pass(enc: Encoder, examples, queries_ex, sketch_dims: list[int]):
     """Exact cosine matrix [Q, N] and CountSketches of the corrected gradients, in one pass."""
     qg = projected(enc, queries_ex)
-    q_unit = qg / qg.norm(dim=1, keepdim=True).clamp(min=1e-30)
+    q_unit = unit(qg)
     sketches = {d: count_sketch(enc.dim, d) for d in sketch_dims}
 
     def sketch(g, d):
@@ -119,14 +120,10 @@ def exact_pass(enc: Encoder, examples, queries_ex, sketch_dims: list[int]):
     p_sk = {d: torch.empty(len(examples), d) for d in sketch_dims}
     for ids, g in enc.project(examples):
         cols = [row[i] for i in ids]
-        scores[:, cols] = q_unit @ (g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)).T
+        scores[:, cols] = q_unit @ unit(g).T
         for d in sketch_dims:
             p_sk[d][cols] = sketch(g, d)
     return scores.numpy(), {d: (p_sk[d], q_sk[d]) for d in sketch_dims}
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-30)
 
 
 def second_moments(x: torch.Tensor, spans) -> list[np.ndarray]:
