@@ -274,14 +274,16 @@ def main() -> None:
                 name = f"{prefix}/mixed-{tag}" + ("" if damping == 0.1 else f"-eta{damping:g}")
                 record(name, s, {"lambda": round(lam, 3)}, exact=exact)
         # R_eval from the odd queries only (held out), scored on the even ones, against R_eval
-        # from all queries on the same even ones (λ automatic, η = 0.1)
+        # from all queries on the same even ones (λ automatic, the first damping)
         held_evals = second_moments(q[torch.from_numpy(~half)], spans)
         lam = lambda_auto(train, held_evals, len(train_rows), int((~half).sum()))
         mixed = [lam * e + (1 - lam) * t for e, t in zip(held_evals, train, strict=True)]
-        held = whitened(p, q, spans, mixed, (0.1,))[0.1]
+        eta = dampings[0]
+        held = whitened(p, q, spans, mixed, (eta,))[eta]
+        auto_name = f"{prefix}/mixed-auto" + ("" if eta == 0.1 else f"-eta{eta:g}")
         sub_q = [qid for qid, h in zip(qids, half, strict=True) if h]
         sub_qrels = {k: v for k, v in qrels.items() if k in set(sub_q)}
-        for name, sc in ((f"{prefix}/mixed-auto[even]", scores_of[f"{prefix}/mixed-auto"][half]),
+        for name, sc in ((f"{auto_name}[even]", scores_of[auto_name][half]),
                          (f"{prefix}/mixed-heldout[even]", held[half])):
             m = attribution_metrics(rankings_from(sc, sub_q, ids), sub_qrels)
             note = "" if "auto" in name else f", λ {lam:.3f}"
