@@ -40,13 +40,13 @@ from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings
 from factrace.encode.encoder import Encoder
 from factrace.encode.encoder import unit_normalize as unit
 from factrace.encode.hessian import (
+    Decomposed,
     SecondMomentMatrix,
-    Whitening,
     auto_lambda,
     default_k,
     descending_spectrum,
     eigh_blocks,
-    inverse_sqrt,
+    whiten,
 )
 from factrace.evaluate.baselines import bm25_rankings
 from factrace.evaluate.metrics import attribution_metrics, mean_stderr
@@ -134,10 +134,10 @@ def second_moments(x: torch.Tensor, spans) -> list[np.ndarray]:
 
 def whitened(p, q, spans, mixed: list[np.ndarray], dampings) -> dict[float, np.ndarray]:
     """Cosine scores after R^{-1/2} of ``mixed`` (one eigendecomposition, every damping)."""
-    eig = eigh_blocks(mixed)
+    decomposed = Decomposed(list(spans), eigh_blocks(mixed), "probe", None, None, 0, 0)
     out = {}
     for damping in dampings:
-        w = Whitening(list(spans), [inverse_sqrt(v, u, damping) for v, u in eig], "probe")
+        w = whiten(decomposed, damping)
         out[damping] = (unit(w.apply(q)) @ unit(w.apply(p)).T).numpy()
     return out
 

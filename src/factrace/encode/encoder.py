@@ -20,7 +20,7 @@ from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize
 from factrace.encode.budget import TokenBudget
 from factrace.encode.capture import GradientSquares, ProjectedGradients
 from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
-from factrace.encode.projection import default_dim, exact_blocks, module_groups, plan_blocks
+from factrace.encode.projection import exact_blocks, plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
 from factrace.errors import FactraceError
 from factrace.model.load import (
@@ -69,10 +69,9 @@ class Encoder:
             self.dim = sum(b.size for b in self.blocks)
         else:
             c = self.config
-            self.dim = c.dim or default_dim(
-                len(module_groups(self.tracked, c.layout, c.layer_groups)),
-                1 << 16 if self.device.type == "cuda" else 1 << 14)
-            self.blocks = plan_blocks(self.tracked, self.dim, c.layout, c.layer_groups, c.aspect)
+            self.blocks = plan_blocks(self.tracked, c.dim, c.layout, c.layer_groups, c.aspect,
+                                      target=1 << 16 if self.device.type == "cuda" else 1 << 14)
+            self.dim = sum(b.size for b in self.blocks)
         self.optimizer_state = optimizer_state
         self.second_moment_note = self.config.second_moment
         self._corrections = None

@@ -86,12 +86,15 @@ def default_dim(n_blocks: int, target: int) -> int:
 
 
 def plan_blocks(
-    tracked: list[TrackedModule], dim: int, layout: str = "layers", layer_groups: int = 8,
-    aspect: float = 1.0,
+    tracked: list[TrackedModule], dim: int | None, layout: str = "layers", layer_groups: int = 8,
+    aspect: float = 1.0, target: int = 1 << 14,
 ) -> list[Block]:
     """Partition tracked modules into blocks of equal size ``dim / n_blocks``, each of
-    ``a × b`` with ``a/b ≈ aspect`` (:func:`module_groups` says which modules share a block)."""
+    ``a × b`` with ``a/b ≈ aspect`` (:func:`module_groups` says which modules share a block).
+    ``dim=None``: :func:`default_dim` of ``target``."""
     groups = module_groups(tracked, layout, layer_groups)
+    if dim is None:
+        dim = default_dim(len(groups), target)
     if dim % len(groups):
         raise FactraceError(
             f"--dim {dim} is not divisible by the {len(groups)} projection blocks of layout "
