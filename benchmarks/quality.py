@@ -209,6 +209,8 @@ def main() -> None:
                     help="rankings of another tool (e.g. peer_quality.py's) to evaluate beside")
     ap.add_argument("--dampings", default="0.1,1,10", help="η values of R^{-1/2}")
     ap.add_argument("--lambdas", default="0.9,0.99", help="fixed λ values besides automatic")
+    ap.add_argument("--no-r", action="store_true",
+                    help="probe the projections only (no R: the R fits dominate at large d)")
     ap.add_argument("--tail-patch-queries", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -260,6 +262,8 @@ def main() -> None:
 
     def probe(prefix, p, q, spans):
         record(f"{prefix}/none", (unit(q) @ unit(p).T).numpy(), exact=exact)
+        if args.no_r:
+            return
         train = second_moments(p[train_rows], spans)
         evals = second_moments(q, spans)
         dampings = tuple(float(x) for x in args.dampings.split(","))
