@@ -20,8 +20,9 @@ from factrace.errors import FactraceError, FactraceWarning
 from factrace.evaluate.compare import CompareConfig, compare
 from factrace.evaluate.metrics import attribution_metrics
 from factrace.evaluate.tail_patch import tail_patch
-from factrace.run.index import IndexConfig, TraceConfig, build_index, trace
+from factrace.run.index import IndexConfig, build_index
 from factrace.run.scan import ScanConfig, scan
+from factrace.run.tracer import TraceConfig, Tracer, trace
 from factrace.search.store import EncodingStore
 
 Index = EncodingStore
@@ -39,6 +40,7 @@ __all__ = [
     "Query",
     "ScanConfig",
     "TraceConfig",
+    "Tracer",
     "build_index",
     "compare",
     "attribution_metrics",

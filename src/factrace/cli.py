@@ -165,8 +165,9 @@ def scan(
 def index_build(
     model: Model, corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     out: Annotated[str, typer.Option(help="Store directory to build (or resume).")],
-    queries: Annotated[str | None, typer.Option(help="Queries for R_eval (needed by "
-                                                "--hessian mixed).")] = None,
+    queries: Annotated[str | None, typer.Option(help="Optional: queries whose R_eval becomes "
+                                                "the store's default task.")] = None,
+    task_name: Annotated[str, typer.Option("--task-name", help="Name of that task.")] = "default",
     optimizer_state: OptState = None, variant: Variant = "trackstar", dim: Dim = None,
     layout: Layout = None, layer_groups: LayerGroups = None, projection: Projection = None,
     second_moment: SecondMoment = None, hessian: Hessian = None,
@@ -189,6 +190,7 @@ def index_build(
                           lambda_, damping, seed, device, dtype, batch_tokens, train_examples,
                           include, exclude, truncate, compile_, projection, layer_groups)
     store = build_index(IndexConfig(model=model, corpus=corpus, out=out, queries=queries,
+                                    task_name=task_name,
                                     optimizer_state=optimizer_state, encoder=enc, engine=engine,
                                     workers=workers, ray_address=ray_address,
                                     gpus_per_worker=gpus_per_worker, shard_rows=shard_rows,
@@ -197,14 +199,77 @@ def index_build(
         typer.echo(f"store {out}: {store.n_rows} encodings of dimension {store.dim}", err=True)
 
 
+StoreOption = Annotated[str, typer.Option("--index", help="Store built by `factrace index build`.")]
+ModelOverride = Annotated[str | None, typer.Option(help="Model dir (default: the store's).")]
+
+
+@index_app.command("add")
+@user_errors
+def index_add(
+    index: StoreOption,
+    corpus: Annotated[str, typer.Option(help="Corpus of new passages to append.")],
+    model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
+    quiet: Quiet = False,
+):
+    """Append passages, encoded with the store's exact configuration (resumable)."""
+    _quiet_libraries()
+    from factrace.run.index import AddConfig, add_to_index
+
+    store = add_to_index(AddConfig(index=index, corpus=corpus, model=model,
+                                   optimizer_state=optimizer_state, device=device,
+                                   progress=not quiet))
+    if not quiet:
+        typer.echo(f"store {index}: {store.n_rows} encodings", err=True)
+
+
+task_app = typer.Typer(no_args_is_help=True, help="Named query sets whose R_eval a store keeps.")
+index_app.add_typer(task_app, name="task")
+
+
+@task_app.command("add")
+@user_errors
+def index_task_add(
+    index: StoreOption,
+    queries: Annotated[str, typer.Option(help="Queries JSONL defining the task's R_eval.")],
+    name: Annotated[str, typer.Option(help="Task name.")],
+    default: Annotated[bool, typer.Option("--default", help="Make it the store's default "
+                                          "task.")] = False,
+    model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
+    quiet: Quiet = False,
+):
+    """Add (or replace) a task: R_eval from a query set, kept with the store."""
+    _quiet_libraries()
+    from factrace.run.index import TaskConfig, add_task
+
+    entry = add_task(TaskConfig(index=index, queries=queries, name=name, default=default,
+                                model=model, optimizer_state=optimizer_state, device=device,
+                                progress=not quiet))
+    if not quiet:
+        typer.echo(f"task {name}: {entry['n_queries']} queries, λ = {entry['lambda']:.3f}",
+                   err=True)
+
+
+@index_app.command("verify")
+@user_errors
+def index_verify(index: StoreOption):
+    """Re-hash every shard of a store against its manifest."""
+    from factrace.search.store import EncodingStore
+
+    store = EncodingStore.open(index, verify=True)
+    typer.echo(f"store {index}: {store.n_shards} shards, {store.n_rows} rows verified")
+
+
 @app.command()
 @user_errors
 def trace(
-    index: Annotated[str, typer.Option(help="Store built by `factrace index build`.")],
+    index: StoreOption,
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
     top_k: TopK = 10,
-    model: Annotated[str | None, typer.Option(help="Model dir (default: the store's).")] = None,
+    task: Annotated[str | None, typer.Option(help="Use this task's R_eval (default: the "
+                                             "queries' own; the store's default task when they "
+                                             "are too few).")] = None,
+    model: ModelOverride = None,
     optimizer_state: OptState = None,
     faiss: Annotated[str | None, typer.Option(help="Approximate search: IVF<n>,Flat or "
                                               "IVF<n>,PQ<m>.")] = None,
@@ -215,10 +280,10 @@ def trace(
 ):
     """Rank a store's passages for new queries, encoded with the store's own configuration."""
     _quiet_libraries()
-    from factrace.run.index import TraceConfig
-    from factrace.run.index import trace as run_trace
+    from factrace.run.tracer import TraceConfig
+    from factrace.run.tracer import trace as run_trace
 
-    result = run_trace(TraceConfig(index=index, queries=queries, out=out, top_k=top_k,
+    result = run_trace(TraceConfig(index=index, queries=queries, out=out, top_k=top_k, task=task,
                                    model=model, optimizer_state=optimizer_state, faiss=faiss,
                                    nprobe=nprobe, report_recall=report_recall, device=device,
                                    progress=not quiet, overwrite=overwrite))

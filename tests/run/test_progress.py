@@ -24,4 +24,5 @@ def test_scan_shows_the_r_fit_and_the_query_encoding(world, tmp_path, capsys):
                     optimizer_state=world["optimizer"], top_k=3, progress=True,
                     encoder=variant_config("trackstar", dim=64, train_examples=16)))
     err = capsys.readouterr().err
-    assert "fitting R^-1/2 (mixed, d = 64)" in err and "encoding queries" in err
+    assert "R_train's eigenbasis (d = 64)" in err and "encoding queries" in err
+    assert "R_eval and λ from" in err

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from factrace.errors import FactraceError
+from factrace.search import manifest as mf
 from factrace.search.store import EncodingStore
 
 
@@ -29,7 +30,10 @@ def _done(out: Path) -> int:
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+    """The store's content (tasks included), not its bookkeeping (lock, verification record)."""
+    skip = {mf.LOCK, mf.VERIFIED}
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in skip}
 
 
 def test_sigkill_then_resume_equals_uninterrupted(world, tmp_path):

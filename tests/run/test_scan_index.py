@@ -7,8 +7,9 @@ import pytest
 from factrace.config import variant_config
 from factrace.data.io import read_rankings
 from factrace.errors import FactraceError
-from factrace.run.index import IndexConfig, TraceConfig, build_index, trace
+from factrace.run.index import IndexConfig, build_index
 from factrace.run.scan import ScanConfig, scan
+from factrace.run.tracer import TraceConfig, trace
 
 
 def _enc(**kw):

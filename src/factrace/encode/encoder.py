@@ -7,10 +7,12 @@ projection (:class:`ProjectedGradients` does these three in one backward) → R^
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from factrace.config import EncoderConfig
@@ -22,6 +24,8 @@ from factrace.encode.capture import GradientSquares, ProjectedGradients
 from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
 from factrace.encode.projection import exact_blocks, plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
+from factrace.encode.state import EncoderState
+from factrace.encode.whitening import TaskWhitening, TrainBasis
 from factrace.errors import FactraceError
 from factrace.model.load import (
     LoadedModel,
@@ -79,8 +83,12 @@ class Encoder:
             self._corrections = corrections_from_state(
                 self.tracked, optimizer_state, self.config.second_moment, self.config.epsilon)
         self.whitening: Whitening | None = None
+        # R_train's eigenbasis, which stores and scans score in (query-time R); fitted by
+        # fit_basis, or the identity without R
+        self.basis: TrainBasis | None = None
         if self.config.hessian == "none":
             self.whitening = Whitening.identity()
+            self.basis = TrainBasis.identity(self.dim)
         self.max_length = self.config.max_length or loaded.max_length
         self.budget = TokenBudget(self.device, self.config.batch_tokens)
         # Shapes vary batch by batch: compile once for dynamic shapes.
@@ -205,6 +213,72 @@ class Encoder:
             r_eval = self.accumulate(self.tokenize_queries(queries))
         return self.fit_whitening(r_train, r_eval)
 
+    # query-time R (what stores and scans use) ------------------------------------------------
+    def fit_basis(self, r_train: SecondMomentMatrix) -> TrainBasis:
+        """R_train's eigenbasis (for ``train`` / ``mixed``; the identity without R)."""
+        if self.config.hessian != "none":
+            self.basis = TrainBasis.fit(r_train)
+        return self.basis
+
+    def _basis(self) -> TrainBasis:
+        if self.basis is None:
+            raise RuntimeError(f"--hessian {self.config.hessian}: call fit_basis() first")
+        return self.basis
+
+    def rows(self, examples: Iterable[TokenizedExample]) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """What a store keeps per batch: ``p`` in R_train's eigenbasis, unit norm unless the
+        configuration says not (``(ids, [batch, d])``; score them with :meth:`task`)."""
+        basis = self._basis()
+        for ids, p in self.project(examples):
+            yield ids, basis.rows(p) if self.config.normalize else basis.rotate(p)
+
+    def passage_rows(self, passages: Iterable[Passage]) -> tuple[list[str], torch.Tensor]:
+        """:meth:`rows` of all passages at once, in input order, on the CPU."""
+        examples = list(self.tokenize_passages(passages))
+        return _collect(self.rows(examples), [e.id for e in examples])
+
+    def query_vectors(self, queries: Iterable[Query]) -> tuple[list[str], torch.Tensor]:
+        """Queries' ``p`` in R_train's eigenbasis, in input order (``[n, d]`` on the CPU)."""
+        basis = self._basis()
+        examples = self.tokenize_queries(queries)
+        return _collect(((ids, basis.rotate(p)) for ids, p in self.project(examples)),
+                        [e.id for e in examples])
+
+    def task(self, y: torch.Tensor | None) -> TaskWhitening:
+        """R⁻¹ of the configured mode with R_eval from query vectors ``y`` (``[T, d]``)."""
+        c = self.config
+        return TaskWhitening.fit(self._basis(), c.hessian, y, c.damping, c.lambda_, c.lambda_k,
+                                 c.normalize)
+
+    def eval_examples_needed(self) -> int:
+        """Query examples the automatic λ needs to define R_eval (its component k, plus one)."""
+        c = self.config
+        if c.hessian != "mixed":
+            return 0
+        if c.lambda_k is not None:
+            return c.lambda_k + 1
+        return min(self.dim // 64, max(self._basis().n_train - 1, 0)) + 1
+
+    def state(self) -> EncoderState:
+        """The fitted state, as one value (saved with stores)."""
+        from importlib.metadata import version
+
+        estimated = self.config.second_moment == "estimate"
+        return EncoderState(self._basis(), self.second_moment_note,
+                            self._corrections if estimated else None,
+                            {"factrace": version("factrace"), "dim": self.dim,
+                             "dtype": str(next(self.loaded.model.parameters()).dtype),
+                             "device": str(self.device)})
+
+    def set_state(self, state: EncoderState) -> None:
+        if state.basis.dim != self.dim:
+            raise FactraceError(f"the saved encoder state has dimension {state.basis.dim}, "
+                                f"this encoder {self.dim}")
+        self.basis = state.basis
+        if state.corrections is not None:
+            self._corrections = state.corrections
+        self.second_moment_note = state.second_moment_note
+
     # encodings ------------------------------------------------------------------------------
     def finish(self, p: torch.Tensor) -> torch.Tensor:
         """R^{-1/2}, then unit norm (unless the configuration says not): ``[batch, d]``."""
@@ -245,11 +319,23 @@ class Encoder:
             "seed": str(self.config.seed),
             "dim": str(self.dim),
             "second_moment": f"{self.config.second_moment}:{state}",
-            "hessian": self.whitening.fingerprint() if self.whitening else "unfitted",
+            "hessian": self.basis_fingerprint(),
         }
 
-    def metadata(self) -> dict:
-        """A human-readable record of how encodings were made, saved with every output."""
+    def basis_fingerprint(self) -> str:
+        """Identity of R_train's eigenbasis (the stored rows are written in it)."""
+        if self.basis is None:
+            return "unfitted"
+        if self.basis.is_identity:
+            return "none"
+        h = hashlib.sha256(f"{self.basis.spans}:{self.basis.n_train}".encode())
+        for v in self.basis.values:
+            h.update(np.ascontiguousarray(v, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+
+    def metadata(self, task: TaskWhitening | None = None) -> dict:
+        """A human-readable record of how encodings were made, saved with every output
+        (``task``: the query-time R the scores used)."""
         return {
             "config": self.config.to_dict(),
             "dim": self.dim,
@@ -258,8 +344,10 @@ class Encoder:
                        for b in self.blocks],
             "tracked_modules": len(self.tracked),
             "second_moment": self.second_moment_note,
-            "whitening": self.whitening.describe() if self.whitening else None,
+            "whitening": task.describe() if task is not None else (
+                self.whitening.describe() if self.whitening else None),
             "device": str(self.device),
+            "dtype": str(next(self.loaded.model.parameters()).dtype).removeprefix("torch."),
         }
 
 

@@ -1,7 +1,8 @@
-"""Fitting what the corpus pass needs: an estimated V (``estimate`` mode) and R^{-1/2}.
+"""Fitting what the corpus pass needs: an estimated V (``estimate`` mode) and R_train's
+eigenbasis (everything of R that does not depend on the queries; R_eval and λ are applied at
+query time, :mod:`factrace.encode.whitening`).
 
-R_train is estimated on training passages sampled evenly over the corpus, R_eval on the queries.
-Work is split into fixed chunks whose partial sums are merged in chunk order, so every engine
+R_train is estimated on training passages sampled evenly over the corpus. Work is split into fixed chunks whose partial sums are merged in chunk order, so every engine
 and worker count gives the same R bit for bit.
 """
 
@@ -10,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from factrace.data.corpus import iter_corpus
-from factrace.data.records import Passage, Query
-from factrace.encode.hessian import fit_whitening
+from factrace.data.records import Passage
 from factrace.encode.second_moment import merge_squared_sums
 from factrace.run.progress import progress_bar, progress_step
 
@@ -30,8 +30,9 @@ def _chunks(items: list, size: int = CHUNK) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def fit(engine, corpus: str, n_rows: int, queries: list[Query], progress: bool = True) -> dict:
-    """Fit the engine's workers (V estimate, then R^{-1/2}); returns what was done, for records."""
+def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
+    """Fit the engine's workers (V estimate, then R_train's eigenbasis); returns what was done,
+    for records."""
     cfg = engine.encoder.config
     record: dict = {}
     needs_sample = cfg.second_moment == "estimate" or cfg.hessian != "none"
@@ -49,17 +50,10 @@ def fit(engine, corpus: str, n_rows: int, queries: list[Query], progress: bool =
     r_train = _merge(progress_bar(
         engine.map("hessian_partial", [(c, None) for c in train_chunks]),
         total=len(train_chunks), desc="R_train", enabled=progress))
-    r_eval = None
-    if cfg.hessian == "mixed":
-        query_chunks = _chunks(queries)
-        r_eval = _merge(progress_bar(
-            engine.map("hessian_partial", [(None, c) for c in query_chunks]),
-            total=len(query_chunks), desc="R_eval", enabled=progress))
-    with progress_step(f"fitting R^-1/2 ({cfg.hessian}, d = {engine.encoder.dim})", progress):
-        whitening = fit_whitening(cfg.hessian, r_train, r_eval, cfg.damping, cfg.lambda_,
-                                  cfg.lambda_k)
-        engine.broadcast("set_whitening", whitening)
-    record["whitening"] = whitening.describe()
+    with progress_step(f"R_train's eigenbasis (d = {engine.encoder.dim})", progress):
+        basis = engine.encoder.fit_basis(r_train)
+        engine.broadcast("set_basis", basis)
+    record["train_examples"] = basis.n_train
     return record
 
 

@@ -1,8 +1,13 @@
-"""``index build`` and ``trace``: a persistent encoding store for interactive use.
+"""``index build``, ``index add``, ``index task add`` and ``trace``: the store users keep.
 
-The store keeps float16 ψ of every passage, the encoder configuration, and the fitted state
-(R^{-1/2}; V when estimated) in ``encoder_state.pt``, so ``trace`` encodes queries exactly as the
-passages were encoded. An interrupted build resumes at the first missing shard.
+A store keeps, per passage, its corrected projection rotated into R_train's eigenbasis and unit
+normalised (float16), and the fitted encoder state (:class:`~factrace.encode.state.EncoderState`:
+R_train's eigenbasis, V when estimated). What depends on the questions — R_eval, λ, the
+whitening — is applied when they are asked (:mod:`factrace.encode.whitening`), so ``trace
+--queries Q`` ranks exactly as ``scan --queries Q`` would. A *task* is a named query set whose
+R_eval is kept with the store (with every row's norm under it), for questions too few to define
+R_eval themselves. An interrupted build or addition resumes at the first missing shard; one
+process writes a store at a time (:func:`~factrace.search.lock.write_lock`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -22,22 +28,20 @@ import torch
 from factrace.config import EncoderConfig
 from factrace.data.atomic import atomic_path
 from factrace.data.corpus import iter_corpus, validate_corpus
-from factrace.data.io import Ranking, read_queries
-from factrace.data.outputs import check_at_least, check_output_dir, check_output_file
+from factrace.data.io import read_queries
+from factrace.data.outputs import check_output_dir
 from factrace.encode.encoder import Encoder
-from factrace.encode.hessian import Whitening
-from factrace.encode.second_moment import Correction
-from factrace.errors import FactraceError
+from factrace.encode.state import EncoderState
+from factrace.errors import FactraceError, FactraceWarning
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
-from factrace.run.progress import progress_bar
-from factrace.run.scan import META_SUFFIX, ScanResult, to_rankings, write_with_metadata
+from factrace.run.progress import progress_bar, progress_step
 from factrace.search import manifest as mf
-from factrace.search.approx import ApproxIndex, recall_at_k
+from factrace.search.lock import write_lock
 from factrace.search.store import EncodingStore, StoreWriter
-from factrace.search.topk import exact_topk
 
 STATE_FILE = "encoder_state.pt"
+TASKS_DIR = "tasks"
 FINGERPRINT_LABELS = {
     "model": "model weights",
     "tokenizer": "tokenizer",
@@ -45,8 +49,9 @@ FINGERPRINT_LABELS = {
     "seed": "projection seed",
     "dim": "projection dimension",
     "second_moment": "optimizer correction (second moment)",
-    "hessian": "Hessian approximation R",
+    "hessian": "R_train (Hessian approximation)",
 }
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(kw_only=True)
@@ -56,49 +61,19 @@ class IndexConfig(EncodingJob):
     out: str
     """Store directory to build (or resume)."""
     queries: str | None = None
-    """Queries for R_eval; required by ``--hessian mixed`` (TrackStar)."""
+    """Optional: a query set whose R_eval becomes the store's default task."""
+    task_name: str = "default"
+    """Name of that task."""
     overwrite: bool = False
     """Replace a store already at ``out`` by a new one (otherwise it is resumed, or left as it
     is when complete)."""
-
-
-def _save_state(path: Path, encoder: Encoder) -> None:
-    w = encoder.whitening
-    state = {
-        "whitening": {"spans": w.spans, "mode": w.mode, "lam": w.lam, "k": w.k,
-                      "damping": w.damping, "n_train": w.n_train, "n_eval": w.n_eval,
-                      "blocks": [torch.from_numpy(b) for b in w.blocks] if w.blocks else None},
-        "second_moment_note": encoder.second_moment_note,
-        "corrections": None,
-    }
-    if encoder.config.second_moment == "estimate":
-        state["corrections"] = {n: {"row": c.row, "col": c.col}
-                                for n, c in encoder._corrections.items()}
-    buffer = io.BytesIO()  # not the temporary file: torch records its name inside the archive
-    torch.save(state, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
-def _load_state(path: Path, encoder: Encoder) -> None:
-    if not path.is_file():
-        raise FactraceError(f"{path.parent}: encoding store has no {STATE_FILE}; rebuild it")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    w = state["whitening"]
-    blocks = [b.numpy() for b in w["blocks"]] if w["blocks"] is not None else None
-    encoder.whitening = Whitening([tuple(s) for s in w["spans"]], blocks, w["mode"], w["lam"],
-                                  w["k"], w["damping"], w["n_train"], w["n_eval"])
-    if state["corrections"] is not None:
-        encoder._corrections = {n: Correction(row=c["row"], col=c["col"])
-                                for n, c in state["corrections"].items()}
-    encoder.second_moment_note = state["second_moment_note"]
 
 
 def _check_store_path(path: Path) -> None:
     """Refuse, before any work, a store path that cannot become a store."""
     check_output_dir(path)
     if (path.is_dir() and not (path / mf.MANIFEST).is_file()
-            and any(not mf.is_tmp(p) for p in path.iterdir())):
+            and any(not mf.is_bookkeeping(p) for p in path.iterdir())):
         raise FactraceError(
             f"{path} is not empty and has no {mf.MANIFEST}; choose an empty or new directory"
         )
@@ -115,7 +90,7 @@ def rows_fingerprint(corpus: str, start: int, stop: int) -> str:
 
 def _earlier_build(path: Path, corpus: str, n_rows: int) -> dict | None:
     """The manifest of a store already at ``path`` (None: there is none), after checking that
-    every shard it holds was encoded from the corpus rows it has now.
+    every shard it built from ``corpus`` was encoded from the corpus rows it has now.
 
     Raises:
         FactraceError: the corpus has another number of rows, or a shard's rows changed.
@@ -129,98 +104,18 @@ def _earlier_build(path: Path, corpus: str, n_rows: int) -> dict | None:
         raise FactraceError(f"{path}: the store was built from {built_rows} corpus rows, "
                             f"{corpus} now has {n_rows}; {advice}")
     shard_rows = manifest["config"].get("shard_rows")
-    for index, entry in enumerate(manifest["shards"]):
-        recorded = entry.get("inputs_sha256")
-        if recorded is None or shard_rows is None:
-            continue  # a store from before input fingerprints were recorded
+    n_built = len(row_ranges(n_rows, shard_rows)) if shard_rows else 0
+    for index, entry in enumerate(manifest["shards"][:n_built]):
         start, stop = index * shard_rows, min((index + 1) * shard_rows, n_rows)
-        if rows_fingerprint(corpus, start, stop) != recorded:
+        if rows_fingerprint(corpus, start, stop) != entry.get("inputs_sha256"):
             raise FactraceError(f"{path}: {entry['name']} was encoded from rows {start}-{stop - 1}"
                                 f" of {corpus}, which have changed since; {advice}")
-    if not (path / STATE_FILE).is_file():
-        return None
     return manifest
 
 
-def _say(cfg: IndexConfig, message: str) -> None:
-    if cfg.progress:
+def _say(progress: bool, message: str) -> None:
+    if progress:
         print(message, file=sys.stderr, flush=True)
-
-
-def build_index(cfg: IndexConfig) -> EncodingStore:
-    """Build (or resume) an encoding store of every passage of the corpus."""
-    cfg.check_options()
-    _check_store_path(Path(cfg.out))
-    queries = read_queries(cfg.queries) if cfg.queries else []
-    if cfg.encoder.hessian == "mixed" and not queries:
-        raise FactraceError("--hessian mixed (TrackStar) needs --queries for R_eval; or use "
-                            "--hessian train")
-    info = validate_corpus(cfg.corpus)
-    path = Path(cfg.out)
-    earlier = None if cfg.overwrite else _earlier_build(path, cfg.corpus, info.n_rows)
-    engine = cfg.make_engine()
-    try:
-        if earlier is not None and cfg.encoder.second_moment != "estimate":
-            # R was fitted by the earlier run and saved with the store: reuse it (a store made
-            # with another model or configuration is still refused, by its fingerprints)
-            _load_state(path / STATE_FILE, engine.encoder)
-            engine.broadcast("set_whitening", engine.encoder.whitening)
-            record = earlier["config"].get("fit", {})
-        else:
-            record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
-        encoder = engine.encoder
-        rows = cfg.rows_per_shard(encoder.dim)
-        # absolute paths: the store is used later, from any working directory
-        config = {"encoder": encoder.metadata(), "model": absolute(cfg.model),
-                  "optimizer_state": absolute(cfg.optimizer_state), "corpus": absolute(cfg.corpus),
-                  "corpus_rows": info.n_rows, "shard_rows": rows, "fit": record}
-        if cfg.overwrite and (Path(cfg.out) / mf.MANIFEST).is_file():
-            shutil.rmtree(cfg.out)
-        writer = StoreWriter.create_or_resume(cfg.out, encoder.fingerprints(), encoder.dim, config)
-        # A resumed store keeps the shard size it was started with, whatever is asked now.
-        rows = writer.manifest["config"].get("shard_rows", rows)
-        ranges = row_ranges(info.n_rows, rows)
-        if writer.complete:
-            _say(cfg, f"store {cfg.out} is already complete ({len(ranges)} shards)")
-        else:
-            if writer.done_shards == 0 or not (Path(cfg.out) / STATE_FILE).is_file():
-                _save_state(Path(cfg.out) / STATE_FILE, encoder)
-            if writer.done_shards:
-                _say(cfg, f"resuming {cfg.out} at shard {writer.done_shards + 1} of {len(ranges)}")
-            todo = ranges[writer.done_shards:]
-            tasks = [(str(cfg.corpus), start, stop) for start, stop in todo]
-            bar = progress_bar(engine.map("encode_rows", tasks), total=len(tasks),
-                               desc="encoding corpus", enabled=cfg.progress, unit="shard")
-            for (start, stop), (ids, psi) in zip(todo, bar, strict=True):
-                writer.write_shard(writer.done_shards, ids, psi,
-                                   inputs=rows_fingerprint(cfg.corpus, start, stop))
-            writer.finish()
-    finally:
-        engine.close()
-    return EncodingStore.open(cfg.out)
-
-
-@dataclass
-class TraceConfig:
-    """A ``trace`` job against a built store."""
-
-    index: str
-    queries: str
-    out: str | None = None
-    top_k: int = 10
-    model: str | None = None
-    """Defaults to the model the store was built with."""
-    optimizer_state: str | None = None
-    """Defaults to the optimizer state the store was built with."""
-    faiss: str | None = None
-    """FAISS spec for approximate search, e.g. ``IVF256,Flat`` or ``IVF256,PQ16``."""
-    nprobe: int = 16
-    report_recall: bool = False
-    """Also run exact search and report recall@10 of the approximate one."""
-    device: str | None = None
-    progress: bool = True
-    overwrite: bool = False
-    """Replace an existing ``out`` (otherwise refused before any work)."""
 
 
 def absolute(path: str | None) -> str | None:
@@ -228,6 +123,202 @@ def absolute(path: str | None) -> str | None:
     return None if path is None else os.path.abspath(path)
 
 
+def _encode_shards(results, writer: StoreWriter, corpus: str, ranges: list[tuple[int, int]],
+                   progress: bool, desc: str) -> None:
+    """Write the encodings ``results`` of corpus rows ``ranges`` (``(ids, rows)`` each, in
+    order) as ``writer``'s next shards."""
+    bar = progress_bar(results, total=len(ranges), desc=desc, enabled=progress, unit="shard")
+    for (start, stop), (ids, rows) in zip(ranges, bar, strict=True):
+        writer.write_shard(writer.done_shards, ids, rows,
+                           inputs=rows_fingerprint(corpus, start, stop))
+
+
+def build_index(cfg: IndexConfig) -> EncodingStore:
+    """Build (or resume) an encoding store of every passage of the corpus."""
+    cfg.check_options()
+    path = Path(cfg.out)
+    _check_store_path(path)
+    queries = read_queries(cfg.queries) if cfg.queries else []
+    if queries:
+        _check_task_name(cfg.task_name)
+    info = validate_corpus(cfg.corpus)
+    with write_lock(path):
+        earlier = None if cfg.overwrite else _earlier_build(path, cfg.corpus, info.n_rows)
+        engine = cfg.make_engine()
+        try:
+            encoder = engine.encoder
+            if earlier is not None and "state" in earlier:
+                # the state fitted by the earlier run (a store made with another model or
+                # configuration is still refused, by its fingerprints)
+                state = EncoderState.load(path / STATE_FILE, earlier["state"]["sha256"])
+                engine.broadcast("set_state", state)
+                record = earlier["config"].get("fit", {})
+            else:
+                record = fit(engine, cfg.corpus, info.n_rows, cfg.progress)
+            rows = cfg.rows_per_shard(encoder.dim)
+            # absolute paths: the store is used later, from any working directory
+            config = {"encoder": encoder.metadata(), "model": absolute(cfg.model),
+                      "optimizer_state": absolute(cfg.optimizer_state),
+                      "corpus": absolute(cfg.corpus), "corpus_rows": info.n_rows,
+                      "shard_rows": rows, "fit": record}
+            if cfg.overwrite and path.is_dir():
+                for child in path.iterdir():
+                    if child.name != mf.LOCK:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            writer = StoreWriter.create_or_resume(path, encoder.fingerprints(), encoder.dim,
+                                                  config)
+            if "state" not in writer.manifest:
+                sha = encoder.state().save(path / STATE_FILE)
+                writer.set("state", {"file": STATE_FILE, "sha256": sha})
+            # a resumed store keeps the shard size it was started with
+            rows = writer.manifest["config"].get("shard_rows", rows)
+            ranges = row_ranges(info.n_rows, rows)
+            if writer.complete:
+                _say(cfg.progress, f"store {cfg.out} is already complete ({len(ranges)} shards)")
+            else:
+                if writer.done_shards:
+                    _say(cfg.progress, f"resuming {cfg.out} at shard {writer.done_shards + 1} "
+                                       f"of {len(ranges)}")
+                todo = ranges[writer.done_shards:]
+                results = engine.map("encode_rows", [(str(cfg.corpus), a, b) for a, b in todo])
+                _encode_shards(results, writer, cfg.corpus, todo, cfg.progress,
+                               "encoding corpus")
+                writer.finish()
+            store = EncodingStore.open(path, verify=False)
+            if queries:
+                if encoder.config.hessian != "mixed":
+                    import warnings
+
+                    warnings.warn(f"--queries ignored: with --hessian "
+                                  f"{encoder.config.hessian} R does not depend on the queries",
+                                  FactraceWarning, stacklevel=2)
+                else:
+                    _add_task(store, encoder, queries, cfg.task_name, absolute(cfg.queries),
+                              default=True, progress=cfg.progress)
+        finally:
+            engine.close()
+    return EncodingStore.open(path, verify="once")
+
+
+# tasks -------------------------------------------------------------------------------------------
+def _check_task_name(name: str) -> None:
+    if not _TASK_NAME.match(name):
+        raise FactraceError(f"task name {name!r}: use letters, digits, '.', '_' or '-' "
+                            "(at most 64, starting with a letter or digit)")
+
+
+def store_norms(store: EncodingStore, task, start_row: int = 0, progress: bool = False,
+                chunk_rows: int = 1024) -> np.ndarray:
+    """Every stored row's norm under ``task`` (from row ``start_row`` on), float32."""
+    out = []
+    row = 0
+    shards = progress_bar(store.iter_shards(), total=store.n_shards, desc="row norms",
+                          enabled=progress, unit="shard")
+    for _, encodings in shards:
+        n = encodings.shape[0]
+        if row + n > start_row:
+            first = max(start_row - row, 0)
+            for s in range(first, n, chunk_rows):
+                chunk = torch.from_numpy(np.asarray(encodings[s:s + chunk_rows], np.float32))
+                out.append(task.norms(chunk).numpy())
+        row += n
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _save_bytes(path: Path, data: bytes) -> str:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _add_task(store: EncodingStore, encoder: Encoder, queries, name: str, source: str | None,
+              default: bool, progress: bool) -> dict:
+    """Encode ``queries``, keep their rotated projections (R_eval) and every row's norm under
+    the task; record it in the manifest (``default``: as the store's default task)."""
+    with progress_step(f"task {name}: encoding {len(queries)} queries", progress):
+        ids, y = encoder.query_vectors(queries)
+    task = encoder.task(y)
+    norms = store_norms(store, task, progress=progress)
+    folder = store.path / TASKS_DIR
+    buffer = io.BytesIO()
+    torch.save({"ids": ids, "y": y.float()}, buffer)
+    entry = {
+        "queries": source, "n_queries": len(queries), "n_examples": len(ids),
+        "lambda": task.lam, "rows": int(norms.shape[0]),
+        "file": f"{TASKS_DIR}/{name}.pt", "sha256": _save_bytes(folder / f"{name}.pt",
+                                                                 buffer.getvalue()),
+        "norms": f"{TASKS_DIR}/{name}.norms.npy",
+        "norms_sha256": _save_bytes(folder / f"{name}.norms.npy", _npy_bytes(norms)),
+    }
+    manifest = mf.read_manifest(store.path)
+    manifest.setdefault("tasks", {})[name] = entry
+    if default or not manifest.get("default_task"):
+        manifest["default_task"] = name
+    mf.write_manifest(store.path, manifest)
+    store._manifest = manifest
+    return entry
+
+
+@dataclass
+class TaskConfig:
+    """An ``index task add`` job."""
+
+    index: str
+    queries: str
+    name: str
+    default: bool = False
+    model: str | None = None
+    optimizer_state: str | None = None
+    device: str | None = None
+    progress: bool = True
+
+
+def add_task(cfg: TaskConfig) -> dict:
+    """Add (or replace) the task ``cfg.name``: R_eval from ``cfg.queries``."""
+    _check_task_name(cfg.name)
+    queries = read_queries(cfg.queries)
+    with write_lock(cfg.index):
+        store = EncodingStore.open(cfg.index, verify="once")
+        encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)
+        if encoder.config.hessian != "mixed":
+            raise FactraceError(f"{cfg.index}: the store's R does not depend on queries "
+                                f"(--hessian {encoder.config.hessian}); tasks need --hessian mixed")
+        return _add_task(store, encoder, queries, cfg.name, absolute(cfg.queries), cfg.default,
+                         cfg.progress)
+
+
+def load_task(store: EncodingStore, name: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
+    """A task's query ids, rotated projections ``[T, d]`` and row norms ``[n_rows]``."""
+    tasks = store.manifest.get("tasks", {})
+    if name not in tasks:
+        known = ", ".join(sorted(tasks)) or "none"
+        raise FactraceError(f"{store.path} has no task {name!r} (tasks: {known}); add it with "
+                            f"`factrace index task add --index {store.path} --queries FILE "
+                            f"--name {name}`")
+    entry = tasks[name]
+    data = {}
+    for key, sha in (("file", "sha256"), ("norms", "norms_sha256")):
+        raw = (store.path / entry[key]).read_bytes() if (store.path / entry[key]).is_file() \
+            else None
+        if raw is None or hashlib.sha256(raw).hexdigest() != entry[sha]:
+            raise FactraceError(f"{store.path}: task {name!r} is missing or damaged "
+                                f"({entry[key]}); add it again with `factrace index task add`")
+        data[key] = raw
+    saved = torch.load(io.BytesIO(data["file"]), map_location="cpu", weights_only=True)
+    norms = np.load(io.BytesIO(data["norms"]), allow_pickle=False)
+    if norms.shape[0] != store.n_rows:
+        raise FactraceError(f"{store.path}: task {name!r} covers {norms.shape[0]} rows, the "
+                            f"store has {store.n_rows}; add the task again")
+    return saved["ids"], saved["y"], norms
+
+
+# opening a store for queries ---------------------------------------------------------------------
 def _recorded(store: EncodingStore, path: str | None, what: str, flag: str) -> str | None:
     """A path the store recorded, checked to exist: a store outlives where its inputs were."""
     if path is not None and not Path(path).exists():
@@ -237,53 +328,126 @@ def _recorded(store: EncodingStore, path: str | None, what: str, flag: str) -> s
     return path
 
 
+def store_encoder_config(store: EncodingStore, device: str | None = None) -> EncoderConfig:
+    """The store's encoder configuration (its resolved d), for this machine's device."""
+    recorded = store.config["encoder"]
+    # a few queries never repay a compilation, whatever the store was built with; the recorded
+    # d is the resolved one (the default d differs between CPU and CUDA)
+    enc_cfg = EncoderConfig.from_dict(recorded["config"]).replace(compile=False)
+    if enc_cfg.projection != "exact":
+        enc_cfg = enc_cfg.replace(dim=recorded["dim"])
+    if device is not None:
+        enc_cfg = enc_cfg.replace(device=device)
+    # the dtype the rows were encoded in, whatever this machine's default
+    return enc_cfg.replace(dtype=recorded.get("dtype", enc_cfg.dtype))
+
+
 def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: str | None,
                      device: str | None = None) -> Encoder:
     """The store's own encoder (its configuration and fitted state), checked against it."""
     config = store.config
-    # a few queries never repay a compilation, whatever the store was built with
-    enc_cfg = EncoderConfig.from_dict(config["encoder"]["config"]).replace(compile=False)
-    if device is not None:
-        enc_cfg = enc_cfg.replace(device=device)
     model = model or _recorded(store, config["model"], "model", "--model")
     optimizer_state = optimizer_state or _recorded(store, config["optimizer_state"],
                                                    "optimizer state", "--optimizer-state")
-    encoder = Encoder.load(model, optimizer_state, enc_cfg)
-    _load_state(Path(store.path) / STATE_FILE, encoder)
-    EncodingStore.open(store.path, expect=encoder.fingerprints(), verify=False,
-                       labels=FINGERPRINT_LABELS)
+    encoder = Encoder.load(model, optimizer_state, store_encoder_config(store, device))
+    state = store.manifest.get("state")
+    if state is None:
+        raise FactraceError(f"{store.path}: the store records no encoder state; rebuild it")
+    encoder.set_state(EncoderState.load(store.path / state["file"], state["sha256"]))
+    phrases = mf.fingerprint_differences(store.fingerprints, encoder.fingerprints(),
+                                         FINGERPRINT_LABELS)
+    if phrases:
+        raise FactraceError(mf.mismatch_message(
+            store.path, phrases, "rebuild the store with the current settings or open a "
+            "matching one"))
     return encoder
 
 
-def trace(cfg: TraceConfig) -> ScanResult:
-    check_at_least(1, top_k=cfg.top_k, nprobe=cfg.nprobe)
-    if cfg.out:
-        check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
-    queries = read_queries(cfg.queries)
-    store = EncodingStore.open(cfg.index)
-    encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)
-    _, query_psi = encoder.encode_queries(queries)
-    query_psi = query_psi.numpy().astype(np.float32)
-    metadata = {"command": "trace", "index": str(cfg.index), "queries": str(cfg.queries),
-                "top_k": cfg.top_k, "encoder": encoder.metadata(),
-                "fingerprints": store.fingerprints, "search": "exact"}
-    exact = None
-    if cfg.faiss is None or cfg.report_recall:
-        exact = to_rankings(queries, exact_topk(query_psi, store, cfg.top_k))
-    rankings = exact
-    if cfg.faiss is not None:
-        index = ApproxIndex.build(store, cfg.faiss, nprobe=cfg.nprobe)
-        found = index.search(query_psi, cfg.top_k)
-        rankings = [Ranking(q.id, list(r.doc_ids), [float(s) for s in r.scores])
-                    for q, r in zip(queries, found, strict=True)]
-        metadata["search"] = f"faiss {index.spec} nprobe={index.nprobe}"
-        metadata["faiss"] = {"requested": cfg.faiss, "built": index.spec, "nlist": index.nlist,
-                             "nprobe": index.nprobe, "notes": index.notes,
-                             "description": index.describe()}
-        if cfg.report_recall:
-            k = min(10, cfg.top_k)
-            metadata["recall_at_10"] = recall_at_k([r.doc_ids for r in rankings],
-                                                   [r.doc_ids for r in exact], k)
-    if cfg.out:
-        write_with_metadata(cfg.out, rankings, metadata)
-    return ScanResult(rankings, metadata)
+# growing a store ---------------------------------------------------------------------------------
+@dataclass
+class AddConfig:
+    """An ``index add`` job: append a corpus to a store, encoded as the store's own rows."""
+
+    index: str
+    corpus: str
+    model: str | None = None
+    optimizer_state: str | None = None
+    device: str | None = None
+    progress: bool = True
+
+
+def add_to_index(cfg: AddConfig) -> EncodingStore:
+    """Append ``cfg.corpus`` (resumable; duplicate ids refused before any encoding)."""
+    from factrace.run.worker import encode_rows
+
+    info = validate_corpus(cfg.corpus)
+    with write_lock(cfg.index):
+        manifest = mf.read_manifest(Path(cfg.index))
+        additions = manifest.get("additions", [])
+        pending = additions[-1] if additions and not additions[-1]["complete"] else None
+        corpus = absolute(cfg.corpus)
+        if pending is not None and pending["corpus"] != corpus:
+            raise FactraceError(f"{cfg.index}: an addition of {pending['corpus']} was "
+                                f"interrupted; run `factrace index add` with that corpus "
+                                "first to finish it")
+        if pending is None and not manifest["complete"]:
+            raise FactraceError(f"encoding store {cfg.index} is incomplete; resume its build "
+                                "first")
+        store = EncodingStore(Path(cfg.index), manifest)
+        known_rows = sum(e["rows"] for e in manifest["shards"][:pending["first_shard"]]) \
+            if pending else store.n_rows
+        if pending is None:
+            _refuse_duplicates(store, cfg.corpus)
+        encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)
+        writer = StoreWriter.reopen(cfg.index, encoder.fingerprints(), encoder.dim)
+        if pending is None:
+            pending = {"corpus": corpus, "rows": info.n_rows, "first_shard": writer.done_shards,
+                       "shard_rows": manifest["config"]["shard_rows"], "complete": False}
+            additions = [*additions, pending]
+            writer.set("additions", additions)
+        elif pending["rows"] != info.n_rows or any(
+                rows_fingerprint(cfg.corpus, start, stop)
+                != writer.manifest["shards"][pending["first_shard"] + i].get("inputs_sha256")
+                for i, (start, stop) in enumerate(row_ranges(
+                    info.n_rows, pending["shard_rows"])[:writer.done_shards
+                                                         - pending["first_shard"]])):
+            raise FactraceError(f"{cfg.corpus} changed since its addition to {cfg.index} was "
+                                "interrupted; restore it and run `factrace index add` again")
+        ranges = row_ranges(info.n_rows, pending["shard_rows"])
+        done = writer.done_shards - pending["first_shard"]
+        if done:
+            _say(cfg.progress, f"resuming the addition at shard {done + 1} of {len(ranges)}")
+        results = (encode_rows(encoder, cfg.corpus, a, b) for a, b in ranges[done:])
+        _encode_shards(results, writer, cfg.corpus, ranges[done:], cfg.progress,
+                       "encoding the addition")
+        # every task's row norms, extended to the new rows
+        grown = EncodingStore(Path(cfg.index), writer.manifest)
+        tasks = dict(writer.manifest.get("tasks", {}))
+        for name, entry in tasks.items():
+            ids, y, norms = _task_files(grown, name)
+            task = encoder.task(y)
+            new = store_norms(grown, task, start_row=known_rows)
+            norms = np.concatenate([norms[:known_rows], new])
+            entry["norms_sha256"] = _save_bytes(grown.path / entry["norms"], _npy_bytes(norms))
+            entry["rows"] = int(norms.shape[0])
+        writer.set("tasks", tasks)
+        pending["complete"] = True
+        writer.set("additions", [*additions[:-1], pending])
+        writer.finish()
+    return EncodingStore.open(cfg.index, verify="once")
+
+
+def _task_files(store: EncodingStore, name: str):
+    """Like :func:`load_task`, without requiring the norms to cover every row."""
+    entry = store.manifest["tasks"][name]
+    saved = torch.load(store.path / entry["file"], map_location="cpu", weights_only=True)
+    norms = np.load(store.path / entry["norms"], allow_pickle=False)
+    return saved["ids"], saved["y"], norms
+
+
+def _refuse_duplicates(store: EncodingStore, corpus: str) -> None:
+    have = {i.split("#")[0] for i in store.ids}
+    for passage in iter_corpus(corpus):
+        if passage.id in have:
+            raise FactraceError(f"{corpus}: passage id {passage.id!r} is already in the store "
+                                f"{store.path}; ids must be unique")

@@ -76,13 +76,16 @@ def scan(cfg: ScanConfig) -> ScanResult:
     try:
         timings = {"validate_s": time.perf_counter() - t0}
         t = time.perf_counter()
-        record = fit(engine, cfg.corpus, info.n_rows, queries, cfg.progress)
+        record = fit(engine, cfg.corpus, info.n_rows, cfg.progress)
+        with progress_step("encoding queries", cfg.progress):
+            _, y = engine.encoder.query_vectors(queries)
+        # R_eval and λ from these very queries (TrackStar's task-specific R)
+        with progress_step(f"R_eval and λ from {len(queries)} queries", cfg.progress):
+            task = engine.encoder.task(y)
+            scorer = task.scorer(y, own=True)
         timings["fit_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        with progress_step("encoding queries", cfg.progress):
-            _, query_psi = engine.encoder.encode_queries(queries)
-        query_psi = query_psi.numpy()
-        tasks = [(str(cfg.corpus), start, stop, query_psi, cfg.top_k) for start, stop
+        tasks = [(str(cfg.corpus), start, stop, scorer, cfg.top_k) for start, stop
                  in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]
         total = TopK(len(queries), cfg.top_k)
         bar = progress_bar(engine.map("scan_rows", tasks), total=len(tasks),
@@ -100,7 +103,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
             "queries": str(cfg.queries),
             "top_k": cfg.top_k,
             "engine": cfg.engine,
-            "encoder": engine.encoder.metadata(),
+            "encoder": engine.encoder.metadata(task),
             "fingerprints": engine.encoder.fingerprints(),
             "fit": record,
             "timings": timings,

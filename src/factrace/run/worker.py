@@ -16,8 +16,10 @@ from factrace.config import EncoderConfig
 from factrace.data.corpus import iter_corpus
 from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
-from factrace.encode.hessian import SecondMomentMatrix, Whitening
+from factrace.encode.hessian import SecondMomentMatrix
 from factrace.encode.second_moment import SquaredGradientSums
+from factrace.encode.state import EncoderState
+from factrace.encode.whitening import TaskScorer, TrainBasis
 from factrace.run.process import tune_process
 from factrace.search.topk import TopK, exact_topk
 
@@ -35,6 +37,15 @@ class EncoderSpec:
 
     def load(self) -> Encoder:
         return Encoder.load(self.model, self.optimizer_state, self.config)
+
+
+def encode_rows(encoder: Encoder, corpus: str, start: int, stop: int
+                ) -> tuple[list[str], np.ndarray]:
+    """Store rows of corpus rows ``[start, stop)`` as float16 (how stores keep them)."""
+    ids, rows = encoder.passage_rows(iter_corpus(corpus, start=start, stop=stop))
+    if not ids:
+        return [], np.zeros((0, encoder.dim), np.float16)
+    return ids, rows.half().numpy()  # torch rounds as numpy does, vectorised
 
 
 class ShardWorker:
@@ -62,25 +73,20 @@ class ShardWorker:
             enc.tokenize_passages(passages)
         return enc.accumulate(examples)
 
-    def set_whitening(self, whitening: Whitening) -> None:
-        self.encoder.whitening = whitening
+    def set_basis(self, basis: TrainBasis) -> None:
+        self.encoder.basis = basis
 
     # encoding tasks -------------------------------------------------------------------------
-    def encode_queries(self, queries: list[Query]) -> tuple[list[str], np.ndarray]:
-        ids, psi = self.encoder.encode_queries(queries)
-        return ids, psi.numpy()
+    def set_state(self, state: EncoderState) -> None:
+        self.encoder.set_state(state)
 
     def encode_rows(self, corpus: str, start: int, stop: int) -> tuple[list[str], np.ndarray]:
-        """ψ of corpus rows ``[start, stop)`` as float16 (how stores keep them)."""
-        ids, psi = self.encoder.encode_passages(iter_corpus(corpus, start=start, stop=stop))
-        if not ids:
-            return [], np.zeros((0, self.encoder.dim), np.float16)
-        return ids, psi.half().numpy()  # torch rounds as numpy does, vectorised
+        return encode_rows(self.encoder, corpus, start, stop)
 
-    def scan_rows(self, corpus: str, start: int, stop: int, query_psi: np.ndarray,
+    def scan_rows(self, corpus: str, start: int, stop: int, scorer: TaskScorer,
                   k: int) -> TopK:
         """Top-k/bottom-k of rows ``[start, stop)`` against the queries: a partial to merge."""
-        ids, psi = self.encode_rows(corpus, start, stop)
-        return exact_topk(query_psi, [(ids, psi)] if ids else [], k,
+        ids, rows = self.encode_rows(corpus, start, stop)
+        return exact_topk(scorer, [(ids, rows)] if ids else [], k,
                           row_offset=start * POSITIONS_PER_ROW)
 

@@ -6,10 +6,10 @@ Every file is written under a temporary name (``.NAME.tmp``) and renamed when co
 reader never sees half a file and a killed writer leaves only temporaries, which are removed
 when the build resumes.
 
-Manifest (``FORMAT_VERSION`` 1)::
+Manifest (``FORMAT_VERSION`` 2)::
 
     {
-      "format_version": 1,
+      "format_version": 2,
       "dtype": "float16",
       "dim": 65536,
       "fingerprints": {"model": "...", "projection_seed": "0", ...},
@@ -18,8 +18,18 @@ Manifest (``FORMAT_VERSION`` 1)::
                   "encodings": "shard-00000.npy", "ids": "shard-00000.ids.json",
                   "sha256": {"encodings": "...", "ids": "..."}}, ...],
       "complete": true,
-      "approx": {...}                # optional: a saved FAISS index (see search/approx.py)
+      "approx": {...},               # optional: a saved FAISS index (see search/approx.py)
+      "state": {"file": "encoder_state.pt", "sha256": "..."},   # the fitted encoder state
+      "tasks": {"NAME": {...}},      # query sets defining R_eval, with their files' checksums
+      "default_task": "NAME",
+      "additions": [...]             # corpora appended by `index add`
     }
+
+Version 2 stores rows in R_train's eigenbasis (query-time R); version 1 stored them whitened
+with the build-time queries' R, which cannot answer other questions exactly.
+
+Beside it: ``.write.lock`` (held by the one process writing the store) and ``verified.json``
+(which shard files were hashed, at which size and modification time).
 """
 
 from __future__ import annotations
@@ -35,8 +45,10 @@ import numpy as np
 
 from factrace.errors import FactraceError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+LOCK = ".write.lock"
+VERIFIED = "verified.json"
 DTYPE = "float16"
 TMP_SUFFIX = ".tmp"
 
@@ -74,6 +86,11 @@ def tmp_path(path: Path) -> Path:
 def is_tmp(path: Path) -> bool:
     """Whether ``path`` is a temporary left by :func:`tmp_path` (e.g. by a killed writer)."""
     return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+
+
+def is_bookkeeping(path: Path) -> bool:
+    """A file that is not store content: a temporary, or the write lock."""
+    return is_tmp(path) or path.name == LOCK
 
 
 class _HashingWriter:
@@ -170,9 +187,12 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path} lacks {', '.join(missing)}; it is not a factrace encoding store"
         )
     if manifest["format_version"] != FORMAT_VERSION:
+        how = ("`factrace index build --overwrite` with the same options"
+               if manifest["format_version"] == 1 else "this factrace version")
         raise FactraceError(
             f"{path} has store format version {manifest['format_version']}, this factrace reads "
-            f"version {FORMAT_VERSION}; rebuild the store with this version"
+            f"version {FORMAT_VERSION} (rows kept in R_train's eigenbasis, so that new queries "
+            f"get their own R); rebuild the store with {how}"
         )
     if manifest["dtype"] != DTYPE:
         raise FactraceError(f"{path} has dtype {manifest['dtype']!r}, expected {DTYPE!r}")

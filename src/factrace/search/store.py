@@ -60,7 +60,7 @@ class StoreWriter:
             return cls._resume(path, fingerprints, dim)
         if path.exists() and not path.is_dir():
             raise FactraceError(f"{path} exists and is not a directory; choose another store path")
-        if path.is_dir() and any(not mf.is_tmp(p) for p in path.iterdir()):
+        if path.is_dir() and any(not mf.is_bookkeeping(p) for p in path.iterdir()):
             raise FactraceError(
                 f"{path} is not empty and has no {mf.MANIFEST}; choose an empty or new directory"
             )
@@ -95,6 +95,21 @@ class StoreWriter:
             for entry in manifest["shards"]:
                 _check_layout(path, entry, manifest["dim"])
         return cls(path, manifest)
+
+    @classmethod
+    def reopen(cls, path: str | Path, fingerprints: Mapping[str, str], dim: int) -> StoreWriter:
+        """Open a store (complete or not) to append shards (``index add``): it is marked
+        incomplete until :meth:`finish`, so no reader uses it half-grown."""
+        writer = cls._resume(Path(path), mf.check_fingerprints(fingerprints), dim)
+        if writer._manifest["complete"]:
+            writer._manifest["complete"] = False
+            mf.write_manifest(writer.path, writer._manifest)
+        return writer
+
+    def set(self, key: str, value: Any) -> None:
+        """Record ``value`` (JSON-able) under ``key`` of the manifest, now."""
+        self._manifest[key] = json.loads(json.dumps(value))
+        mf.write_manifest(self.path, self._manifest)
 
     @property
     def complete(self) -> bool:
@@ -178,15 +193,17 @@ class EncodingStore:
         cls,
         path: str | Path,
         expect: Mapping[str, str] | None = None,
-        verify: bool = True,
+        verify: bool | str = True,
         labels: Mapping[str, str] | None = None,
     ) -> EncodingStore:
         """Open the store at ``path``.
 
         ``expect``: fingerprints the caller's model and encoder have now; any that differ from
         the store's is a :class:`FactraceError` naming the part (``labels`` may rename keys).
-        ``verify``: check every shard's sha256 against the manifest (reads every byte once);
-        without it only the row counts and file sizes are checked.
+        ``verify``: ``True`` checks every shard's sha256 against the manifest (reads every byte);
+        ``"once"`` hashes only the shard files not verified before at their present size and
+        modification time (recorded in ``verified.json``); ``False`` checks only the row
+        counts and file sizes.
         """
         path = Path(path)
         manifest = mf.read_manifest(path)
@@ -200,10 +217,14 @@ class EncodingStore:
             if phrases:
                 advice = "rebuild the store with the current settings or open a matching one"
                 raise FactraceError(mf.mismatch_message(path, phrases, advice))
+        seen = _read_verified(path) if verify == "once" else {}
+        checked = {}
         for entry in manifest["shards"]:
             if verify:
-                _check_checksums(path, entry)
+                checked.update(_check_checksums(path, entry, seen))
             _check_layout(path, entry, manifest["dim"])
+        if verify == "once" and checked != seen:
+            _write_verified(path, checked)
         return cls(path, manifest)
 
     @property
@@ -331,13 +352,42 @@ def _corrupt(path: Path, entry: Mapping[str, Any], why: str) -> FactraceError:
     return FactraceError(f"{entry['name']} of encoding store {path} {why}; rebuild the store")
 
 
-def _check_checksums(path: Path, entry: Mapping[str, Any]) -> None:
+def _stamp(file: Path, sha256: str) -> list:
+    st = file.stat()
+    return [st.st_size, st.st_mtime_ns, sha256]
+
+
+def _check_checksums(path: Path, entry: Mapping[str, Any],
+                     seen: Mapping[str, list] | None = None) -> dict[str, list]:
+    """Hash the shard's files (those not in ``seen`` at their size, time and checksum);
+    returns their stamps."""
+    stamps = {}
     for kind in ("encodings", "ids"):
         file = path / entry[kind]
         if not file.is_file():
             raise _corrupt(path, entry, f"is missing its file {entry[kind]}")
-        if mf.sha256_file(file) != entry["sha256"][kind]:
+        expected = entry["sha256"][kind]
+        stamp = _stamp(file, expected)
+        if (seen or {}).get(entry[kind]) != stamp and mf.sha256_file(file) != expected:
             raise _corrupt(path, entry, f"is damaged: {entry[kind]} does not match its checksum")
+        stamps[entry[kind]] = stamp
+    return stamps
+
+
+def _read_verified(path: Path) -> dict[str, list]:
+    try:
+        record = json.loads((path / mf.VERIFIED).read_text(encoding="utf-8"))
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_verified(path: Path, stamps: Mapping[str, list]) -> None:
+    """Record what was verified (best effort: a read-only store is verified every time)."""
+    try:
+        mf.write_bytes_atomic(path / mf.VERIFIED, (json.dumps(stamps) + "\n").encode())
+    except OSError:
+        pass
 
 
 def _check_layout(path: Path, entry: Mapping[str, Any], dim: int) -> None:

@@ -10,7 +10,7 @@ chunked, batched or split across workers (partial :class:`TopK` per shard, merge
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -26,6 +26,18 @@ MIN_QUERIES = 8
 #: Default chunk: about this many bytes of float32 encodings at a time (16 MiB: 1024 rows
 #: at d = 4096, 64 at d = 2^16), large enough to amortise per-chunk thread synchronisation.
 CHUNK_BYTES = 16 << 20
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores of a chunk of stored rows: ``scorer(rows [n, d], start) → [n_queries, n]``, where
+    ``start`` is the index of the chunk's first row in the source (rows may be zero-padded at
+    the end; their scores are discarded)."""
+
+    n_queries: int
+    dim: int
+
+    def __call__(self, rows: torch.Tensor, start: int) -> torch.Tensor: ...
 
 
 class Ranking(NamedTuple):
@@ -191,7 +203,7 @@ def _load(dst: torch.Tensor, staging: torch.Tensor, src: np.ndarray | torch.Tens
 
 
 def exact_topk(
-    queries: torch.Tensor | np.ndarray,
+    queries: torch.Tensor | np.ndarray | Scorer,
     source: Shards,
     k: int,
     chunk_rows: int | None = None,
@@ -200,14 +212,22 @@ def exact_topk(
 ) -> TopK:
     """Score every stored row against ``queries`` ``[q, d]`` and keep the top/bottom ``k``.
 
+    ``queries`` may also be a :class:`Scorer` (scores of a chunk of rows other than a plain
+    product, e.g. cosines under a query-time R: :class:`factrace.encode.whitening.TaskScorer`).
+
     ``source``: an :class:`EncodingStore` or an iterable of ``(ids, encodings [rows, d])``.
     Chunks of ``chunk_rows`` rows (default: about 16 MiB of float32) are converted from float16
     to float32 and multiplied with ``torch.matmul``; memory is bounded by one chunk.
     ``row_offset``: global position of the first row (for partials merged later).
     """
-    n_queries = int(torch.as_tensor(queries).shape[0])
-    padded = _as_queries(queries)
-    dim = padded.shape[1]
+    if isinstance(queries, Scorer):
+        scorer, n_queries, dim = queries, queries.n_queries, queries.dim
+    else:
+        n_queries = int(torch.as_tensor(queries).shape[0])
+        padded = _as_queries(queries)
+        dim = padded.shape[1]
+        scorer = None
+    row = 0  # index of the next row in the source
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(dim)
     chunk_rows = max(ROW_QUANTUM, -(-chunk_rows // ROW_QUANTUM) * ROW_QUANTUM)
@@ -227,7 +247,11 @@ def exact_topk(
             chunk = buffer[:padded_n]
             _load(chunk[:n], staging[:n], encodings[start : start + n])
             chunk[n:] = 0
-            scores = torch.matmul(padded, chunk.T)[:n_queries, :n]
+            if scorer is None:
+                scores = torch.matmul(padded, chunk.T)[:n_queries, :n]
+            else:
+                scores = scorer(chunk, row)[:, :n]
+            row += n
             topk.update(scores, ids[start : start + n])
     return topk
 

@@ -1,0 +1,275 @@
+"""TrackStar's R at query time: R_train fitted once, R_eval and λ from the questions asked.
+
+The score of a query q and a training example m is the cosine of their whitened projections,
+
+    I(m, q) = qᵀ R⁻¹ p / (‖R^{-1/2} q‖ · ‖R^{-1/2} p‖),   R = λ R_eval + (1 − λ) R_train + c·I,
+
+with c = η · tr(R_mixed)/size per diagonal block (η times the mean eigenvalue, as in
+:func:`factrace.encode.hessian.inverse_sqrt`). Only R⁻¹ is needed, never R^{-1/2}; and
+R_eval = YᵀY/T is of rank at most T (the number of query examples), so per block
+
+    R⁻¹ = W − W Yᵀ M⁻¹ Y W,   W = ((1 − λ) S + c)⁻¹,   M = (T/λ) I + Y W Yᵀ  (Woodbury)
+
+where S are R_train's eigenvalues and every vector is written in R_train's eigenbasis (so W is
+diagonal). A store therefore keeps each example's projection rotated into that basis and unit
+normalised (:meth:`TrainBasis.rows`); any set of queries can then be scored against it exactly
+as a scan with those queries would, at the cost of the T-dimensional products below
+(:class:`TaskWhitening`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from factrace.encode.hessian import SecondMomentMatrix, auto_lambda, default_k
+from factrace.errors import FactraceError
+
+
+def _unit(p: torch.Tensor) -> torch.Tensor:
+    return p / p.norm(dim=1, keepdim=True).clamp(min=1e-30)
+
+
+@dataclass
+class TrainBasis:
+    """R_train per diagonal block: eigenvalues (float64, ascending) and eigenvectors (float32
+    columns). ``values is None``: no R (``--hessian none``), the basis is the identity."""
+
+    spans: list[tuple[int, int]]
+    values: list[np.ndarray] | None
+    vectors: list[torch.Tensor] | None
+    n_train: int = 0
+
+    @classmethod
+    def identity(cls, dim: int) -> TrainBasis:
+        return cls([(0, dim)], None, None, 0)
+
+    @classmethod
+    def fit(cls, r_train: SecondMomentMatrix) -> TrainBasis:
+        """The eigendecomposition of R_train's blocks (float64, kept in float32 for rotating)."""
+        values, vectors = [], []
+        for m in r_train.matrices():
+            w, u = np.linalg.eigh((m + m.T) / 2)
+            values.append(np.clip(w, 0.0, None))
+            vectors.append(torch.from_numpy(u.astype(np.float32)))
+        return cls(list(r_train.spans), values, vectors, r_train.count)
+
+    @property
+    def dim(self) -> int:
+        return sum(size for _, size in self.spans)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.values is None
+
+    def rotate(self, p: torch.Tensor) -> torch.Tensor:
+        """``[n, d] → [n, d]``: each block's coordinates in R_train's eigenbasis (``p U``)."""
+        if self.vectors is None:
+            return p
+        out = torch.empty_like(p)
+        for (off, size), u in zip(self.spans, self.vectors, strict=True):
+            out[:, off:off + size] = p[:, off:off + size] @ u.to(p.device, p.dtype)
+        return out
+
+    def rows(self, p: torch.Tensor) -> torch.Tensor:
+        """What a store keeps of each example: ``p`` rotated, then unit norm (the scale of a
+        training example's projection cancels in its cosine)."""
+        return _unit(self.rotate(p))
+
+    def spectrum(self) -> np.ndarray:
+        """All eigenvalues of R_train, descending."""
+        return np.sort(np.concatenate(self.values))[::-1]
+
+    def to_state(self) -> dict:
+        return {"spans": [list(s) for s in self.spans], "n_train": self.n_train,
+                "values": None if self.values is None else [torch.from_numpy(v) for v in self.values],
+                "vectors": self.vectors}
+
+    @classmethod
+    def from_state(cls, state: dict) -> TrainBasis:
+        values = state["values"]
+        return cls([tuple(s) for s in state["spans"]],
+                   None if values is None else [v.numpy() for v in values],
+                   state["vectors"], state["n_train"])
+
+
+@dataclass
+class _Block:
+    """One diagonal block of R⁻¹ = W − W Yᵀ M⁻¹ Y W (Y, M absent without R_eval)."""
+
+    off: int
+    size: int
+    w: torch.Tensor  # [size] float32, the diagonal of W
+    yw: torch.Tensor | None = None  # [T, size] float32, Y W
+    m_inv: torch.Tensor | None = None  # [T, T] float32
+    scale: float = 0.0  # T / λ
+
+
+@dataclass
+class TaskWhitening:
+    """R⁻¹ for one task (a set of query examples defining R_eval, or none), in R_train's basis.
+
+    Build it with :meth:`fit`; score with :meth:`scorer`.
+    """
+
+    mode: str
+    dim: int
+    blocks: list[_Block] = field(repr=False)
+    lam: float | None = None
+    k: int | None = None
+    damping: float | None = None
+    n_train: int = 0
+    n_eval: int = 0
+    normalize: bool = True
+    """Cosines (TrackStar); ``False``: plain products ``qᵀ R⁻¹ p`` (stored rows then keep
+    their scale)."""
+
+    @classmethod
+    def fit(cls, basis: TrainBasis, mode: str, y: torch.Tensor | None = None,
+            damping: float = 10.0, lam: float | None = None, k: int | None = None,
+            normalize: bool = True) -> TaskWhitening:
+        """R⁻¹ for ``mode`` (``none`` / ``train`` / ``mixed``); ``y``: the task's query
+        projections rotated into ``basis`` (``[T, d]``, needed by ``mixed``); λ automatic unless
+        given, as in :func:`factrace.encode.hessian.decompose`."""
+        dim = basis.dim
+        if mode == "none" or basis.is_identity:
+            if mode != "none":
+                raise FactraceError(f"--hessian {mode} needs R_train; this encoder has none")
+            return cls("none", dim, [_Block(0, dim, torch.ones(dim))], normalize=normalize)
+        n_eval = 0
+        if mode == "train":
+            lam, k = 0.0, None
+        elif mode == "mixed":
+            if y is None or y.shape[0] == 0:
+                raise FactraceError("--hessian mixed needs queries for R_eval")
+            y = y.double().cpu()
+            n_eval = y.shape[0]
+            grams = [y[:, off:off + size] @ y[:, off:off + size].T / n_eval
+                     for off, size in basis.spans]
+            if lam is None:
+                k = default_k(dim, basis.n_train, n_eval) if k is None else k
+                k = min(k, dim - 1)
+                eval_values = np.concatenate([np.clip(np.linalg.eigvalsh(g.numpy()), 0.0, None)
+                                              for g in grams])
+                sigma_eval = np.zeros(dim)
+                sigma_eval[:eval_values.size] = np.sort(eval_values)[::-1][:dim]
+                lam = auto_lambda(basis.spectrum(), sigma_eval, k)
+        else:
+            raise FactraceError(f"unknown hessian mode {mode!r}")
+        blocks = []
+        for i, (off, size) in enumerate(basis.spans):
+            s = basis.values[i]
+            trace = (1 - lam) * float(s.sum())
+            if n_eval:
+                yb = y[:, off:off + size]
+                trace += lam * float((yb * yb).sum()) / n_eval
+            shift = damping * trace / size
+            diag = (1 - lam) * s + shift
+            if np.any(diag <= 0):
+                raise FactraceError("R is singular and damping is 0: set --damping > 0")
+            w = torch.from_numpy(1.0 / diag)
+            block = _Block(off, size, w.float())
+            if n_eval and lam > 0:
+                yw = yb * w
+                m = yw @ yb.T + (n_eval / lam) * torch.eye(n_eval, dtype=torch.float64)
+                block.yw, block.scale = yw.float(), n_eval / lam
+                block.m_inv = torch.linalg.inv((m + m.T) / 2).float()
+            blocks.append(block)
+        return cls(mode, dim, blocks, lam if mode == "mixed" else None, k, damping,
+                   basis.n_train, n_eval, normalize)
+
+    # R⁻¹ applied ------------------------------------------------------------------------------
+    def apply_inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """``R⁻¹ x`` for rows ``x`` ``[n, d]`` (rotated coordinates)."""
+        x = x.float()
+        out = torch.empty_like(x)
+        for b in self.blocks:
+            xb = x[:, b.off:b.off + b.size]
+            u = xb * b.w
+            if b.yw is not None:
+                u = u - ((xb @ b.yw.T) @ b.m_inv) @ b.yw
+            out[:, b.off:b.off + b.size] = u
+        return out
+
+    def norms(self, rows: torch.Tensor) -> torch.Tensor:
+        """``sqrt(xᵀ R⁻¹ x)`` of each row ``[n]`` (a training example's ‖R^{-1/2} p‖)."""
+        return self._norms_and_products(rows)[0]
+
+    def _norms_and_products(self, rows: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Row norms, and per block ``M⁻¹ Y W xᵀ`` ``[T, n]`` (reused by own-query scores)."""
+        rows = rows.float()
+        sq = torch.zeros(rows.shape[0])
+        products = []
+        for b in self.blocks:
+            xb = rows[:, b.off:b.off + b.size]
+            sq += (xb * xb) @ b.w
+            if b.yw is not None:
+                z = b.yw @ xb.T  # [T, n]
+                mz = b.m_inv @ z
+                sq -= (z * mz).sum(0)
+                products.append((b, mz))
+        return sq.clamp(min=0).sqrt(), products
+
+    # scoring ----------------------------------------------------------------------------------
+    def scorer(self, queries: torch.Tensor, own: bool = False,
+               row_norms: np.ndarray | None = None) -> TaskScorer:
+        """A scorer of stored rows against ``queries`` (rotated, ``[Q, d]``).
+
+        ``own``: the queries are this task's own (the Y of R_eval, in order), so their products
+        with the rows are read off the row-norm computation (one T-sized product per block
+        instead of a Q-sized one). ``row_norms``: the rows' norms under this task, computed
+        before (``[n_rows]``), so that only ``R⁻¹q · row`` remains per chunk.
+        """
+        queries = queries.float()
+        u = self.apply_inverse(queries)
+        qn = (u * queries).sum(1).clamp(min=0).sqrt()
+        if own and (self.n_eval != queries.shape[0] or not any(
+                b.yw is not None for b in self.blocks)):
+            own = False
+        return TaskScorer(self, u, qn, own, row_norms)
+
+    def describe(self) -> dict:
+        return {"hessian": self.mode, "lambda": self.lam, "lambda_k": self.k,
+                "damping": self.damping, "blocks": len(self.blocks),
+                "train_examples": self.n_train, "eval_examples": self.n_eval}
+
+
+class TaskScorer:
+    """Cosines of whitened projections: ``score(rows, start)`` → ``[Q, n]`` for stored rows
+    ``rows`` (rotated, unit norm, ``[n, d]``) whose first has global index ``start``."""
+
+    def __init__(self, task: TaskWhitening, u: torch.Tensor, qn: torch.Tensor, own: bool,
+                 row_norms: np.ndarray | None):
+        self.task, self.u, self.qn, self.own = task, u, qn.clamp(min=1e-30), own
+        self.row_norms = None if row_norms is None else torch.from_numpy(
+            np.asarray(row_norms, dtype=np.float32))
+
+    @property
+    def n_queries(self) -> int:
+        return self.u.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.u.shape[1]
+
+    def __call__(self, rows: torch.Tensor, start: int = 0) -> torch.Tensor:
+        rows = rows.float()
+        if not self.task.normalize:
+            return self.u @ rows.T
+        if self.row_norms is not None:
+            rn = torch.ones(rows.shape[0])  # rows past the end are padding
+            known = self.row_norms[start:start + rows.shape[0]]
+            rn[:known.shape[0]] = known
+            num = self.u @ rows.T
+        elif self.own:
+            rn, products = self.task._norms_and_products(rows)
+            num = torch.zeros(self.n_queries, rows.shape[0])
+            for b, mz in products:
+                num += b.scale * mz
+            # blocks without R_eval (none here: a task's R_eval spans every block)
+        else:
+            rn, _ = self.task._norms_and_products(rows)
+            num = self.u @ rows.T
+        return num / self.qn[:, None] / rn.clamp(min=1e-30)[None, :]
