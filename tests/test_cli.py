@@ -294,6 +294,7 @@ def test_overwrite_replaces_an_existing_output(world, tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 6
 
 
+@pytest.mark.slow  # builds stores through the CLI
 def test_index_build_overwrite_replaces_the_store(world, tmp_path):
     store = tmp_path / "store"
     argv = ["index", "build", "--model", world["model"], "--optimizer-state", world["optimizer"],
@@ -304,6 +305,7 @@ def test_index_build_overwrite_replaces_the_store(world, tmp_path):
     assert json.loads((store / "manifest.json").read_text())["dim"] == 128
 
 
+@pytest.mark.slow  # builds stores through the CLI
 def test_store_records_absolute_paths_and_trace_accepts_model_elsewhere(world, tmp_path, capsys,
                                                                        monkeypatch):
     import shutil
