@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,3 +21,27 @@ def world(tmp_path_factory):
     return {"root": root, "corpus": str(root / "corpus.jsonl"),
             "queries": str(root / "queries.jsonl"), "model": str(model),
             "optimizer": str(model / "optimizer.pt"), "rows": rows}
+
+
+@pytest.fixture(scope="session")
+def store(world, tmp_path_factory):
+    """One encoding store of the world corpus (TrackStar, d = 256, 4 shards of 16 rows), built
+    once; its ``IndexConfig`` is returned. Read it only: a test that alters a store works on
+    ``store_copy``."""
+    from factrace.config import variant_config
+    from factrace.run.index import IndexConfig, build_index
+
+    cfg = IndexConfig(model=world["model"], corpus=world["corpus"],
+                      out=str(tmp_path_factory.mktemp("store") / "store"),
+                      queries=world["queries"], optimizer_state=world["optimizer"],
+                      encoder=variant_config("trackstar", dim=256, train_examples=40,
+                                             batch_tokens=512),
+                      shard_rows=16, progress=False)
+    build_index(cfg)
+    return cfg
+
+
+@pytest.fixture
+def store_copy(store, tmp_path) -> Path:
+    """A copy of the shared store, this test's own to alter."""
+    return Path(shutil.copytree(store.out, tmp_path / "store"))

@@ -54,19 +54,100 @@ def test_fixed_and_cpu_budgets_do_not_move():
         TokenBudget(CPU, 0)
 
 
+def _largest_fitting(memory, limit):
+    """The most tokens whose batch peaks within ``limit`` bytes on the fake device (bisection
+    on the device itself, not on the budget's arithmetic)."""
+    def fits(tokens):
+        memory.tokens = tokens
+        return memory.peak() <= limit
+
+    low, high = 0, 1
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
+def _batches(budget, memory, n):
+    """Run ``n`` batches of the budget's size; each one's (tokens, peak bytes)."""
+    seen = []
+    for _ in range(n):
+        tokens = budget()
+        _run(budget, memory, tokens)
+        seen.append((tokens, memory.peak()))
+    return seen
+
+
 def test_automatic_budget_grows_to_fill_the_device_at_most_doubling():
     memory = FakeMemory(base=10_000, per_token=1_000, usable=200_000_000)
     budget = TokenBudget(torch.device("cuda"), memory=memory, fill=0.5)
-    fits = int((0.5 * memory.usable_bytes - memory.base) / memory.per_token)
-    seen = [budget()]
-    for _ in range(8):
-        _run(budget, memory, budget())
-        seen.append(budget())
-    for before, after in zip(seen[:-1], seen[1:], strict=True):
-        assert after == min(2 * before, fits)
-    assert seen[-1] == fits
-    # the peak memory per token actually used never exceeds the share of the device allowed
-    assert memory.base + memory.per_token * seen[-1] <= 0.5 * memory.usable_bytes
+    limit = 0.5 * memory.usable_bytes
+    largest = _largest_fitting(memory, limit)
+    assert largest > 8 * START_TOKENS  # room to grow over several batches
+    seen = _batches(budget, memory, 12)
+    sizes = [tokens for tokens, _ in seen]
+    assert sizes[0] == START_TOKENS
+    assert all(peak <= limit for _, peak in seen)  # no batch ever takes more than its share
+    for before, after in zip(sizes[:-1], sizes[1:], strict=True):
+        assert before <= after <= 2 * before  # grows, at most doubling per batch
+    assert sizes[-1] == sizes[-2] == largest  # then fills the share, and stays there
+
+
+def test_automatic_budget_keeps_the_costliest_tokens_seen():
+    """Tokens cost more in some batches (longer rows): the budget is sized for the dearest."""
+    class Uneven(FakeMemory):
+        def __init__(self, costs, **kwargs):
+            super().__init__(**kwargs)
+            self.costs = iter(costs)
+
+        def start(self):
+            self.per_token = next(self.costs)
+            return self.base
+
+    memory = Uneven([1_000, 3_000] + [1_000] * 10, base=0, per_token=1_000, usable=10**9)
+    budget = TokenBudget(torch.device("cuda"), memory=memory, fill=0.5)
+    seen = _batches(budget, memory, 12)
+    dearest = FakeMemory(base=0, per_token=3_000, usable=10**9)
+    largest = _largest_fitting(dearest, 0.5 * memory.usable_bytes)
+    assert [tokens for tokens, _ in seen][-1] == largest
+    assert all(3_000 * tokens <= 0.5 * memory.usable_bytes for tokens, _ in seen[2:])
+
+
+def test_automatic_budget_shrinks_when_the_device_fills_up():
+    """Another process takes memory: the next batch still fits in the share of what is left."""
+    memory = FakeMemory(base=1_000, per_token=100, usable=10**9)
+    budget = TokenBudget(torch.device("cuda"), memory=memory, fill=0.5)
+    _batches(budget, memory, 20)
+    full = budget()
+    memory.usable_bytes //= 8
+    _batches(budget, memory, 1)
+    assert budget() < full
+    tokens, peak = _batches(budget, memory, 1)[0]
+    assert peak <= 0.5 * memory.usable_bytes
+    assert tokens == _largest_fitting(memory, 0.5 * memory.usable_bytes)
+
+
+def test_encoder_batches_stay_within_a_fixed_budget():
+    loaded = tiny_loaded("llama")
+    enc = Encoder(loaded, EncoderConfig(dim=64, hessian="none", second_moment="none",
+                                        batch_tokens=48))
+    passages = [Passage(f"p{i}", "ab " * (i % 5) + "c") for i in range(20)]
+    passages.append(Passage("long", "x" * 60))  # longer than the budget: a batch of its own
+    widths = []
+    handle = loaded.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    try:
+        ids, _ = enc.encode_passages(passages)
+    finally:
+        handle.remove()
+    assert sorted(ids) == sorted(p.id for p in passages)
+    assert sum(rows for rows, _ in widths) == len(passages)
+    assert len(widths) > 2 and (1, 61) in widths
+    for rows, width in widths:
+        assert rows * width <= 48 or rows == 1
 
 
 def test_out_of_memory_lowers_the_ceiling_for_good():

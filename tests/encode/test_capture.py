@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from reference import reference_projection
 
 import factrace.model.attention as attention
 from factrace.config import EncoderConfig
 from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
 from factrace.model.optimizer_state import OptimizerState, ParamMoment
+from reference import reference_projection
 from tiny import ARCHITECTURES, tiny_loaded
 
 PASSAGES = [Passage("a", "the cat sat on the mat"), Passage("b", "dogs"),

@@ -1,5 +1,6 @@
 """A torch.compile'd forward gives the encodings of the eager model (hooks stay eager)."""
 
+import pytest
 import torch
 from test_capture import PASSAGES, QUERIES
 
@@ -8,6 +9,7 @@ from factrace.encode.encoder import Encoder
 from tiny import tiny_loaded
 
 
+@pytest.mark.slow  # torch.compile's code generation: about a minute on a small CPU
 def test_compiled_forward_gives_the_same_encodings():
     loaded = tiny_loaded("llama")
     out = {}

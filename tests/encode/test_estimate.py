@@ -1,12 +1,12 @@
 """`estimate` mode: V from mean squared per-example gradients, with no optimizer state."""
 
 import torch
-from reference import autograd_gradient
 from test_capture import PASSAGES
 
 from factrace.config import EncoderConfig
 from factrace.encode.encoder import Encoder
 from factrace.encode.second_moment import factored_from_sums
+from reference import autograd_gradient
 from tiny import tiny_loaded
 
 

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from reference import autograd_gradient
 from test_capture import PASSAGES, QUERIES, correction_fn, random_state, rel_err
 
 from factrace.config import EncoderConfig
 from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceError
+from reference import autograd_gradient
 from tiny import tiny_loaded
 
 

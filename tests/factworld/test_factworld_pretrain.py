@@ -40,6 +40,7 @@ def trained(tmp_path_factory):
     return files, out
 
 
+@pytest.mark.slow
 def test_model_directory_loads_with_auto_classes(trained):
     files, out = trained
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -57,6 +58,7 @@ def test_model_directory_loads_with_auto_classes(trained):
     assert not list(out.parent.glob(".model.*"))
 
 
+@pytest.mark.slow
 def test_optimizer_state_follows_the_trainer_convention(trained):
     _, out = trained
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -96,6 +98,7 @@ def test_build_optimizer_groups_are_decay_then_no_decay_in_named_order():
     assert "lm_head.weight" in group_names[0]
 
 
+@pytest.mark.slow
 def test_train_info_records_the_run(trained):
     files, out = trained
     info = json.loads((out / "train_info.json").read_text())
@@ -119,6 +122,7 @@ def test_train_info_records_the_run(trained):
     )
 
 
+@pytest.mark.slow
 def test_second_call_returns_the_cached_directory(trained, monkeypatch):
     files, out = trained
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -138,6 +142,7 @@ def test_second_call_returns_the_cached_directory(trained, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     files = generate_world(tmp_path / "world", WorldConfig(n_passages=40, n_queries=5))
 
@@ -171,6 +176,7 @@ def test_learning_rate_schedule():
     assert lrs[54] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 44 / 89)))
 
 
+@pytest.mark.slow
 def test_greedy_hits_agree_with_step_by_step_greedy_decoding(trained):
     _, out = trained
     model = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -196,6 +202,7 @@ def test_greedy_hits_agree_with_step_by_step_greedy_decoding(trained):
     assert hits == [q.id.startswith("hit") for q in queries]
 
 
+@pytest.mark.slow
 def test_a_run_from_other_inputs_is_replaced(tmp_path):
     files = generate_world(tmp_path / "world", WorldConfig(n_passages=40, n_queries=5))
     out = pretrain(files.corpus, None, tmp_path / "model", TINY, progress=False)

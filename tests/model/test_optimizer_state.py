@@ -9,6 +9,7 @@ from factrace.data.records import Passage
 from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceError
 from factrace.model.optimizer_state import load_optimizer_state, restore_adamw
+from reference import reference_projection
 from tiny import tiny_loaded, tiny_model
 
 
@@ -72,19 +73,98 @@ def test_safetensors_by_name(tmp_path):
     torch.testing.assert_close(state[name].exp_avg_sq, tensors[name + ".exp_avg_sq"])
 
 
-def test_adafactor_factored_state(tmp_path):
-    model = tiny_model("llama")
-    opt = torch.optim.Adafactor(model.parameters(), lr=1e-2)
-    _train(model, opt)
-    torch.save(opt.state_dict(), tmp_path / "ada.pt")
+def _known_v(model, seed=0) -> dict[str, torch.Tensor]:
+    """A known second moment V of every parameter, in the parameter's own layout. The weights'
+    V is rank one (outer product of uneven positive row and column profiles), so Adafactor's
+    factored state describes it exactly and its correction must be exactly 1/sqrt(V)."""
+    g = torch.Generator().manual_seed(seed)
+    vs = {}
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            rows = torch.rand(p.shape[0], 1, generator=g, dtype=torch.float64) * 4 + 0.25
+            cols = torch.rand(1, p.shape[1], generator=g, dtype=torch.float64) * 4 + 0.25
+            vs[name] = (rows * cols * 1e-5).float()
+        else:
+            vs[name] = (torch.rand(p.shape, generator=g) + 0.5) * 1e-5
+    return vs
+
+
+def _by_hand(model, vs, kind) -> dict[int, dict]:
+    """Adafactor's state of V, built by hand: row = mean over the last dimension, col = mean over
+    the second-to-last (transformers: ``exp_avg_sq_row [R]``/``exp_avg_sq_col [C]``; torch:
+    ``row_var [R, 1]``/``col_var [1, C]``), each in the parameter's layout."""
+    state = {}
+    for i, (name, p) in enumerate(model.named_parameters()):
+        v = vs[name]
+        if p.dim() < 2:
+            state[i] = {"exp_avg_sq" if kind == "transformers" else "variance": v}
+        elif kind == "transformers":
+            state[i] = {"exp_avg_sq_row": v.mean(dim=-1), "exp_avg_sq_col": v.mean(dim=-2)}
+        else:
+            state[i] = {"row_var": v.mean(dim=-1, keepdim=True),
+                        "col_var": v.mean(dim=-2, keepdim=True)}
+    return state
+
+
+def _adafactor_after_one_step(model, vs, kind):
+    """The optimizer itself, one step with gradient sqrt(V): at step 1 both Adafactors keep the
+    first squared gradient as it is (β2 = 0), so their state is the factored V."""
+    from transformers.optimization import Adafactor
+
+    if kind == "transformers":
+        opt = Adafactor(model.parameters(), lr=1e-3, relative_step=False, scale_parameter=False)
+    else:
+        opt = torch.optim.Adafactor(model.parameters(), lr=1e-3)
+    for name, p in model.named_parameters():
+        p.grad = vs[name].sqrt()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+@pytest.mark.parametrize("kind", ["transformers", "torch"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # gpt2: Conv1D, weight stored [d_in, d_out]
+def test_adafactor_state_corrects_by_its_second_moment(tmp_path, arch, kind):
+    model = tiny_model(arch)
+    vs = _known_v(model)
+    opt = _adafactor_after_one_step(model, vs, kind)
+    saved = opt.state_dict()
+    hand = _by_hand(model, vs, kind)
+    for i, entry in hand.items():  # our reading of the state convention is the optimizer's
+        for key, want in entry.items():
+            torch.testing.assert_close(saved["state"][i][key], want, rtol=1e-5, atol=0)
+    torch.save(saved, tmp_path / "ada.pt")
     state = load_optimizer_state(tmp_path / "ada.pt", model)
-    m = state["model.layers.0.mlp.down_proj.weight"]
-    assert m.row is not None and m.col is not None and m.exp_avg_sq is None
-    loaded = tiny_loaded("llama")
+
+    loaded = tiny_loaded(arch)
     loaded.model.load_state_dict(model.state_dict())
-    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="adafactor", hessian="none"), state)
-    _, psi = enc.encode_passages([Passage("a", "some text here")])
-    assert torch.isfinite(psi).all()
+    config = EncoderConfig(dim=64, second_moment="adafactor", hessian="none", normalize=False,
+                           batch_tokens=10_000)
+    enc = Encoder(loaded, config, state)
+    canonical_v = {tm.name: (vs[tm.param_name].t() if tm.transposed else vs[tm.param_name])
+                   for tm in enc.tracked}
+    assert any(tm.transposed for tm in enc.tracked) == (arch == "gpt2")
+    for tm in enc.tracked:
+        moment = state[tm.param_name]
+        assert moment.row is not None and moment.col is not None and moment.exp_avg_sq is None
+        corr = enc._corrections[tm.name]
+        want = canonical_v[tm.name].double().rsqrt()
+        got = torch.outer(corr.row.double(), corr.col.double())
+        assert got.shape == want.shape == (tm.d_out, tm.d_in), tm.name
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=0, msg=tm.name)
+
+    # and through the encoder: P · (G / sqrt(V)) from autograd, one example at a time
+    def correct(name, g):
+        return g / canonical_v[name].double().sqrt()
+
+    examples = list(enc.tokenize_passages([Passage("a", "some text here"),
+                                           Passage("b", "another, longer passage of text")]))
+    got = {}
+    for ids, p in enc.project(examples):
+        got.update(zip(ids, p.double(), strict=True))
+    for example in examples:
+        want = reference_projection(enc, example, correct)
+        assert float((got[example.id] - want).norm() / want.norm()) < 1e-4, example.id
     with pytest.raises(FactraceError, match="exp_avg_sq"):
         Encoder(loaded, EncoderConfig(dim=64, second_moment="factored", hessian="none"), state)
 

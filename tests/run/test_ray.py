@@ -1,11 +1,13 @@
 """--engine ray on a local two-worker Ray gives rankings identical to the local engine."""
 
+import pytest
 import torch
 
 from factrace.config import variant_config
 from factrace.run.scan import ScanConfig, scan
 
 
+@pytest.mark.slow  # starts a local Ray cluster and scans twice
 def test_ray_two_workers_equals_local(world):
     enc = variant_config("trackstar", dim=256, train_examples=40, batch_tokens=512)
     common = dict(model=world["model"], corpus=world["corpus"], queries=world["queries"],
