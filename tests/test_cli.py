@@ -387,3 +387,46 @@ def test_exact_projection_with_r_is_refused_before_any_work(world, tmp_path, cap
     code, out = _scan(world, tmp_path, extra=["--projection", "exact", "--dim", "64"])
     assert code == 2 and "--projection exact" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_index_commands_build_without_queries_add_tasks_grow_and_verify(world, tmp_path, capsys):
+    rows = [json.loads(line) for line in open(world["corpus"])]
+    first = _write(tmp_path / "a.jsonl", [json.dumps(r) for r in rows[:40]])
+    second = _write(tmp_path / "b.jsonl", [json.dumps(r) for r in rows[40:]])
+    store = str(tmp_path / "store")
+    assert main(["index", "build", "--model", world["model"], "--optimizer-state",
+                 world["optimizer"], "--corpus", str(first), "--out", store, *FAST]) == 0
+    assert main(["index", "task", "add", "--index", store, "--queries", world["queries"],
+                 "--name", "facts", "-q"]) == 0
+    assert main(["index", "add", "--index", store, "--corpus", str(second), "-q"]) == 0
+    assert main(["index", "verify", "--index", store]) == 0
+    assert "rows verified" in capsys.readouterr().out
+    out = tmp_path / "t.jsonl"
+    assert main(["trace", "--index", store, "--queries", world["queries"], "--out", str(out),
+                 "--task", "facts", "-q"]) == 0
+    meta = json.loads(Path(str(out) + ".meta.json").read_text())
+    assert meta["whitening"]["r_eval"] == "task facts"
+    traced = {i.split("#")[0] for line in open(out) for i in json.loads(line)["doc_ids"]}
+    assert traced <= {r["id"] for r in rows}
+    # bad input: a task that does not exist; a second addition of the same passages
+    capsys.readouterr()
+    assert main(["trace", "--index", store, "--queries", world["queries"], "--out",
+                 str(tmp_path / "u.jsonl"), "--task", "nope", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no task 'nope'" in err
+    assert not (tmp_path / "u.jsonl").exists()
+    assert main(["index", "add", "--index", store, "--corpus", str(second), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already in the store" in err
+
+
+def test_a_second_writer_of_a_store_exits_2_at_once(world, tmp_path, capsys):
+    from factrace.search.lock import write_lock
+
+    store = tmp_path / "store"
+    with write_lock(store):
+        code = main(["index", "build", "--model", world["model"], "--optimizer-state",
+                     world["optimizer"], "--corpus", world["corpus"], "--out", str(store), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "being written by process" in err
+    assert [p.name for p in store.iterdir()] == [".write.lock"]

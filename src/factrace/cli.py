@@ -26,7 +26,8 @@ app.add_typer(index_app, name="index")
 # Encoder options, shared by every command that encodes (None = the variant's default).
 Variant = Annotated[str, typer.Option(help="grad-dot | grad-cos | grad-cos+opt | "
                                       "trackstar-train | trackstar | trackstar-paper (η = 0.1)")]
-Dim = Annotated[int | None, typer.Option(help="Projection dimension (default 2^14 CPU, 2^16 CUDA).")]
+Dim = Annotated[int | None, typer.Option(help="Projection dimension (default 2^16; on CPU at "
+                                          "most 4096 per block: 2^14 for a 2-layer model).")]
 Layout = Annotated[str | None, typer.Option(help="layers | modules")]
 LayerGroups = Annotated[int | None, typer.Option(
     "--layer-groups", help="Contiguous layer groups of the layers layout (each gives an "

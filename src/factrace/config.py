@@ -30,7 +30,8 @@ class EncoderConfig:
     variant: str = "trackstar"
     """Name of the ladder step these settings came from (informational once built)."""
     dim: int | None = None
-    """Projection dimension d = Σ_k a_k·b_k; ``None`` → 2^14 on CPU, 2^16 on CUDA (with
+    """Projection dimension d = Σ_k a_k·b_k; ``None`` → 2^16 (on CPU at most 4096 per
+    projection block: 2^14 for a 2-layer model's 4 blocks, 2^16 from 8 layers on; with
     ``projection="exact"``: the number of tracked weights, and it may not be set)."""
     projection: str = "kronecker"
     """``kronecker``: seeded two-sided Gaussian projection into d dimensions; ``exact``: no

@@ -102,11 +102,17 @@ def test_factor_pair_aspect():
             assert a * b == m
 
 
-def test_default_dim_fits_every_layout():
+@pytest.mark.parametrize("n_blocks", [1, 4, 6, 14, 16, 60, 1 << 15])
+@pytest.mark.parametrize("max_block", [None, 4096])
+def test_default_dim_fits_every_layout(n_blocks, max_block):
     from factrace.encode.projection import default_dim
-    assert default_dim(14, 1 << 14) == 14 * 1170
-    assert default_dim(16, 1 << 14) == 1 << 14
-    assert default_dim(1 << 15, 1 << 14) == 1 << 15  # at least one dimension per block
+    d = default_dim(n_blocks, 1 << 16, max_block)
+    assert d % n_blocks == 0 and d >= n_blocks  # at least one dimension per block
+    per_block = d // n_blocks
+    if n_blocks <= 1 << 16:
+        assert d <= 1 << 16 and d + n_blocks > min(1 << 16, n_blocks * (max_block or 1 << 16))
+    if max_block is not None:
+        assert per_block <= max(max_block, 1)
 
 
 def test_encoder_default_dim_rounds_to_the_blocks():
@@ -116,5 +122,8 @@ def test_encoder_default_dim_rounds_to_the_blocks():
 
     enc = Encoder(tiny_loaded("llama"), EncoderConfig(layout="modules", hessian="none",
                                                       second_moment="none"))
-    assert len(enc.blocks) == 14 and enc.dim == 14 * (16384 // 14)
+    # on a CPU at most 4096 dimensions per block: 14 × 4096 (not 2^16 / 14 = 4681 per block)
+    assert len(enc.blocks) == 14 and enc.dim == 14 * 4096
+    layers = Encoder(tiny_loaded("llama"), EncoderConfig(hessian="none", second_moment="none"))
+    assert len(layers.blocks) == 4 and layers.dim == 1 << 14
     assert sum(b.size for b in enc.blocks) == enc.dim

@@ -22,7 +22,7 @@ from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize
 from factrace.encode.budget import TokenBudget
 from factrace.encode.capture import GradientSquares, ProjectedGradients
 from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
-from factrace.encode.projection import exact_blocks, plan_blocks
+from factrace.encode.projection import CPU_MAX_BLOCK, exact_blocks, plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
 from factrace.encode.state import EncoderState
 from factrace.encode.whitening import TaskWhitening, TrainBasis
@@ -74,7 +74,8 @@ class Encoder:
         else:
             c = self.config
             self.blocks = plan_blocks(self.tracked, c.dim, c.layout, c.layer_groups, c.aspect,
-                                      target=1 << 16 if self.device.type == "cuda" else 1 << 14)
+                                      target=1 << 16,
+                                      max_block=None if self.device.type == "cuda" else CPU_MAX_BLOCK)
             self.dim = sum(b.size for b in self.blocks)
         self.optimizer_state = optimizer_state
         self.second_moment_note = self.config.second_moment

@@ -80,21 +80,32 @@ def module_groups(tracked: list[TrackedModule], layout: str = "layers",
     return list(groups.items())
 
 
-def default_dim(n_blocks: int, target: int) -> int:
-    """The largest multiple of ``n_blocks`` not above ``target`` (at least one per block)."""
-    return n_blocks * max(1, target // n_blocks)
+#: Default d on a CPU: up to 2^16 (the paper's d), at most this many dimensions per block, so
+#: that R_train's eigendecomposition per block stays cheap (a float64 eigh of 4096 takes
+#: seconds here, of 8192 about a minute) and small models, whose projection costs the most
+#: per weight, keep small blocks. Real models (≥ 8 layers: ≥ 16 blocks) get 2^16.
+CPU_TARGET, CPU_MAX_BLOCK = 1 << 16, 4096
+
+
+def default_dim(n_blocks: int, target: int, max_block: int | None = None) -> int:
+    """The largest multiple of ``n_blocks`` not above ``target``, with at most ``max_block``
+    dimensions per block (at least one per block)."""
+    per_block = target // n_blocks
+    if max_block is not None:
+        per_block = min(per_block, max_block)
+    return n_blocks * max(1, per_block)
 
 
 def plan_blocks(
     tracked: list[TrackedModule], dim: int | None, layout: str = "layers", layer_groups: int = 8,
-    aspect: float = 1.0, target: int = 1 << 14,
+    aspect: float = 1.0, target: int = CPU_TARGET, max_block: int | None = CPU_MAX_BLOCK,
 ) -> list[Block]:
     """Partition tracked modules into blocks of equal size ``dim / n_blocks``, each of
     ``a × b`` with ``a/b ≈ aspect`` (:func:`module_groups` says which modules share a block).
-    ``dim=None``: :func:`default_dim` of ``target``."""
+    ``dim=None``: :func:`default_dim` of ``target`` and ``max_block``."""
     groups = module_groups(tracked, layout, layer_groups)
     if dim is None:
-        dim = default_dim(len(groups), target)
+        dim = default_dim(len(groups), target, max_block)
     if dim % len(groups):
         raise FactraceError(
             f"--dim {dim} is not divisible by the {len(groups)} projection blocks of layout "

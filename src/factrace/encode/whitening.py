@@ -200,11 +200,14 @@ class TaskWhitening:
     def _norms_and_products(self, rows: torch.Tensor) -> tuple[torch.Tensor, list]:
         """Row norms, and per block ``M⁻¹ Y W xᵀ`` ``[T, n]`` (reused by own-query scores)."""
         rows = rows.float()
-        sq = torch.zeros(rows.shape[0])
+        if not hasattr(self, "_w"):
+            self._w = torch.zeros(self.dim)  # W's diagonal over every block
+            for b in self.blocks:
+                self._w[b.off:b.off + b.size] = b.w
+        sq = rows.square() @ self._w
         products = []
         for b in self.blocks:
             xb = rows[:, b.off:b.off + b.size]
-            sq += (xb * xb) @ b.w
             if b.yw is not None:
                 z = b.yw @ xb.T  # [T, n]
                 mz = b.m_inv @ z

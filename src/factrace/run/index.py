@@ -113,6 +113,12 @@ def _earlier_build(path: Path, corpus: str, n_rows: int) -> dict | None:
     return manifest
 
 
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("factrace")
+
+
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(message, file=sys.stderr, flush=True)
@@ -160,7 +166,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
             config = {"encoder": encoder.metadata(), "model": absolute(cfg.model),
                       "optimizer_state": absolute(cfg.optimizer_state),
                       "corpus": absolute(cfg.corpus), "corpus_rows": info.n_rows,
-                      "shard_rows": rows, "fit": record}
+                      "shard_rows": rows, "fit": record, "factrace": _version()}
             if cfg.overwrite and path.is_dir():
                 for child in path.iterdir():
                     if child.name != mf.LOCK:
@@ -256,12 +262,10 @@ def _add_task(store: EncodingStore, encoder: Encoder, queries, name: str, source
         "norms": f"{TASKS_DIR}/{name}.norms.npy",
         "norms_sha256": _save_bytes(folder / f"{name}.norms.npy", _npy_bytes(norms)),
     }
-    manifest = mf.read_manifest(store.path)
-    manifest.setdefault("tasks", {})[name] = entry
-    if default or not manifest.get("default_task"):
-        manifest["default_task"] = name
-    mf.write_manifest(store.path, manifest)
-    store._manifest = manifest
+    tasks = {**store.manifest.get("tasks", {}), name: entry}
+    store.record("tasks", tasks)
+    if default or not store.manifest.get("default_task"):
+        store.record("default_task", name)
     return entry
 
 

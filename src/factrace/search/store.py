@@ -304,6 +304,12 @@ class EncodingStore:
         for index in range(self.n_shards):
             yield self.shard_ids(index), self.shard_encodings(index)
 
+    def record(self, key: str, value: Any) -> None:
+        """Record ``value`` (JSON-able) under ``key`` of the manifest, on disk now (the caller
+        holds the store's write lock)."""
+        self._manifest[key] = json.loads(json.dumps(value))
+        mf.write_manifest(self.path, self._manifest)
+
     def record_approx(self, entry: Mapping[str, Any] | None) -> None:
         """Record (or with None, forget) an approximate index saved in the store directory."""
         if entry is None:
