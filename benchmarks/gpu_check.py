@@ -35,7 +35,7 @@ def encode(model, tokenizer, passages, device, dtype, state):
     budgets = []
     ids, psi = [], []
     for batch_ids, p in enc.encode(enc.tokenize_passages(passages)):
-        budgets.append(enc.budget())
+        budgets.append(enc.budget()())
         ids += batch_ids
         psi.append(p.float().cpu())
     order = {i: n for n, i in enumerate(ids)}

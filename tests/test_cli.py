@@ -430,3 +430,28 @@ def test_a_second_writer_of_a_store_exits_2_at_once(world, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "being written by process" in err
     assert [p.name for p in store.iterdir()] == [".write.lock"]
+
+
+def test_every_encoder_option_reaches_the_configuration(world, tmp_path, capsys):
+    from factrace.cli import ENCODER_OPTIONS
+    from factrace.config import EncoderConfig
+
+    # every field that changes ψ (the fingerprinted ones) has an option, declared once
+    fields = set(EncoderConfig.__dataclass_fields__) - {"extra", "normalize", "overflow",
+                                                        "compile", "variant"}
+    named = {name.rstrip("_") if name != "lambda_" else name for name in ENCODER_OPTIONS}
+    assert fields <= named | {"include", "exclude"}, fields - named
+    code, out = _scan(world, tmp_path, extra=["--lambda-k", "3", "--estimate-examples", "7",
+                                              "--epsilon", "1e-6", "--aspect", "2",
+                                              "--loss-reduction", "mean", "--threads", "1"])
+    assert code == 0
+    config = json.loads(Path(str(out) + ".meta.json").read_text())["encoder"]["config"]
+    assert (config["lambda_k"], config["estimate_examples"], config["epsilon"],
+            config["aspect"], config["loss_reduction"]) == (3, 7, 1e-6, 2.0, "mean")
+
+
+def test_threads_below_one_is_a_one_line_error(world, tmp_path, capsys):
+    code, out = _scan(world, tmp_path, extra=["--threads", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "factrace: error: --threads must be at least 1, got 0"
+    assert not out.exists()

@@ -7,8 +7,10 @@ warnings for the user (:class:`~factrace.errors.FactraceWarning`) print one line
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -76,18 +78,82 @@ OptState = Annotated[str | None, typer.Option(
     "--optimizer-state", help="optimizer.pt / state_dict / safetensors of exp_avg_sq.")]
 
 
-def _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure, lambda_,
-                    damping, seed, device, dtype, batch_tokens, train_examples, include, exclude,
-                    truncate, compile_, projection=None, layer_groups=None):
+EstimateExamples = Annotated[int | None, typer.Option(
+    "--estimate-examples", help="Corpus passages sampled to estimate V with --second-moment "
+    "estimate (default 256).")]
+LambdaK = Annotated[int | None, typer.Option(
+    "--lambda-k", help="Component where the automatic λ's eigenvalue curves cross (default "
+    "d/64).")]
+MaxLength = Annotated[int | None, typer.Option(
+    "--max-length", help="Tokens per example (default: the model's context); longer passages "
+    "become windows.")]
+Epsilon = Annotated[float | None, typer.Option(help="ε of the optimizer correction (default "
+                                               "1e-8).")]
+LossReduction = Annotated[str | None, typer.Option(
+    "--loss-reduction", help="sum | mean of the per-token losses of an example.")]
+Aspect = Annotated[float | None, typer.Option(help="Projection block shape a/b (default 1).")]
+Threads = Annotated[int | None, typer.Option(
+    help="CPU threads (default: the cores this process may use). Lower it when other jobs "
+    "share the machine: PyTorch slows down many times when its threads are oversubscribed.")]
+
+#: Every EncoderConfig option of the command line, declared once: name → (type, default).
+ENCODER_OPTIONS = {
+    "variant": (Variant, "trackstar"), "dim": (Dim, None), "projection": (Projection, None),
+    "layout": (Layout, None), "layer_groups": (LayerGroups, None), "aspect": (Aspect, None),
+    "second_moment": (SecondMoment, None), "epsilon": (Epsilon, None),
+    "estimate_examples": (EstimateExamples, None), "hessian": (Hessian, None),
+    "hessian_structure": (HessianStructure, None), "lambda_": (Lambda, None),
+    "lambda_k": (LambdaK, None), "damping": (Damping, None), "train_examples": (TrainExamples, None),
+    "seed": (Seed, None), "device": (Device, None), "dtype": (Dtype, None),
+    "batch_tokens": (BatchTokens, None), "max_length": (MaxLength, None),
+    "loss_reduction": (LossReduction, None), "include": (Include, None),
+    "exclude": (Exclude, None), "truncate": (Truncate, False), "compile_": (Compile, False),
+}
+
+
+def _encoder_config(variant="trackstar", include=None, exclude=None, truncate=False,
+                    compile_=False, **options):
     from factrace.config import variant_config
 
     return variant_config(
-        variant, dim=dim, layout=layout, second_moment=second_moment, hessian=hessian,
-        projection=projection, layer_groups=layer_groups,
-        hessian_structure=hessian_structure, lambda_=lambda_, damping=damping, seed=seed,
-        device=device, dtype=dtype, batch_tokens=batch_tokens, train_examples=train_examples,
-        include=tuple(include) if include else None, exclude=tuple(exclude) if exclude else None,
-        overflow="truncate" if truncate else None, compile=compile_ or None)
+        variant, include=tuple(include) if include else None,
+        exclude=tuple(exclude) if exclude else None,
+        overflow="truncate" if truncate else None, compile=compile_ or None, **options)
+
+
+def encoder_options(fn):
+    """Give a command every encoder option (:data:`ENCODER_OPTIONS`) and ``--threads``; it
+    receives them as one ``encoder`` (an EncoderConfig) and has the threads set."""
+    sig = inspect.signature(fn)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                               annotation=kind)
+             for name, (kind, default) in {**ENCODER_OPTIONS,
+                                           "threads": (Threads, None)}.items()]
+    hints = typing.get_type_hints(fn, include_extras=True)  # the annotations, resolved
+    params = [p.replace(annotation=hints.get(p.name, p.annotation))
+              for p in sig.parameters.values() if p.name != "encoder"]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        set_threads(kwargs.pop("threads"))
+        options = {name: kwargs.pop(name) for name in ENCODER_OPTIONS}
+        return fn(**kwargs, encoder=_encoder_config(**options))
+
+    wrapper.__signature__ = sig.replace(parameters=params + extra)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params + extra}
+    del wrapper.__wrapped__  # typer reads the signature above, not the function's own
+    return wrapper
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: PyTorch's intra-op threads (default: the cores this process may use)."""
+    import torch
+
+    from factrace.errors import FactraceError as Error
+
+    if threads is not None and threads < 1:
+        raise Error(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
 def user_errors(fn):
@@ -124,31 +190,24 @@ def _quiet_libraries():
 
 @app.command()
 @user_errors
+@encoder_options
 def scan(
     model: Model, corpus: Annotated[str, typer.Option(help="Corpus: JSONL, Parquet, saved "
                                                       "dataset, or a directory of them.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL (id, prompt, target).")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
     top_k: TopK = 10,
-    optimizer_state: OptState = None, variant: Variant = "trackstar", dim: Dim = None,
-    layout: Layout = None, layer_groups: LayerGroups = None, projection: Projection = None,
-    second_moment: SecondMoment = None, hessian: Hessian = None,
-    hessian_structure: HessianStructure = None, lambda_: Lambda = None, damping: Damping = None,
-    seed: Seed = None, device: Device = None, dtype: Dtype = None,
-    batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
-    include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
-    compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
+    optimizer_state: OptState = None, engine: Engine = "local", workers: Workers = 2,
     ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
     shard_rows: ShardRows = None, quiet: Quiet = False, overwrite: Overwrite = False,
+    encoder=None,
 ):
     """Score every corpus passage against every query in one streaming pass (the paper's mode)."""
     _quiet_libraries()
     from factrace.run.scan import ScanConfig
     from factrace.run.scan import scan as run_scan
 
-    enc = _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure,
-                          lambda_, damping, seed, device, dtype, batch_tokens, train_examples,
-                          include, exclude, truncate, compile_, projection, layer_groups)
+    enc = encoder
     result = run_scan(ScanConfig(model=model, corpus=corpus, queries=queries, out=out,
                                  optimizer_state=optimizer_state, top_k=top_k, encoder=enc,
                                  engine=engine, workers=workers, ray_address=ray_address,
@@ -163,33 +222,26 @@ def scan(
 
 @index_app.command("build")
 @user_errors
+@encoder_options
 def index_build(
     model: Model, corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     out: Annotated[str, typer.Option(help="Store directory to build (or resume).")],
     queries: Annotated[str | None, typer.Option(help="Optional: queries whose R_eval becomes "
                                                 "the store's default task.")] = None,
     task_name: Annotated[str, typer.Option("--task-name", help="Name of that task.")] = "default",
-    optimizer_state: OptState = None, variant: Variant = "trackstar", dim: Dim = None,
-    layout: Layout = None, layer_groups: LayerGroups = None, projection: Projection = None,
-    second_moment: SecondMoment = None, hessian: Hessian = None,
-    hessian_structure: HessianStructure = None, lambda_: Lambda = None, damping: Damping = None,
-    seed: Seed = None, device: Device = None, dtype: Dtype = None,
-    batch_tokens: BatchTokens = None, train_examples: TrainExamples = None,
-    include: Include = None, exclude: Exclude = None, truncate: Truncate = False,
-    compile_: Compile = False, engine: Engine = "local", workers: Workers = 2,
+    optimizer_state: OptState = None, engine: Engine = "local", workers: Workers = 2,
     ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
     shard_rows: ShardRows = None, quiet: Quiet = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a store already at --out by a new one (otherwise it is "
         "resumed, or kept when complete).")] = False,
+    encoder=None,
 ):
     """Encode every passage into a persistent, fingerprinted, resumable store."""
     _quiet_libraries()
     from factrace.run.index import IndexConfig, build_index
 
-    enc = _encoder_config(variant, dim, layout, second_moment, hessian, hessian_structure,
-                          lambda_, damping, seed, device, dtype, batch_tokens, train_examples,
-                          include, exclude, truncate, compile_, projection, layer_groups)
+    enc = encoder
     store = build_index(IndexConfig(model=model, corpus=corpus, out=out, queries=queries,
                                     task_name=task_name,
                                     optimizer_state=optimizer_state, encoder=enc, engine=engine,
@@ -211,8 +263,10 @@ def index_add(
     corpus: Annotated[str, typer.Option(help="Corpus of new passages to append.")],
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     quiet: Quiet = False,
+    threads: Threads = None,
 ):
     """Append passages, encoded with the store's exact configuration (resumable)."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.run.index import AddConfig, add_to_index
 
@@ -237,8 +291,10 @@ def index_task_add(
                                           "task.")] = False,
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     quiet: Quiet = False,
+    threads: Threads = None,
 ):
     """Add (or replace) a task: R_eval from a query set, kept with the store."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.run.index import TaskConfig, add_task
 
@@ -278,8 +334,10 @@ def trace(
     report_recall: Annotated[bool, typer.Option("--report-recall", help="Print recall@10 of "
                                                 "approximate against exact search.")] = False,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
+    threads: Threads = None,
 ):
     """Rank a store's passages for new queries, encoded with the store's own configuration."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.run.tracer import TraceConfig
     from factrace.run.tracer import trace as run_trace
@@ -397,8 +455,10 @@ def compare(
     tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate.")] = None,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
+    threads: Threads = None,
 ):
     """The ladder (grad-dot … trackstar) and the baselines: results.json/.md and report.html."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.evaluate.compare import CompareConfig
     from factrace.evaluate.compare import compare as run_compare

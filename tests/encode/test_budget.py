@@ -8,7 +8,7 @@ from factrace.config import EncoderConfig
 from factrace.data.batching import collate, token_budget_batches
 from factrace.data.records import Passage
 from factrace.data.tokenize import TokenizedExample
-from factrace.encode.budget import START_TOKENS, TokenBudget
+from factrace.encode.budget import CPU_MAX_TOKENS, CPU_START_TOKENS, START_TOKENS, TokenBudget
 from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceError
 from tiny import tiny_loaded
@@ -43,15 +43,44 @@ def _run(budget, memory, tokens):
         pass
 
 
-def test_fixed_and_cpu_budgets_do_not_move():
-    fixed = TokenBudget(CPU, 100)
-    auto = TokenBudget(CPU)
-    for b in (fixed, auto):
-        with b.measure(50):
-            pass
-    assert fixed() == 100 and auto() == START_TOKENS
+def test_a_fixed_budget_does_not_move():
+    fixed = TokenBudget(CPU, 100, memory=FakeMemory(0, 1, 10))
+    with fixed.measure(50):
+        pass
+    assert fixed() == 100
     with pytest.raises(ValueError):
         TokenBudget(CPU, 0)
+
+
+@pytest.mark.parametrize("usable_gib", [3, 8, 64])
+def test_a_cpu_budget_keeps_the_peak_under_the_memory_it_may_use(usable_gib):
+    """A large model on a CPU (1 GiB resident, 2 MiB per padded token at the peak): the first
+    batch is small, later ones grow only as far as the memory allows, never past 8192."""
+    memory = FakeMemory(1 << 30, 2 << 20, usable_gib << 30)
+    budget = TokenBudget(CPU, memory=memory, fill=0.85)
+    seen = _batches(budget, memory, 12)
+    assert seen[0][0] == CPU_START_TOKENS
+    assert all(tokens <= CPU_MAX_TOKENS for tokens, _ in seen)
+    assert all(peak <= 0.85 * memory.usable_bytes for _, peak in seen[1:])
+    # it settles at the largest batch that fits (or at the CPU ceiling)
+    limit = _largest_fitting(memory, 0.85 * memory.usable_bytes)
+    assert seen[-1][0] == min(CPU_MAX_TOKENS, limit)
+
+
+def test_this_machine_gives_a_cpu_budget_that_adapts():
+    from factrace.encode.budget import CpuMemory
+
+    budget = TokenBudget(CPU)
+    assert budget.adaptive == CpuMemory.supported()
+    if budget.adaptive:
+        assert budget() == CPU_START_TOKENS
+        memory = CpuMemory()
+        base = memory.start()
+        block = bytearray(64 << 20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page: 64 MiB resident
+        assert memory.peak() - base >= 60 << 20
+        del block
+        assert memory.usable() > memory.peak() - base
 
 
 def _largest_fitting(memory, limit):
@@ -231,7 +260,7 @@ def test_out_of_memory_splits_the_batch_and_changes_nothing(mode, where):
         enc, sums2, ids2, psi2, q2 = run()
     finally:
         handle.remove()
-    assert enc.budget() < 100_000  # it ran out of memory, and learnt from it
+    assert enc.budget()() < 100_000  # it ran out of memory, and learnt from it
     assert ids2 == ids
     torch.testing.assert_close(psi2, psi, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(q2, q, rtol=1e-4, atol=1e-6)

@@ -1,21 +1,29 @@
 """How many padded tokens the next batch may hold.
 
-A fixed ``--batch-tokens`` stays fixed. Left automatic, the budget is 8192 tokens on a CPU and, on
-a CUDA device, grows from there to fill the device: after every batch the peak memory it took per
-padded token is measured (the largest seen is kept) and the next budget is what fits in
-``fill`` of the memory this process can use, at most twice the last one. Whatever the setting, a
-batch that runs out of device memory is split in two and the budget halved for the rest of the
-run (:meth:`TokenBudget.shrink`), so a run never fails for a batch that could have been smaller.
+A fixed ``--batch-tokens`` stays fixed. Left automatic, the budget adapts to the memory this
+process can use: after every batch the peak memory it took per padded token is measured (the
+largest seen is kept) and the next budget is what fits in ``fill`` of that memory, at most twice
+the last one. On a CUDA device it starts at 8192 tokens and grows to fill the device. On a CPU it
+starts at 1024 tokens, never exceeds 8192 (larger batches buy no speed there), and the memory is
+the process's resident set against what the machine (or its cgroup) has available, so a large
+model's first batches cannot grow past the RAM and be killed by the kernel. Each pass that
+encodes (the V estimate, R, the encodings) keeps its own budget: their bytes per token differ.
+Whatever the setting, a batch that runs out of device memory is split in two and the budget
+halved for the rest of the run (:meth:`TokenBudget.shrink`), so a run never fails for a batch
+that could have been smaller.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 START_TOKENS = 8192
 MAX_TOKENS = 1 << 20
+CPU_START_TOKENS, CPU_MAX_TOKENS = 1024, 8192
 
 
 class CudaMemory:
@@ -41,6 +49,63 @@ class CudaMemory:
         torch.cuda.empty_cache()
 
 
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _cgroup_room() -> int | None:
+    """Bytes the cgroup (v2, or v1) still allows, or None without a limit."""
+    for limit, current in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                           ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                            "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            raw = Path(limit).read_text().strip()
+            if raw == "max" or int(raw) >= 1 << 60:
+                return None
+            return int(raw) - int(Path(current).read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class CpuMemory:
+    """Memory readings of this process on a CPU (Linux): resident set, its peak (reset per
+    batch through ``/proc/self/clear_refs``), and what the machine or cgroup has available."""
+
+    @staticmethod
+    def supported() -> bool:
+        try:
+            _status_bytes("VmHWM")
+            return os.access("/proc/self/clear_refs", os.W_OK)
+        except OSError:
+            return False
+
+    def start(self) -> int:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak resident set starts again from the present one
+        return _status_bytes("VmRSS")
+
+    def peak(self) -> int:
+        return _status_bytes("VmHWM")
+
+    def usable(self) -> int:
+        """Bytes this process could hold: its resident set plus what is still available."""
+        available = 0
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+        room = _cgroup_room()
+        if room is not None:
+            available = min(available, max(room, 0))
+        return _status_bytes("VmRSS") + available
+
+    def release(self) -> None:
+        pass
+
+
 class TokenBudget:
     """The token budget: call it for the next batch's budget."""
 
@@ -48,11 +113,18 @@ class TokenBudget:
                  memory: CudaMemory | None = None):
         if tokens is not None and tokens < 1:
             raise ValueError("batch_tokens must be positive")
-        self.tokens = tokens or START_TOKENS
-        self.ceiling = MAX_TOKENS
-        self.fill = fill
-        self.memory = memory or (CudaMemory(device) if device.type == "cuda" else None)
+        cpu = device.type != "cuda"
+        if memory is None:
+            if not cpu:
+                memory = CudaMemory(device)
+            elif tokens is None and CpuMemory.supported():
+                memory = CpuMemory()
+        self.memory = memory
         self.adaptive = tokens is None and self.memory is not None
+        start = CPU_START_TOKENS if cpu and self.adaptive else START_TOKENS
+        self.tokens = tokens or start
+        self.ceiling = CPU_MAX_TOKENS if cpu and self.adaptive else MAX_TOKENS
+        self.fill = fill
         self.bytes_per_token = 0.0
 
     def __call__(self) -> int:

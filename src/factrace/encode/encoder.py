@@ -91,7 +91,9 @@ class Encoder:
             self.whitening = Whitening.identity()
             self.basis = TrainBasis.identity(self.dim)
         self.max_length = self.config.max_length or loaded.max_length
-        self.budget = TokenBudget(self.device, self.config.batch_tokens)
+        # one token budget per pass: the V estimate, R and the encodings take different
+        # memory per token (encode/budget.py)
+        self.budgets: dict[str, TokenBudget] = {}
         # Shapes vary batch by batch: compile once for dynamic shapes.
         self.forward = (torch.compile(loaded.model, dynamic=True) if self.config.compile
                         else loaded.model)
@@ -116,18 +118,26 @@ class Encoder:
     def tokenize_queries(self, queries: Iterable[Query]) -> list[TokenizedExample]:
         return tokenize_queries(self.loaded.tokenizer, queries, self.max_length)
 
-    def _batches(self, examples: Iterable[TokenizedExample]):
+    def budget(self, kind: str = "encode") -> TokenBudget:
+        """The token budget of one pass (``estimate`` or ``encode``)."""
+        if kind not in self.budgets:
+            self.budgets[kind] = TokenBudget(self.device, self.config.batch_tokens)
+        return self.budgets[kind]
+
+    def _batches(self, examples: Iterable[TokenizedExample], kind: str = "encode"):
         # Sorting windows of examples by length cuts padding; ψ does not depend on the batching,
         # and every batch carries its ids, so outputs come in length order within a window.
-        for batch in token_budget_batches(examples, self.budget, self.loaded.pad_id,
+        for batch in token_budget_batches(examples, self.budget(kind), self.loaded.pad_id,
                                           sort_window=SORT_WINDOW):
             yield batch.to(self.device)
 
-    def _fitting(self, batch: Batch, step: Callable[[Batch], T]) -> Iterator[tuple[Batch, T]]:
-        """``step(batch)``, measured for the token budget; a batch that runs out of device memory
-        is split in two (and the budget lowered) until every part fits."""
+    def _fitting(self, batch: Batch, step: Callable[[Batch], T],
+                 kind: str = "encode") -> Iterator[tuple[Batch, T]]:
+        """``step(batch)``, measured for the pass's token budget; a batch that runs out of
+        device memory is split in two (and the budget lowered) until every part fits."""
+        budget = self.budget(kind)
         try:
-            with self.budget.measure(batch.input_ids.numel()):
+            with budget.measure(batch.input_ids.numel()):
                 result = step(batch)
         except torch.OutOfMemoryError:
             result = _OUT_OF_MEMORY  # leave the except block: its traceback holds the tensors
@@ -138,9 +148,9 @@ class Encoder:
             raise FactraceError(
                 f"{batch.ids[0]} ({batch.input_ids.shape[1]} tokens) does not fit in "
                 f"{self.device} memory even alone; lower --max-length or use --dtype bfloat16")
-        self.budget.shrink(batch.input_ids.numel())
+        budget.shrink(batch.input_ids.numel())
         for half in batch.split():
-            yield from self._fitting(half, step)
+            yield from self._fitting(half, step, kind)
 
     # optimizer correction --------------------------------------------------------------------
     def squared_gradient_sums(self, examples: Iterable[TokenizedExample]) -> SquaredGradientSums:
@@ -148,9 +158,9 @@ class Encoder:
         merge several with :func:`merge_squared_sums`)."""
         collector = GradientSquares(self.loaded.model, self.tracked, self.forward)
         with collector:
-            for batch in self._batches(examples):
+            for batch in self._batches(examples, "estimate"):
                 for _ in self._fitting(batch, lambda b: collector.add_batch(
-                        b, self.config.loss_reduction)):
+                        b, self.config.loss_reduction), "estimate"):
                     pass
         return collector.sums
 
