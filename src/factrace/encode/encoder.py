@@ -94,6 +94,8 @@ class Encoder:
         # one token budget per pass: the V estimate, R and the encodings take different
         # memory per token (encode/budget.py)
         self.budgets: dict[str, TokenBudget] = {}
+        #: called with the ids of every batch projected (progress reporting)
+        self.on_batch: Callable[[list[str]], None] | None = None
         # Shapes vary batch by batch: compile once for dynamic shapes.
         self.forward = (torch.compile(loaded.model, dynamic=True) if self.config.compile
                         else loaded.model)
@@ -187,8 +189,11 @@ class Encoder:
                                      projected=self.config.projection != "exact")
         with capture:
             for batch in self._batches(examples):
-                yield from ((part.ids, p.detach()) for part, p in self._fitting(
-                    batch, lambda b: capture.project(b, self.config.loss_reduction)))
+                for part, p in self._fitting(
+                        batch, lambda b: capture.project(b, self.config.loss_reduction)):
+                    if self.on_batch is not None:
+                        self.on_batch(part.ids)
+                    yield part.ids, p.detach()
 
     # Hessian ------------------------------------------------------------------------------
     def hessian_spans(self) -> list[tuple[int, int]]:

@@ -8,6 +8,9 @@ and worker count gives the same R bit for bit.
 
 from __future__ import annotations
 
+import sys
+import time
+
 import numpy as np
 
 from factrace.data.corpus import iter_corpus
@@ -38,6 +41,16 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
     needs_sample = cfg.second_moment == "estimate" or cfg.hessian != "none"
     sample = sample_passages(corpus, n_rows, max(cfg.train_examples, cfg.estimate_examples)) \
         if needs_sample else []
+    n_estimate = min(cfg.estimate_examples, len(sample)) if cfg.second_moment == "estimate" \
+        else 0
+    n_train = min(cfg.train_examples, len(sample)) if cfg.hessian != "none" else 0
+    steps = ([f"V from {n_estimate} passages (--estimate-examples)"] if n_estimate else []) + \
+        ([f"R_train from {n_train} passages (--train-examples)"] if n_train else [])
+    if steps and progress:
+        # every step encodes its passages once more: say so before spending the time
+        print(f"plan: {', '.join(steps)}, then the corpus pass over {n_rows} passages "
+              f"({(n_estimate + n_train) / max(n_rows, 1):.2f} corpus passes before it)",
+              file=sys.stderr, flush=True)
     if cfg.second_moment == "estimate":
         chunks = _chunks(sample[:cfg.estimate_examples])
         parts = list(progress_bar(engine.map("squared_gradients", [(c,) for c in chunks]),
@@ -47,9 +60,14 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
     if cfg.hessian == "none":
         return record
     train_chunks = _chunks(sample[:cfg.train_examples])
+    t = time.perf_counter()
     r_train = _merge(progress_bar(
         engine.map("hessian_partial", [(c, None) for c in train_chunks]),
         total=len(train_chunks), desc="R_train", enabled=progress))
+    seconds = time.perf_counter() - t
+    if progress and n_train:
+        print(f"R_train: {n_train} passages in {seconds:.0f} s; the corpus pass should take "
+              f"about {seconds * n_rows / n_train:.0f} s", file=sys.stderr, flush=True)
     with progress_step(f"R_train's eigenbasis (d = {engine.encoder.dim})", progress):
         basis = engine.encoder.fit_basis(r_train)
         engine.broadcast("set_basis", basis)

@@ -35,7 +35,7 @@ from factrace.encode.state import EncoderState
 from factrace.errors import FactraceError, FactraceWarning
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
-from factrace.run.progress import progress_bar, progress_step
+from factrace.run.progress import progress_bar, progress_step, row_progress
 from factrace.search import manifest as mf
 from factrace.search.lock import write_lock
 from factrace.search.store import EncodingStore, StoreWriter
@@ -130,10 +130,10 @@ def absolute(path: str | None) -> str | None:
 
 
 def _encode_shards(results, writer: StoreWriter, corpus: str, ranges: list[tuple[int, int]],
-                   progress: bool, desc: str) -> None:
+                   progress: bool, desc: str, engine=None) -> None:
     """Write the encodings ``results`` of corpus rows ``ranges`` (``(ids, rows)`` each, in
-    order) as ``writer``'s next shards."""
-    bar = progress_bar(results, total=len(ranges), desc=desc, enabled=progress, unit="shard")
+    order) as ``writer``'s next shards (a bar in rows, batch by batch on a local ``engine``)."""
+    bar = row_progress(engine, results, ranges, desc, progress)
     for (start, stop), (ids, rows) in zip(ranges, bar, strict=True):
         writer.write_shard(writer.done_shards, ids, rows,
                            inputs=rows_fingerprint(corpus, start, stop))
@@ -188,7 +188,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
                 todo = ranges[writer.done_shards:]
                 results = engine.map("encode_rows", [(str(cfg.corpus), a, b) for a, b in todo])
                 _encode_shards(results, writer, cfg.corpus, todo, cfg.progress,
-                               "encoding corpus")
+                               "encoding corpus", engine)
                 writer.finish()
             store = EncodingStore.open(path, verify=False)
             if queries:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -39,4 +39,32 @@ def progress_step(desc: str, enabled: bool = True, tick_s: float = TICK_S) -> It
         stop.set()
         if enabled:
             ticker.join()
+        bar.close()
+
+
+def passages_in(ids: Iterable[str]) -> int:
+    """Passages finished in a batch of example ids: a passage split into windows ``<doc>#<n>``
+    counts with its first window."""
+    return sum(1 for i in ids if "#" not in i or i.endswith("#0"))
+
+
+def row_progress(engine, results: Iterable, ranges: list[tuple[int, int]], desc: str,
+                 enabled: bool = True) -> Iterator:
+    """Yield ``results`` (one per corpus range, in order) under a bar counted in corpus rows:
+    batch by batch when the work runs in this process (so a corpus of one shard moves too),
+    shard by shard on Ray, exact at every shard's end."""
+    bar = tqdm(total=sum(b - a for a, b in ranges), desc=desc, disable=not enabled, leave=False,
+               dynamic_ncols=True, unit="row")
+    encoder = engine.encoder if getattr(engine, "name", "") == "local" else None
+    if encoder is not None and enabled:
+        encoder.on_batch = lambda ids: bar.update(passages_in(ids))
+    done = 0
+    try:
+        for (start, stop), result in zip(ranges, results, strict=True):
+            done += stop - start
+            bar.update(done - bar.n)  # exact at the shard's end
+            yield result
+    finally:
+        if encoder is not None:
+            encoder.on_batch = None
         bar.close()

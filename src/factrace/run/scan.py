@@ -17,7 +17,7 @@ from factrace.data.outputs import check_at_least, check_output_file
 from factrace.data.records import Query
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
-from factrace.run.progress import progress_bar, progress_step
+from factrace.run.progress import progress_step, row_progress
 from factrace.search.topk import TopK
 
 
@@ -88,9 +88,9 @@ def scan(cfg: ScanConfig) -> ScanResult:
         tasks = [(str(cfg.corpus), start, stop, scorer, cfg.top_k) for start, stop
                  in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]
         total = TopK(len(queries), cfg.top_k)
-        bar = progress_bar(engine.map("scan_rows", tasks), total=len(tasks),
-                           desc="scanning corpus", enabled=cfg.progress, unit="shard")
-        for partial in bar:
+        ranges = [(start, stop) for _, start, stop, *_ in tasks]
+        for partial in row_progress(engine, engine.map("scan_rows", tasks), ranges,
+                                    "scanning corpus", cfg.progress):
             total.merge(partial)
         timings["scan_s"] = time.perf_counter() - t
         rankings = to_rankings(queries, total)
