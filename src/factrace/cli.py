@@ -391,8 +391,10 @@ def eval_(
     check_coverage([r.query_id for r in ranked], gold, rankings, qrels)
     patched = {}
     if tail_patch:
-        missing = [n for n, v in (("--model", model), ("--optimizer-state", optimizer_state),
-                                  ("--corpus", corpus), ("--queries", queries)) if v is None]
+        missing = [n for n, v in (("--model", model), ("--corpus", corpus),
+                                  ("--queries", queries)) if v is None]
+        if optimizer_state is None and lr is None:
+            missing.append("--optimizer-state (or, without it, --lr for an SGD step)")
         if missing:
             raise FactraceError(f"--tail-patch needs {', '.join(missing)}")
         from factrace.data.corpus import iter_corpus
@@ -442,7 +444,6 @@ def baseline(
 @user_errors
 def compare(
     model: Model,
-    optimizer_state: Annotated[str, typer.Option("--optimizer-state", help="AdamW state.")],
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     qrels: Annotated[str, typer.Option(help="Gold passages JSONL.")],
@@ -450,6 +451,10 @@ def compare(
     top_k: TopK = 10,
     dim: Dim = None, layout: Layout = None, layer_groups: LayerGroups = None,
     seed: Seed = None, damping: Damping = None, train_examples: TrainExamples = None,
+    optimizer_state: Annotated[str | None, typer.Option(
+        "--optimizer-state", help="AdamW state (without it: --second-moment estimate, and "
+        "--lr for tail-patch's SGD step).")] = None,
+    second_moment: SecondMoment = None,
     tail_patch: Annotated[bool, typer.Option(help="Measure tail-patch.")] = True,
     tail_patch_k: TailPatchK = 10,
     tail_patch_queries: TailPatchQueries = None,
@@ -469,6 +474,7 @@ def compare(
                                      train_examples=train_examples).items() if v is not None}
     result = run_compare(CompareConfig(model, optimizer_state, corpus, queries, qrels, out,
                                        top_k=top_k, encoder_options=options,
+                                       second_moment=second_moment,
                                        tail_patch=tail_patch, tail_patch_k=tail_patch_k,
                                        tail_patch_queries=tail_patch_queries, lr=lr,
                                        device=device, progress=not quiet,

@@ -225,3 +225,23 @@ def test_low_precision_weights_warn(trained):
     twin = LoadedModel(model, CharTokenizer(), None)
     with pytest.warns(UserWarning, match="float32"):
         tail_patch(twin, path, QUERIES[:1], {"alice": ["alice"]}, TEXTS, k=1, progress=False)
+
+
+def test_without_optimizer_state_one_sgd_step_of_lr(trained):
+    """No AdamW state saved: Δ of one plain SGD step, against a deep-copy reference."""
+    loaded, _ = trained
+    query = QUERIES[0]
+    result = tail_patch(loaded, None, [query], {query.id: ["alice"]}, TEXTS, k=1, lr=0.05,
+                        progress=False)
+    model = copy.deepcopy(loaded.model)
+    q = collate([tokenize_query(loaded.tokenizer, query, 64)], 0)
+    p = collate(tokenize_passage(loaded.tokenizer, Passage("x", TEXTS["alice"]), 64), 0)
+    before = math.exp(target_logprob(model, q).item())
+    per_example_loss(forward_logits(model, p), p.input_ids, p.loss_mask, "mean").mean().backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            param -= 0.05 * param.grad
+    want = math.exp(target_logprob(model, q).item()) - before
+    assert result.mean == pytest.approx(want, rel=1e-5) and abs(want) > 1e-6
+    with pytest.raises(FactraceError, match="--lr"):
+        tail_patch(loaded, None, [query], {query.id: ["alice"]}, TEXTS, k=1, progress=False)

@@ -24,6 +24,7 @@ from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
 from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder, unit_normalize
 from factrace.encode.hessian import Decomposed, SecondMomentMatrix, decompose, whiten
+from factrace.errors import FactraceError
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
 from factrace.evaluate.ladder import LADDER, findings, results_rows
 from factrace.evaluate.metrics import check_coverage, mean_stderr
@@ -45,7 +46,9 @@ class CompareConfig:
     """A ``compare`` job."""
 
     model: str
-    optimizer_state: str
+    optimizer_state: str | None
+    """AdamW state; ``None``: give ``second_moment="estimate"`` (V estimated from the corpus)
+    and, for tail-patch, ``lr`` (an SGD step)."""
     corpus: str
     queries: str
     qrels: str
@@ -56,6 +59,9 @@ class CompareConfig:
     baselines: tuple[str, ...] = BASELINES
     encoder_options: dict = field(default_factory=dict)
     """Options for every variant (dim, seed, damping, train_examples, …)."""
+    second_moment: str | None = None
+    """The optimizer correction of the variants that have one (``estimate`` without optimizer
+    state); ``None``: each variant's own (``factored``)."""
     tail_patch: bool = True
     tail_patch_k: int = 10
     tail_patch_queries: int | None = None
@@ -102,9 +108,15 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows
     sampled = None
     for name in cfg.variants:
         vc = variant_config(name, **cfg.encoder_options, device=cfg.device)
+        if cfg.second_moment is not None and vc.second_moment != "none":
+            vc = vc.replace(second_moment=cfg.second_moment)
         mode = vc.second_moment
         if mode not in projections:
             raw = Encoder(loaded, vc.replace(hessian="none", normalize=False), state)
+            if mode == "estimate":
+                sample = sample_passages(cfg.corpus, n_rows, vc.estimate_examples)
+                with progress_step(f"estimating V from {len(sample)} passages", cfg.progress):
+                    raw.fit_second_moment(raw.tokenize_passages(sample))
             projections[mode] = _project_all(raw, passages, queries, cfg.progress)
         ids, rows, p, q = projections[mode]
         enc = Encoder(loaded, vc, state)
@@ -194,6 +206,13 @@ def compare(cfg: CompareConfig) -> dict:
     check_at_least(1, top_k=cfg.top_k, tail_patch_k=cfg.tail_patch_k,
                    tail_patch_queries=cfg.tail_patch_queries,
                    **{k: cfg.encoder_options.get(k) for k in ("dim", "train_examples")})
+    if cfg.optimizer_state is None:
+        if cfg.second_moment not in ("estimate", "none"):
+            raise FactraceError("compare without --optimizer-state: pass --second-moment "
+                                "estimate (V estimated from the corpus) or none")
+        if cfg.tail_patch and cfg.lr is None:
+            raise FactraceError("tail-patch without optimizer state takes one SGD step: pass "
+                                "--lr, or --no-tail-patch")
     check_output_dir(cfg.out, OUTPUTS, cfg.overwrite)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
@@ -202,7 +221,9 @@ def compare(cfg: CompareConfig) -> dict:
     passages = list(iter_corpus(cfg.corpus))
     texts = {p.id: p.text for p in passages}
     loaded = load_model(cfg.model, cfg.device, "float32")
-    state = load_optimizer_state(cfg.optimizer_state, loaded.model)
+    state = None
+    if cfg.optimizer_state is not None:
+        state = load_optimizer_state(cfg.optimizer_state, loaded.model)
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     rankings = ladder_rankings(cfg, loaded, state, passages, queries, info.n_rows)

@@ -193,7 +193,7 @@ def target_probability(loaded: LoadedModel, query_batch: Batch) -> float:
 
 def tail_patch(
     loaded: LoadedModel,
-    optimizer_path: str | os.PathLike,
+    optimizer_path: str | os.PathLike | None,
     queries: Sequence[Query],
     rankings: RankingsLike,
     passages: PassageTexts,
@@ -207,7 +207,8 @@ def tail_patch(
     Args:
         loaded: the final checkpoint, in eval mode.
         optimizer_path: its AdamW state (a Hugging Face Trainer ``optimizer.pt`` or a torch
-            ``state_dict``), read by :func:`~factrace.model.optimizer_state.restore_adamw`.
+            ``state_dict``), read by :func:`~factrace.model.optimizer_state.restore_adamw`;
+            ``None`` (no optimizer state saved): one plain SGD step of ``lr`` instead.
         queries: the queries, in file order.
         rankings: :class:`~factrace.data.io.Ranking` objects or query id → passage ids, best first.
         passages: passage id → text (or :class:`Passage`), or a function that returns the text
@@ -229,9 +230,13 @@ def tail_patch(
 
     if k < 1:
         raise ValueError("k must be at least 1")
-    if not os.path.isfile(optimizer_path):
+    if optimizer_path is None and lr is None:
+        raise FactraceError("tail-patch without optimizer state takes one SGD step: give its "
+                            "learning rate (--lr), or the AdamW state (--optimizer-state)")
+    if optimizer_path is not None and not os.path.isfile(optimizer_path):
         raise FactraceError(f"{optimizer_path}: optimizer state file not found; tail-patch "
-                            "needs the AdamW state saved at the end of training")
+                            "needs the AdamW state saved at the end of training (or, without "
+                            "it, --lr for an SGD step)")
     ranked = ranked_ids(rankings)
     selected = list(queries)[:n_queries] if n_queries is not None else list(queries)
     absent = [q.id for q in selected if q.id not in ranked]
@@ -239,7 +244,10 @@ def tail_patch(
         raise FactraceError(f"tail-patch: no ranking for query {absent[0]!r} ({len(absent)} of "
                             f"{len(selected)} selected queries have none); rank every query or "
                             "lower n_queries")
-    optimizer = restore_adamw(loaded.model, optimizer_path)
+    if optimizer_path is None:
+        optimizer = torch.optim.SGD([p for p in loaded.model.parameters()], lr=lr)
+    else:
+        optimizer = restore_adamw(loaded.model, optimizer_path)
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
