@@ -247,3 +247,29 @@ def test_trace_scores_are_the_explicit_whitened_cosines(world, tmp_path):
         assert ranking.scores == pytest.approx([expected[d] for d in ranking.doc_ids], abs=1e-3)
         best = sorted(expected.values(), reverse=True)[:10]
         assert ranking.scores == pytest.approx(best, abs=1e-3)
+
+
+def test_a_small_corpus_reuses_the_r_train_pass_and_ranks_the_same(world, tmp_path,
+                                                                    monkeypatch):
+    """At most --train-examples passages: the corpus pass reuses R_train's encodings."""
+    from factrace.run import fit as fit_module
+
+    def run(out):
+        cfg = dict(model=world["model"], corpus=world["corpus"],
+                   optimizer_state=world["optimizer"], shard_rows=16, progress=False,
+                   encoder=variant_config("trackstar", dim=256, train_examples=100,
+                                          batch_tokens=512))
+        res = scan(ScanConfig(queries=world["queries"], top_k=10, **cfg))
+        build_index(IndexConfig(out=str(out), **cfg))
+        return res, EncodingStore.open(out)
+
+    reused, reused_store = run(tmp_path / "a")
+    assert reused.metadata["fit"]["corpus_pass"] == "reused the R_train pass's encodings"
+    monkeypatch.setattr(fit_module, "KEEP_BYTES", 0)
+    encoded, encoded_store = run(tmp_path / "b")
+    assert "corpus_pass" not in encoded.metadata["fit"]
+    _same(reused.rankings, encoded.rankings, atol=1e-5)
+    assert reused_store.ids == encoded_store.ids
+    for (_, a), (_, b) in zip(reused_store.iter_shards(), encoded_store.iter_shards(),
+                              strict=True):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from factrace.data.corpus import iter_corpus
 from factrace.data.records import Passage
@@ -33,9 +35,35 @@ def _chunks(items: list, size: int = CHUNK) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
+#: The R_train pass's projections are kept for the corpus pass when they cover the whole
+#: corpus (it has at most ``--train-examples`` passages) and take at most this many bytes.
+KEEP_BYTES = 1 << 30
+
+
+@dataclass
+class Kept:
+    """Every corpus passage's projection, from the R_train pass: ``ids`` (examples, in corpus
+    order), ``rows`` (the corpus row of each) and ``p`` ``[n, d]`` float32."""
+
+    ids: list[str]
+    rows: list[int]
+    p: torch.Tensor
+
+    def shards(self, encoder, ranges: list[tuple[int, int]]):
+        """``(ids, float16 store rows)`` per corpus range, exactly as ``encode_rows`` gives."""
+        rows = torch.tensor(self.rows)
+        for start, stop in ranges:
+            mask = (rows >= start) & (rows < stop)
+            index = mask.nonzero().squeeze(1)
+            stored = encoder.basis.rows(self.p[index]) if encoder.config.normalize \
+                else encoder.basis.rotate(self.p[index])
+            yield [self.ids[i] for i in index.tolist()], stored.half().numpy()
+
+
+def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> tuple[dict, Kept | None]:
     """Fit the engine's workers (V estimate, then R_train's eigenbasis); returns what was done,
-    for records."""
+    for records, and the R_train pass's projections when they cover the whole corpus (so the
+    corpus pass need not encode it again: :class:`Kept`)."""
     cfg = engine.encoder.config
     record: dict = {}
     needs_sample = cfg.second_moment == "estimate" or cfg.hessian != "none"
@@ -58,21 +86,40 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
         engine.broadcast("set_second_moment", merge_squared_sums(parts))
         record["second_moment"] = engine.encoder.second_moment_note
     if cfg.hessian == "none":
-        return record
+        return record, None
     train_chunks = _chunks(sample[:cfg.train_examples])
+    keep = (n_train >= n_rows and getattr(engine, "name", "") == "local"
+            and n_rows * engine.encoder.dim * 4 <= KEEP_BYTES)
     t = time.perf_counter()
-    r_train = _merge(progress_bar(
-        engine.map("hessian_partial", [(c, None) for c in train_chunks]),
-        total=len(train_chunks), desc="R_train", enabled=progress))
+    if keep:
+        kept = Kept([], [], torch.empty(0))
+        parts, row_of = [], {p.id: i for i, p in enumerate(sample)}
+        accumulators = []
+        for acc, ids, p in progress_bar(engine.map("hessian_rows", [(c,) for c in train_chunks]),
+                                        total=len(train_chunks), desc="R_train",
+                                        enabled=progress):
+            accumulators.append(acc)
+            kept.ids += ids
+            kept.rows += [row_of[i.split("#")[0] if i not in row_of else i] for i in ids]
+            parts.append(p)
+        r_train = _merge(accumulators)
+        kept.p = torch.cat(parts)
+    else:
+        kept = None
+        r_train = _merge(progress_bar(
+            engine.map("hessian_partial", [(c, None) for c in train_chunks]),
+            total=len(train_chunks), desc="R_train", enabled=progress))
     seconds = time.perf_counter() - t
     if progress and n_train:
-        print(f"R_train: {n_train} passages in {seconds:.0f} s; the corpus pass should take "
-              f"about {seconds * n_rows / n_train:.0f} s", file=sys.stderr, flush=True)
+        then = ("the corpus pass reuses these encodings" if kept is not None else
+                f"the corpus pass should take about {seconds * n_rows / n_train:.0f} s")
+        print(f"R_train: {n_train} passages in {seconds:.0f} s; {then}", file=sys.stderr,
+              flush=True)
     with progress_step(f"R_train's eigenbasis (d = {engine.encoder.dim})", progress):
         basis = engine.encoder.fit_basis(r_train)
         engine.broadcast("set_basis", basis)
     record["train_examples"] = basis.n_train
-    return record
+    return record, kept
 
 
 def _merge(parts):

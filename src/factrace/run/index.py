@@ -153,6 +153,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         engine = cfg.make_engine()
         try:
             encoder = engine.encoder
+            kept = None
             if earlier is not None and "state" in earlier:
                 # the state fitted by the earlier run (a store made with another model or
                 # configuration is still refused, by its fingerprints)
@@ -160,7 +161,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
                 engine.broadcast("set_state", state)
                 record = earlier["config"].get("fit", {})
             else:
-                record = fit(engine, cfg.corpus, info.n_rows, cfg.progress)
+                record, kept = fit(engine, cfg.corpus, info.n_rows, cfg.progress)
             rows = cfg.rows_per_shard(encoder.dim)
             # absolute paths: the store is used later, from any working directory
             config = {"encoder": encoder.metadata(), "model": absolute(cfg.model),
@@ -186,7 +187,11 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
                     _say(cfg.progress, f"resuming {cfg.out} at shard {writer.done_shards + 1} "
                                        f"of {len(ranges)}")
                 todo = ranges[writer.done_shards:]
-                results = engine.map("encode_rows", [(str(cfg.corpus), a, b) for a, b in todo])
+                if kept is not None:  # the R_train pass encoded every passage already
+                    results = kept.shards(encoder, todo)
+                else:
+                    results = engine.map("encode_rows",
+                                         [(str(cfg.corpus), a, b) for a, b in todo])
                 _encode_shards(results, writer, cfg.corpus, todo, cfg.progress,
                                "encoding corpus", engine)
                 writer.finish()

@@ -18,7 +18,8 @@ from factrace.data.records import Query
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_step, row_progress
-from factrace.search.topk import TopK
+from factrace.run.worker import POSITIONS_PER_ROW
+from factrace.search.topk import TopK, exact_topk
 
 
 @dataclass(kw_only=True)
@@ -76,7 +77,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
     try:
         timings = {"validate_s": time.perf_counter() - t0}
         t = time.perf_counter()
-        record = fit(engine, cfg.corpus, info.n_rows, cfg.progress)
+        record, kept = fit(engine, cfg.corpus, info.n_rows, cfg.progress)
         with progress_step("encoding queries", cfg.progress):
             _, y = engine.encoder.query_vectors(queries)
         # R_eval and λ from these very queries (TrackStar's task-specific R)
@@ -89,8 +90,16 @@ def scan(cfg: ScanConfig) -> ScanResult:
                  in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]
         total = TopK(len(queries), cfg.top_k)
         ranges = [(start, stop) for _, start, stop, *_ in tasks]
-        for partial in row_progress(engine, engine.map("scan_rows", tasks), ranges,
-                                    "scanning corpus", cfg.progress):
+        if kept is not None:  # the R_train pass encoded every passage already
+            partials = (exact_topk(scorer, [(ids, rows)] if ids else [], cfg.top_k,
+                                   row_offset=start * POSITIONS_PER_ROW)
+                        for (start, _), (ids, rows) in zip(
+                            ranges, kept.shards(engine.encoder, ranges), strict=True))
+            record["corpus_pass"] = "reused the R_train pass's encodings"
+        else:
+            partials = engine.map("scan_rows", tasks)
+        for partial in row_progress(engine, partials, ranges, "scanning corpus",
+                                    cfg.progress):
             total.merge(partial)
         timings["scan_s"] = time.perf_counter() - t
         rankings = to_rankings(queries, total)

@@ -73,6 +73,24 @@ class ShardWorker:
             enc.tokenize_passages(passages)
         return enc.accumulate(examples)
 
+    def hessian_rows(self, passages: list[Passage]
+                     ) -> tuple[SecondMomentMatrix, list[str], torch.Tensor]:
+        """R_train's partial sum over ``passages`` and their projections (examples in input
+        order), for a corpus pass that reuses them."""
+        enc = self.encoder
+        examples = list(enc.tokenize_passages(passages))
+        acc = SecondMomentMatrix(enc.hessian_spans())
+        ids, parts = [], []
+        for batch_ids, p in enc.project(examples):
+            acc.add(p)
+            ids.extend(batch_ids)
+            parts.append(p.cpu())
+        order = [e.id for e in examples]
+        if not parts:
+            return acc, [], torch.empty(0, enc.dim)
+        position = {i: n for n, i in enumerate(ids)}
+        return acc, order, torch.cat(parts)[[position[i] for i in order]]
+
     def set_basis(self, basis: TrainBasis) -> None:
         self.encoder.basis = basis
 
