@@ -113,7 +113,7 @@ def main():
 
     def floor_step(batch):
         with floor:
-            floor.backward(batch)
+            floor.forward_backward(batch)
 
     steps = {"train": train_step, "floor": floor_step, "encode": encode_step}
     seconds = dict.fromkeys(steps, 0.0)

@@ -41,7 +41,7 @@ from factrace.encode.encoder import Encoder
 from factrace.encode.encoder import unit_normalize as unit
 from factrace.encode.hessian import (
     Decomposed,
-    SecondMomentMatrix,
+    RAccumulator,
     auto_lambda,
     default_k,
     descending_spectrum,
@@ -127,7 +127,7 @@ def exact_pass(enc: Encoder, examples, queries_ex, sketch_dims: list[int]):
 
 
 def second_moments(x: torch.Tensor, spans) -> list[np.ndarray]:
-    acc = SecondMomentMatrix(spans)
+    acc = RAccumulator(spans)
     acc.add(x)
     return acc.matrices()
 

@@ -15,7 +15,7 @@ import time
 import torch
 
 from factrace.encode.hessian import (
-    SecondMomentMatrix,
+    RAccumulator,
     decompose,
     descending_spectrum,
     eigh_blocks,
@@ -42,7 +42,7 @@ def main():
     spans = [(i * args.size, args.size) for i in range(args.blocks)]
     p = torch.randn(args.train, d) * torch.linspace(0.01, 1, d)
     q = torch.randn(args.eval, d)
-    r_train, r_eval = SecondMomentMatrix(spans), SecondMomentMatrix(spans)
+    r_train, r_eval = RAccumulator(spans), RAccumulator(spans)
     timed("accumulate R_train and R_eval", lambda: (r_train.add(p), r_eval.add(q)))
     train, evals = r_train.matrices(), r_eval.matrices()
     timed("spectrum of R_train (for λ)", lambda: descending_spectrum(train))

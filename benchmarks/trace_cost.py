@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factrace.encode.hessian import SecondMomentMatrix
+from factrace.encode.hessian import RAccumulator
 from factrace.encode.whitening import TaskWhitening, TrainBasis
 from factrace.run.index import store_norms
 from factrace.run.process import tune_process
@@ -67,7 +67,7 @@ def main() -> None:
     store = synthetic_store(Path(tmp.name) / "store", args.rows, args.dim, spans)
     print(f"store: {store.n_rows:,} rows x {store.dim:,} (float16, {args.blocks} blocks), "
           f"{time.perf_counter() - t:.0f} s to write", flush=True)
-    acc = SecondMomentMatrix(spans)
+    acc = RAccumulator(spans)
     first = torch.from_numpy(np.asarray(store.shard_encodings(0)[:2048], np.float32))
     acc.add(first)
     basis = TrainBasis.fit(acc)

@@ -8,7 +8,7 @@ from test_capture import PASSAGES, QUERIES, random_state
 from factrace.config import EncoderConfig
 from factrace.encode.encoder import Encoder
 from factrace.encode.hessian import (
-    SecondMomentMatrix,
+    RAccumulator,
     auto_lambda,
     default_k,
     fit_whitening,
@@ -17,7 +17,7 @@ from tiny import tiny_loaded
 
 
 def _acc(p, spans):
-    acc = SecondMomentMatrix(spans)
+    acc = RAccumulator(spans)
     for chunk in torch.split(torch.from_numpy(p).float(), 7):
         acc.add(chunk)
     return acc

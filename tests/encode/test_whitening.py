@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from factrace.encode.hessian import SecondMomentMatrix, fit_whitening
+from factrace.encode.hessian import RAccumulator, fit_whitening
 from factrace.encode.whitening import TaskWhitening, TrainBasis
 
 SPANS = [(0, 24), (24, 16)]
@@ -20,7 +20,7 @@ def _data(seed=0, n_train=60, n_eval=9, n_rows=30):
 
 
 def _acc(p):
-    acc = SecondMomentMatrix(SPANS)
+    acc = RAccumulator(SPANS)
     acc.add(p)
     return acc
 

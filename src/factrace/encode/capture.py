@@ -82,7 +82,7 @@ class HookCollector:
             return output
         return hook if self.forward is self.model else torch._dynamo.disable(hook)
 
-    def backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
+    def forward_backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
         """One forward and an activation-only backward of the summed per-example losses."""
         self.mask = batch.attention_mask[..., None].float()
         try:
@@ -183,7 +183,7 @@ class ProjectedGradients(HookCollector):
         self._out = torch.zeros(batch.input_ids.shape[0], self.dim,
                                 device=batch.input_ids.device)
         try:
-            self.backward(batch, loss_reduction)
+            self.forward_backward(batch, loss_reduction)
             return self._out
         finally:
             self._out = None
@@ -201,7 +201,7 @@ class GradientSquares(HookCollector):
     def add_batch(self, batch: Batch, loss_reduction: str = "sum") -> None:
         self._batch = SquaredGradientSums()
         try:
-            self.backward(batch, loss_reduction)
+            self.forward_backward(batch, loss_reduction)
             self.sums = merge_squared_sums([self.sums, self._batch])
         finally:
             self._batch = None

@@ -21,7 +21,7 @@ from factrace.data.records import Passage, Query
 from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize_queries
 from factrace.encode.budget import TokenBudget
 from factrace.encode.capture import GradientSquares, ProjectedGradients
-from factrace.encode.hessian import SecondMomentMatrix, Whitening, fit_whitening
+from factrace.encode.hessian import RAccumulator, Whitening, fit_whitening
 from factrace.encode.projection import CPU_MAX_BLOCK, exact_blocks, plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
 from factrace.encode.state import EncoderState
@@ -133,8 +133,8 @@ class Encoder:
                                           sort_window=SORT_WINDOW):
             yield batch.to(self.device)
 
-    def _fitting(self, batch: Batch, step: Callable[[Batch], T],
-                 kind: str = "encode") -> Iterator[tuple[Batch, T]]:
+    def _split_on_oom(self, batch: Batch, step: Callable[[Batch], T],
+                      kind: str = "encode") -> Iterator[tuple[Batch, T]]:
         """``step(batch)``, measured for the pass's token budget; a batch that runs out of
         device memory is split in two (and the budget lowered) until every part fits."""
         budget = self.budget(kind)
@@ -152,7 +152,7 @@ class Encoder:
                 f"{self.device} memory even alone; lower --max-length or use --dtype bfloat16")
         budget.shrink(batch.input_ids.numel())
         for half in batch.split():
-            yield from self._fitting(half, step, kind)
+            yield from self._split_on_oom(half, step, kind)
 
     # optimizer correction --------------------------------------------------------------------
     def squared_gradient_sums(self, examples: Iterable[TokenizedExample]) -> SquaredGradientSums:
@@ -161,7 +161,7 @@ class Encoder:
         collector = GradientSquares(self.loaded.model, self.tracked, self.forward)
         with collector:
             for batch in self._batches(examples, "estimate"):
-                for _ in self._fitting(batch, lambda b: collector.add_batch(
+                for _ in self._split_on_oom(batch, lambda b: collector.add_batch(
                         b, self.config.loss_reduction), "estimate"):
                     pass
         return collector.sums
@@ -189,7 +189,7 @@ class Encoder:
                                      projected=self.config.projection != "exact")
         with capture:
             for batch in self._batches(examples):
-                for part, p in self._fitting(
+                for part, p in self._split_on_oom(
                         batch, lambda b: capture.project(b, self.config.loss_reduction)):
                     if self.on_batch is not None:
                         self.on_batch(part.ids)
@@ -204,15 +204,15 @@ class Encoder:
             return [(0, self.dim)]
         return [(b.offset, b.size) for b in self.blocks]
 
-    def accumulate(self, examples: Iterable[TokenizedExample]) -> SecondMomentMatrix:
+    def accumulate(self, examples: Iterable[TokenizedExample]) -> RAccumulator:
         """``(1/N) Σ p pᵀ`` over ``examples`` (a partial sum: merge several with ``merge``)."""
-        acc = SecondMomentMatrix(self.hessian_spans())
+        acc = RAccumulator(self.hessian_spans())
         for _, p in self.project(examples):
             acc.add(p)
         return acc
 
-    def fit_whitening(self, r_train: SecondMomentMatrix | None,
-                      r_eval: SecondMomentMatrix | None) -> Whitening:
+    def fit_whitening(self, r_train: RAccumulator | None,
+                      r_eval: RAccumulator | None) -> Whitening:
         """R^{-1/2} from accumulated R_train / R_eval, for the configured mode."""
         c = self.config
         self.whitening = fit_whitening(c.hessian, r_train, r_eval, c.damping, c.lambda_,
@@ -230,7 +230,7 @@ class Encoder:
         return self.fit_whitening(r_train, r_eval)
 
     # query-time R (what stores and scans use) ------------------------------------------------
-    def fit_basis(self, r_train: SecondMomentMatrix) -> TrainBasis:
+    def fit_basis(self, r_train: RAccumulator) -> TrainBasis:
         """R_train's eigenbasis (for ``train`` / ``mixed``; the identity without R)."""
         if self.config.hessian != "none":
             self.basis = TrainBasis.fit(r_train)
@@ -296,7 +296,7 @@ class Encoder:
         self.second_moment_note = state.second_moment_note
 
     # encodings ------------------------------------------------------------------------------
-    def finish(self, p: torch.Tensor) -> torch.Tensor:
+    def whiten_and_normalize(self, p: torch.Tensor) -> torch.Tensor:
         """R^{-1/2}, then unit norm (unless the configuration says not): ``[batch, d]``."""
         if self.whitening is None:
             raise RuntimeError(f"--hessian {self.config.hessian}: call fit_hessian() first")
@@ -306,7 +306,7 @@ class Encoder:
     def encode(self, examples: Iterable[TokenizedExample]) -> Iterator[tuple[list[str], torch.Tensor]]:
         """ψ per batch: ``(ids, [batch, d])`` float32 on the encoder's device."""
         for ids, p in self.project(examples):
-            yield ids, self.finish(p)
+            yield ids, self.whiten_and_normalize(p)
 
     def encode_passages(self, passages: Iterable[Passage]) -> tuple[list[str], torch.Tensor]:
         """All passages at once, in input order: ``(ids, [n, d])`` on the CPU (windows get

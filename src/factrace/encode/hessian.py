@@ -17,8 +17,9 @@ import torch
 from factrace.errors import FactraceError
 
 
-class SecondMomentMatrix:
-    """Running ``(1/N) Σ p pᵀ`` in float64; ``spans`` are the (offset, size) of each diagonal
+class RAccumulator:
+    """R, TrackStar's Hessian approximation, as a running ``(1/N) Σ p pᵀ`` in float64 (not V,
+    the optimizer's second moment); ``spans`` are the (offset, size) of each diagonal
     block (one span covering all of d for the global matrix). Partial sums add (``merge``), so
     workers can accumulate shards and a driver reduce them."""
 
@@ -35,7 +36,7 @@ class SecondMomentMatrix:
             self.sums[i].addmm_(block.T, block)
         self.count += p.shape[0]
 
-    def merge(self, other: SecondMomentMatrix) -> SecondMomentMatrix:
+    def merge(self, other: RAccumulator) -> RAccumulator:
         if other.spans != self.spans:
             raise ValueError("cannot merge second-moment matrices of different structure")
         for mine, theirs in zip(self.sums, other.sums, strict=True):
@@ -141,8 +142,8 @@ class Decomposed:
 
 def decompose(
     mode: str,
-    r_train: SecondMomentMatrix | None,
-    r_eval: SecondMomentMatrix | None,
+    r_train: RAccumulator | None,
+    r_eval: RAccumulator | None,
     lam: float | None = None,
     k: int | None = None,
 ) -> Decomposed:
@@ -179,8 +180,8 @@ def whiten(d: Decomposed, damping: float) -> Whitening:
 
 def fit_whitening(
     mode: str,
-    r_train: SecondMomentMatrix | None,
-    r_eval: SecondMomentMatrix | None,
+    r_train: RAccumulator | None,
+    r_eval: RAccumulator | None,
     damping: float,
     lam: float | None = None,
     k: int | None = None,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from factrace.encode.hessian import SecondMomentMatrix, auto_lambda, default_k
+from factrace.encode.hessian import RAccumulator, auto_lambda, default_k
 from factrace.errors import FactraceError
 
 
@@ -47,7 +47,7 @@ class TrainBasis:
         return cls([(0, dim)], None, None, 0)
 
     @classmethod
-    def fit(cls, r_train: SecondMomentMatrix) -> TrainBasis:
+    def fit(cls, r_train: RAccumulator) -> TrainBasis:
         """The eigendecomposition of R_train's blocks (float64, kept in float32 for rotating)."""
         values, vectors = [], []
         for m in r_train.matrices():

@@ -23,7 +23,7 @@ from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
 from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder, unit_normalize
-from factrace.encode.hessian import Decomposed, SecondMomentMatrix, decompose, whiten
+from factrace.encode.hessian import Decomposed, RAccumulator, decompose, whiten
 from factrace.errors import FactraceError
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
 from factrace.evaluate.ladder import LADDER, findings, results_rows
@@ -102,7 +102,7 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows
     Variants that differ only in the damping (``trackstar``, ``trackstar-paper``) share R's
     eigendecomposition, and every variant of one correction shares R_train and R_eval."""
     projections: dict[str, tuple] = {}
-    moments: dict[tuple, SecondMomentMatrix] = {}
+    moments: dict[tuple, RAccumulator] = {}
     decompositions: dict[tuple, Decomposed] = {}
     out: dict[str, list[Ranking]] = {}
     sampled = None
@@ -129,7 +129,7 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows
             def moment(side, x, spans=spans, mode=mode):
                 key = (mode, side, tuple(spans))
                 if key not in moments:
-                    moments[key] = SecondMomentMatrix(spans)
+                    moments[key] = RAccumulator(spans)
                     moments[key].add(x)
                 return moments[key]
 

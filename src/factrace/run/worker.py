@@ -16,7 +16,7 @@ from factrace.config import EncoderConfig
 from factrace.data.corpus import iter_corpus
 from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
-from factrace.encode.hessian import SecondMomentMatrix
+from factrace.encode.hessian import RAccumulator
 from factrace.encode.second_moment import SquaredGradientSums
 from factrace.encode.state import EncoderState
 from factrace.encode.whitening import TaskScorer, TrainBasis
@@ -67,19 +67,19 @@ class ShardWorker:
         self.encoder.set_estimated_second_moment(sums)
 
     def hessian_partial(self, passages: list[Passage] | None = None,
-                        queries: list[Query] | None = None) -> SecondMomentMatrix:
+                        queries: list[Query] | None = None) -> RAccumulator:
         enc = self.encoder
         examples = enc.tokenize_queries(queries) if queries is not None else \
             enc.tokenize_passages(passages)
         return enc.accumulate(examples)
 
     def hessian_rows(self, passages: list[Passage]
-                     ) -> tuple[SecondMomentMatrix, list[str], torch.Tensor]:
+                     ) -> tuple[RAccumulator, list[str], torch.Tensor]:
         """R_train's partial sum over ``passages`` and their projections (examples in input
         order), for a corpus pass that reuses them."""
         enc = self.encoder
         examples = list(enc.tokenize_passages(passages))
-        acc = SecondMomentMatrix(enc.hessian_spans())
+        acc = RAccumulator(enc.hessian_spans())
         ids, parts = [], []
         for batch_ids, p in enc.project(examples):
             acc.add(p)
