@@ -283,3 +283,19 @@ def test_an_example_that_never_fits_is_a_clear_error():
             enc.encode_passages(PASSAGES)
     finally:
         handle.remove()
+
+
+def test_an_example_too_large_for_the_memory_is_a_one_line_error_naming_it():
+    """Measured memory allows fewer tokens than one example has: refused before it runs."""
+    loaded = tiny_loaded("llama")
+    enc = Encoder(loaded, EncoderConfig(dim=64, hessian="none", second_moment="none"))
+    memory = FakeMemory(0, 1 << 20, 40 << 20)  # 1 MiB per token, 40 MiB usable: ~34 tokens
+    enc.budgets["encode"] = TokenBudget(CPU, memory=memory, fill=0.85)
+    short = Passage("short", "Alba was born in Tesk.")
+    long = Passage("long", " ".join(["Alba was born in Tesk."] * 20))
+    memory.tokens = 30  # the short batch peaks at 30 MiB: more than 1 MiB per padded token
+    enc.encode_passages([short])
+    fitting = enc.budgets["encode"].fitting
+    assert fitting is not None and fitting < len(long.text.split())
+    with pytest.raises(FactraceError, match=r"^long(#0)? \(\d+ tokens\) needs about .* GiB"):
+        enc.encode_passages([long])

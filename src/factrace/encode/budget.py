@@ -126,6 +126,8 @@ class TokenBudget:
         self.ceiling = CPU_MAX_TOKENS if cpu and self.adaptive else MAX_TOKENS
         self.fill = fill
         self.bytes_per_token = 0.0
+        #: the most padded tokens the memory measured so far allows (None: nothing measured)
+        self.fitting: int | None = None
 
     def __call__(self) -> int:
         return self.tokens
@@ -142,6 +144,7 @@ class TokenBudget:
         self.bytes_per_token = max(self.bytes_per_token, used / max(padded_tokens, 1))
         room = self.fill * self.memory.usable() - base
         fits = int(room / self.bytes_per_token)
+        self.fitting = fits
         self.tokens = max(1, min(self.ceiling, 2 * self.tokens, fits))
 
     def shrink(self, failed_tokens: int) -> None:

@@ -138,8 +138,15 @@ class Encoder:
         """``step(batch)``, measured for the pass's token budget; a batch that runs out of
         device memory is split in two (and the budget lowered) until every part fits."""
         budget = self.budget(kind)
+        tokens = batch.input_ids.numel()
+        if len(batch.ids) == 1 and budget.fitting is not None and tokens > budget.fitting:
+            # a CPU cannot split a batch that the kernel kills: refuse it before it runs
+            raise FactraceError(
+                f"{batch.ids[0]} ({tokens} tokens) needs about "
+                f"{tokens * budget.bytes_per_token / 2**30:.1f} GiB, more than the memory "
+                f"available allows ({budget.fitting} tokens); lower --max-length or free memory")
         try:
-            with budget.measure(batch.input_ids.numel()):
+            with budget.measure(tokens):
                 result = step(batch)
         except torch.OutOfMemoryError:
             result = _OUT_OF_MEMORY  # leave the except block: its traceback holds the tensors
