@@ -222,6 +222,6 @@ def test_bad_corpus_lines_are_user_errors(tmp_path):
         pretrain(empty, None, tmp_path / "m1", TINY, progress=False)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "a", "text": "fine"}\n{"id": "b"}\n')
-    with pytest.raises(FactraceError, match=r"broken.jsonl:2: missing field\(s\) text"):
+    with pytest.raises(FactraceError, match=r'broken.jsonl:2: missing field "text"'):
         pretrain(broken, None, tmp_path / "m2", TINY, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl", "empty.jsonl"]

@@ -33,10 +33,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from factrace.data.records import Query
+from factrace.data.corpus import iter_corpus
+from factrace.data.io import read_queries
 from factrace.errors import FactraceError
 from factrace.factworld.accuracy import fact_accuracy
-from factrace.factworld.jsonl import read_jsonl
 from factrace.factworld.tokenizer import train_tokenizer
 
 CODE_VERSION = "1"
@@ -293,14 +293,6 @@ def train(
     }
 
 
-def read_queries(path: Path) -> list[Query]:
-    """Queries of a ``queries.jsonl`` file."""
-    return [
-        Query(str(row["id"]), row["prompt"], row["target"])
-        for row in read_jsonl(path, ("id", "prompt", "target"))
-    ]
-
-
 def _check_out_dir(out: Path, fp: str) -> bool:
     """True if ``out`` already holds this very run; error if it holds something else."""
     info_path = out / INFO_FILE
@@ -340,7 +332,7 @@ def pretrain(
     queries = read_queries(queries_path) if queries_path is not None else []
 
     def texts() -> Iterator[str]:
-        return (row["text"] for row in read_jsonl(corpus_path, ("text",)))
+        return (passage.text for passage in iter_corpus(corpus_path))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
