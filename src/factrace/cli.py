@@ -52,7 +52,11 @@ BatchTokens = Annotated[int | None, typer.Option(
     "the device).")]
 TrainExamples = Annotated[int | None, typer.Option(
     "--train-examples", help="Corpus passages sampled for R_train.")]
-Include = Annotated[list[str] | None, typer.Option(help="Glob of modules to track (repeatable).")]
+Include = Annotated[list[str] | None, typer.Option(
+    help="Glob of linear modules outside the repeated blocks to track too, e.g. lm_head "
+    "(repeatable).")]
+Only = Annotated[list[str] | None, typer.Option(
+    help="Glob restricting tracking to the modules it matches, e.g. '*.mlp.*' (repeatable).")]
 Exclude = Annotated[list[str] | None, typer.Option(help="Glob of modules to skip (repeatable).")]
 Truncate = Annotated[bool, typer.Option(help="Truncate long passages instead of windowing.")]
 Compile = Annotated[bool, typer.Option(
@@ -106,18 +110,18 @@ ENCODER_OPTIONS = {
     "lambda_k": (LambdaK, None), "damping": (Damping, None), "train_examples": (TrainExamples, None),
     "seed": (Seed, None), "device": (Device, None), "dtype": (Dtype, None),
     "batch_tokens": (BatchTokens, None), "max_length": (MaxLength, None),
-    "loss_reduction": (LossReduction, None), "include": (Include, None),
+    "loss_reduction": (LossReduction, None), "include": (Include, None), "only": (Only, None),
     "exclude": (Exclude, None), "truncate": (Truncate, False), "compile_": (Compile, False),
 }
 
 
-def _encoder_config(variant="trackstar", include=None, exclude=None, truncate=False,
+def _encoder_config(variant="trackstar", include=None, exclude=None, only=None, truncate=False,
                     compile_=False, **options):
     from factrace.config import variant_config
 
     return variant_config(
         variant, include=tuple(include) if include else None,
-        exclude=tuple(exclude) if exclude else None,
+        exclude=tuple(exclude) if exclude else None, only=tuple(only) if only else None,
         overflow="truncate" if truncate else None, compile=compile_ or None, **options)
 
 

@@ -78,7 +78,9 @@ class EncoderConfig:
     seed: int = 0
     """Seed of the projection matrices (regenerated bit for bit from seed and module name)."""
     include: tuple[str, ...] = ()
-    """Globs adding (or, inside the blocks, restricting to) tracked linear modules."""
+    """Globs adding linear modules outside the repeated blocks (e.g. ``lm_head``)."""
+    only: tuple[str, ...] = ()
+    """Globs restricting tracking to the modules they match."""
     exclude: tuple[str, ...] = ()
     """Globs removing tracked modules."""
     loss_reduction: str = "sum"
@@ -133,12 +135,14 @@ class EncoderConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        d["only"] = list(self.only)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderConfig:
         d = dict(d)
         d["include"], d["exclude"] = tuple(d.get("include", ())), tuple(d.get("exclude", ()))
+        d["only"] = tuple(d.get("only", ()))
         return cls(**d)
 
     def fingerprint(self) -> str:

@@ -127,3 +127,19 @@ def test_encoder_default_dim_rounds_to_the_blocks():
     layers = Encoder(tiny_loaded("llama"), EncoderConfig(hessian="none", second_moment="none"))
     assert len(layers.blocks) == 4 and layers.dim == 1 << 14
     assert sum(b.size for b in enc.blocks) == enc.dim
+
+
+def test_include_adds_outside_modules_only_restricts_exclude_removes():
+    model = tiny_model("llama")
+    default = [m.name for m in discover(model)]
+    assert default and all(".layers." in n for n in default)
+    with_head = [m.name for m in discover(model, include=["lm_head"])]
+    assert set(with_head) == set(default) | {"lm_head"}
+    mlp = [m.name for m in discover(model, only=["*.mlp.*"])]
+    assert mlp == [n for n in default if ".mlp." in n] and mlp
+    assert [m.name for m in discover(model, only=["*.mlp.*"], exclude=["*.down_proj"])] == \
+        [n for n in mlp if not n.endswith("down_proj")]
+    with pytest.raises(FactraceError, match="use --only"):
+        discover(model, include=["*.mlp.*"])  # inside the blocks: that is --only's job
+    with pytest.raises(FactraceError, match="--only"):
+        discover(model, only=["nothing*"])

@@ -67,7 +67,8 @@ class Encoder:
         self.loaded = loaded
         self.config = config or EncoderConfig()
         self.device = loaded.device
-        self.tracked = discover(loaded.model, self.config.include, self.config.exclude)
+        self.tracked = discover(loaded.model, self.config.include, self.config.exclude,
+                                self.config.only)
         if self.config.projection == "exact":
             self.blocks = exact_blocks(self.tracked)
             self.dim = sum(b.size for b in self.blocks)

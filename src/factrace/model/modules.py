@@ -65,13 +65,14 @@ def discover(
     model: nn.Module,
     include: list[str] | tuple[str, ...] = (),
     exclude: list[str] | tuple[str, ...] = (),
+    only: list[str] | tuple[str, ...] = (),
 ) -> list[TrackedModule]:
     """Tracked modules in ``model.named_modules()`` order.
 
-    Default: every ``nn.Linear``/``Conv1D`` inside the blocks. ``include`` globs add linear modules
-    outside the blocks (e.g. ``"lm_head"``) — or, when they match nothing new, restrict to the
-    matched modules; ``exclude`` globs remove modules. Globs match the module name, e.g.
-    ``"*.mlp.*"``.
+    Default: every ``nn.Linear``/``Conv1D`` inside the blocks. ``include`` globs add linear
+    modules outside the blocks (e.g. ``"lm_head"``); ``only`` globs restrict tracking to the
+    modules they match; ``exclude`` globs remove modules. Globs match the module name, e.g.
+    ``"*.mlp.*"``; a glob that matches nothing it could act on is an error.
     """
     blocks_name, blocks = find_blocks(model)
     prefix = blocks_name + "."
@@ -85,19 +86,22 @@ def discover(
             outside[name] = module
     selected = dict(inside)
     if include:
-        matched_inside = {n for n in inside if any(fnmatch.fnmatch(n, g) for g in include)}
-        matched_outside = {n for n in outside if any(fnmatch.fnmatch(n, g) for g in include)}
-        if not matched_inside and not matched_outside:
-            raise FactraceError(f"--include {list(include)} matches no linear module")
-        if matched_inside and not matched_outside:
-            selected = {n: inside[n] for n in matched_inside}
-        else:
-            selected.update({n: outside[n] for n in matched_outside})
+        matched = {n for n in outside if any(fnmatch.fnmatch(n, g) for g in include)}
+        if not matched:
+            raise FactraceError(f"--include {list(include)} matches no linear module outside "
+                                f"the blocks ({blocks_name}); to track fewer modules inside "
+                                "them, use --only")
+        selected.update({n: outside[n] for n in matched})
+    if only:
+        selected = {n: m for n, m in selected.items()
+                    if any(fnmatch.fnmatch(n, g) for g in only)}
+        if not selected:
+            raise FactraceError(f"--only {list(only)} matches no tracked module")
     if exclude:
         selected = {n: m for n, m in selected.items()
                     if not any(fnmatch.fnmatch(n, g) for g in exclude)}
     if not selected:
-        raise FactraceError("no module left to trace after --include/--exclude")
+        raise FactraceError("no module left to trace after --include/--only/--exclude")
     tracked = []
     for name, module in model.named_modules():
         if name not in selected:
