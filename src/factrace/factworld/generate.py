@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from array import array
 from collections import Counter
@@ -24,6 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from factrace.data.atomic import atomic_write
+from factrace.data.jsonl import write_jsonl
 from factrace.factworld.passages import iter_passages, passage_id
 from factrace.factworld.templates import RELATION_BY_NAME, RELATIONS
 from factrace.factworld.world import World, WorldConfig, build_world
@@ -78,11 +79,7 @@ def select_queries(world: World, counts: array, n_queries: int, seed: int) -> li
 
 
 def _write_json_lines(path: Path, rows) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, rows)
 
 
 def _stream_corpus(
@@ -91,8 +88,7 @@ def _stream_corpus(
     """Write the corpus and the (fact, passage) pairs; return passages-per-fact counts."""
     counts = array("I", [0]) * len(world.facts)
     buffer = array("I")
-    tmp = files.corpus.with_name(files.corpus.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as corpus, open(pairs_path, "wb") as pairs:
+    with atomic_write(files.corpus) as corpus, open(pairs_path, "wb") as pairs:
         passages = iter_passages(world, config)
         bar = tqdm(
             passages,
@@ -112,7 +108,6 @@ def _stream_corpus(
                 buffer.tofile(pairs)
                 del buffer[:]
         buffer.tofile(pairs)
-    os.replace(tmp, files.corpus)
     return counts
 
 
@@ -205,7 +200,6 @@ def generate_world(
         "config": dataclasses.asdict(config),
         "statistics": world_statistics(world, counts, chosen),
     }
-    tmp = files.info.with_name(files.info.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, files.info)
+    with atomic_write(files.info) as fh:
+        fh.write(json.dumps(info, indent=2) + "\n")
     return files
