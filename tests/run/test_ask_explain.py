@@ -5,9 +5,6 @@ with the dense Kronecker projection and a dense R⁻¹ built from its definition
 ``trace`` reports it; greedy generation as an argmax loop.
 """
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -21,6 +18,7 @@ from factrace.encode.whitening import TrainBasis
 from factrace.errors import FactraceError
 from factrace.model.optimizer_state import OptimizerState, ParamMoment
 from factrace.run import explain as explaining
+from factrace.run.ask import completion_query
 from factrace.run.explain import TermProducts, loss_terms, token_pieces
 from factrace.run.tracer import Tracer
 from reference import (
@@ -143,8 +141,8 @@ def test_a_single_query_is_explained_with_the_default_task_as_traced_alone(trace
     assert meta["whitening"]["r_eval"] == "task default"
     for doc, score in zip(r.doc_ids, r.scores, strict=True):
         e = tracer.explain(q, doc)
-        assert e["whitening"]["r_eval"] == "task default" and "note" in e["whitening"]
         assert e["score"] == pytest.approx(score, rel=1e-5)
+        assert e["whitening"]["r_eval"] == "task default" and "note" in e["whitening"]
         assert _sum(e["passage_tokens"]) == pytest.approx(score, rel=REL)
         assert _sum(e["query_tokens"]) == pytest.approx(score, rel=REL)
 
@@ -302,6 +300,29 @@ def test_a_span_traces_the_tokens_overlapping_it(tracer):
     assert _sum(e["query_tokens"]) == pytest.approx(a.ranking.scores[0], rel=REL)
 
 
+def test_span_boundaries_select_exactly_the_overlapping_tokens(tracer):
+    """Tokens overlapping [START, END): one ending at START or starting at END is left out."""
+    tok = tracer.encoder.loaded.tokenizer
+    prompt = tok("Alba was born in")["input_ids"]
+    completion = tok(" vela tamsin orla", add_special_tokens=False)["input_ids"]
+    _, tokens, _, _ = completion_query(tok, prompt, completion, "x", None)
+    bounds = [(t["start"], t["end"]) for t in tokens]
+    text = "".join(t["token"] for t in tokens)
+    assert text == " vela tamsin orla" and len(bounds) >= 4
+
+    def traced(a, b):
+        return [i for i, t in enumerate(completion_query(tok, prompt, completion, "x",
+                                                         (a, b))[1]) if t["traced"]]
+
+    for i in range(len(bounds)):
+        for k in range(i, len(bounds)):
+            assert traced(bounds[i][0], bounds[k][1]) == list(range(i, k + 1))
+            if i < k and bounds[i][1] - bounds[i][0] > 1 and bounds[k][1] - bounds[k][0] > 1:
+                assert traced(bounds[i][1] - 1, bounds[k][0] + 1) == list(range(i, k + 1))
+    assert traced(0, None) == list(range(len(bounds)))
+    assert traced(None, bounds[0][1]) == [0]
+
+
 def test_sampling_is_seeded_and_leaves_the_global_random_state(tracer):
     state = torch.get_rng_state()
     one = tracer.ask("Corin was born in", max_new_tokens=8, temperature=1.5, seed=7,
@@ -335,20 +356,6 @@ def test_unknown_rows_and_queries_are_refused(tracer, queries):
         tracer.explain(queries[0], "nope")
     with pytest.raises(FactraceError, match="not among the queries"):
         tracer.explain(queries[0], "d1", queries=queries[1:])
-
-
-@pytest.fixture(scope="module")
-def eos_model(world, tracer, tmp_path_factory):
-    """The world's model, with its first greedy token after "Alba was born in" as EOS (in
-    generation_config.json, which the store's fingerprints do not cover)."""
-    tok = tracer.encoder.loaded.tokenizer
-    first = _greedy(tracer.encoder.loaded.model, tok("Alba was born in")["input_ids"], 1, set())
-    model = tmp_path_factory.mktemp("eos") / "model"
-    shutil.copytree(world["model"], model)
-    config = model / "generation_config.json"
-    settings = json.loads(config.read_text()) if config.exists() else {}
-    config.write_text(json.dumps({**settings, "eos_token_id": first[0]}))
-    return str(model)
 
 
 def test_a_completion_that_ends_at_once_is_refused(store, eos_model):
