@@ -45,3 +45,25 @@ def store(world, tmp_path_factory):
 def store_copy(store, tmp_path) -> Path:
     """A copy of the shared store, this test's own to alter."""
     return Path(shutil.copytree(store.out, tmp_path / "store"))
+
+
+@pytest.fixture(scope="session")
+def eos_model(world, tmp_path_factory) -> str:
+    """A copy of the world's model whose first greedy token after "Alba was born in" is its EOS
+    (set in generation_config.json, which no store fingerprint covers): it answers that prompt
+    with an empty completion."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(world["model"])
+    model = AutoModelForCausalLM.from_pretrained(world["model"])
+    with torch.no_grad():
+        ids = torch.tensor([tok("Alba was born in")["input_ids"]])
+        first = int(model(ids).logits[0, -1].argmax())
+    copy = tmp_path_factory.mktemp("eos") / "model"
+    shutil.copytree(world["model"], copy)
+    config = copy / "generation_config.json"
+    settings = json.loads(config.read_text()) if config.exists() else {}
+    config.write_text(json.dumps({**settings, "eos_token_id": first}))
+    return str(copy)

@@ -53,3 +53,41 @@ def reference_projection(encoder, example, correct=None, reduction="sum") -> tor
             g = correct(name, g)
         p += dense[name] @ g.reshape(-1)
     return p
+
+
+def fitted_correction(encoder):
+    """``correct(name, G)`` applying the encoder's own fitted correction factors the plain way:
+    ``G ⊙ (row colᵀ)`` (factored) or ``G ⊙ inverse`` (exact); ``None`` without a correction."""
+    corrections = encoder._corrections
+
+    def correct(name, g):
+        c = corrections[name]
+        if c is None:
+            return g
+        if c.factored:
+            return g * torch.outer(c.row.double(), c.col.double())
+        return g * c.inverse.double()
+    return correct
+
+
+def rotate(basis, p: torch.Tensor) -> torch.Tensor:
+    """``p`` ``[d]`` (float64) in R_train's eigenbasis, block by block, in float64."""
+    if basis.vectors is None:
+        return p
+    out = torch.empty_like(p)
+    for (off, size), u in zip(basis.spans, basis.vectors, strict=True):
+        out[off:off + size] = p[off:off + size] @ u.double()
+    return out
+
+
+def dense_r_inverse(basis, y: torch.Tensor, lam: float, damping: float) -> torch.Tensor:
+    """R⁻¹ as one dense float64 matrix in R_train's eigenbasis, built from its definition:
+    per block R = λ YᵀY/T + (1 − λ) diag(S) + η · tr(λ YᵀY/T + (1 − λ) diag(S)) / size · I."""
+    y = y.double()
+    out = torch.zeros(basis.dim, basis.dim, dtype=torch.float64)
+    for (off, size), s in zip(basis.spans, basis.values, strict=True):
+        yb = y[:, off:off + size]
+        mixed = lam * yb.T @ yb / y.shape[0] + (1 - lam) * torch.diag(torch.from_numpy(s))
+        r = mixed + damping * torch.trace(mixed) / size * torch.eye(size, dtype=torch.float64)
+        out[off:off + size, off:off + size] = torch.linalg.inv(r)
+    return out

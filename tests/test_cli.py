@@ -455,3 +455,78 @@ def test_threads_below_one_is_a_one_line_error(world, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "factrace: error: --threads must be at least 1, got 0"
     assert not out.exists()
+
+# ask and explain ---------------------------------------------------------------------------------
+def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "asked.jsonl"
+    assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "4",
+                 "--top-k", "3", "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in open(out)]
+    assert list(row) == ["query_id", "doc_ids", "scores", "opponent_ids", "opponent_scores",
+                         "prompt", "completion", "proponent_tokens"]
+    assert row["query_id"] == "ask-1" and row["prompt"] == "Alba was born in"
+    assert len(row["doc_ids"]) == 3 and row["completion"].strip()
+    # the three best proponents are explained (explain-top 3), each with its top tokens
+    assert all(1 <= len(t) <= 5 and {"token", "contribution"} == set(t[0])
+               for t in row["proponent_tokens"])
+    meta = json.loads(Path(str(out) + ".meta.json").read_text())
+    assert meta["command"] == "ask" and meta["whitening"]["r_eval"] == "task default"
+    printed = capsys.readouterr().out
+    assert row["completion"] in printed and "proponents" in printed and "opponents" in printed
+    assert all(d in printed for d in row["doc_ids"] + row["opponent_ids"])
+    best = row["proponent_tokens"][0][0]
+    assert f"{best['token']!r} {best['contribution']:+.3f}" in printed
+
+
+def test_ask_reads_prompts_files(store, tmp_path):
+    jsonl = _write(tmp_path / "p.jsonl", [json.dumps({"id": "a", "prompt": "Alba was born in"}),
+                                          json.dumps({"prompt": "Corin was born in"})])
+    text = _write(tmp_path / "p.txt", ["Alba was born in", "", "Corin was born in"])
+    for prompts, ids in ((jsonl, ["a", "ask-2"]), (text, ["ask-1", "ask-3"])):
+        out = tmp_path / f"{prompts.suffix[1:]}.jsonl"
+        assert main(["ask", "--index", store.out, "--prompts", str(prompts), "--max-new-tokens",
+                     "3", "--top-k", "2", "--explain-top", "0", "--out", str(out), "-q"]) == 0
+        rows = [json.loads(line) for line in open(out)]
+        assert [r["query_id"] for r in rows] == ids
+        assert [r["prompt"] for r in rows] == ["Alba was born in", "Corin was born in"]
+        assert all(r["proponent_tokens"] == [None, None] for r in rows)
+
+
+def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert main(["explain", "--index", store.out, "--queries", world["queries"], "--query-id",
+                 "q2", "--doc-id", "d5", "--out", str(out)]) == 0
+    e = json.loads(out.read_text())
+    assert {"score", "passage_tokens", "query_tokens", "remainder"} <= set(e)
+    for key in ("passage_tokens", "query_tokens"):
+        assert sum(t["contribution"] for t in e[key]) == pytest.approx(e["score"], rel=1e-4)
+    text = {r["id"]: r["text"] for r in world["rows"]}["d5"]
+    assert "".join(t["token"] for t in e["passage_tokens"]) == text
+    printed = capsys.readouterr().out
+    assert f"score {e['score']:+.4f}" in printed and text[:20] in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ask", ""], "prompt 'ask-1' is empty"),
+    (["ask", "   "], "prompt 'ask-1' is empty"),
+    (["ask"], "give one prompt, or --prompts FILE"),
+    (["ask", "Alba was born in", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["ask", "Alba was born in", "--span", "3"], "expected START:END"),
+    (["ask", "alba " * 40], "tokens; the context is 48 tokens"),
+    (["ask", "Alba was born in", "--span", "2:1000"], "is outside the completion"),
+    (["ask", "Alba was born in", "--model", "EOS"], "ended its completion at once"),
+    (["explain", "--query-id", "nope", "--doc-id", "d1"], "has no query 'nope'"),
+    (["explain", "--query-id", "q0", "--doc-id", "nope"], "has no row 'nope'"),
+])
+def test_ask_and_explain_refuse_bad_input_with_one_line(store, world, eos_model, tmp_path,
+                                                        capsys, argv, message):
+    command, *rest = argv
+    rest = [eos_model if a == "EOS" else a for a in rest]
+    out = tmp_path / ("out.jsonl" if command == "ask" else "out.json")
+    extra = ["--queries", world["queries"]] if command == "explain" else []
+    assert main([command, "--index", store.out, *extra, *rest, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,9 @@ Language Model Pretraining", ICLR 2025). The public API:
   are :class:`Passage` and :class:`Query` records, or plain mappings with the same keys.
 - :func:`scan` / :class:`ScanConfig`: the paper's streaming pass over a corpus → rankings.
 - :func:`build_index`, :func:`trace`, :class:`EncodingStore`: a persistent store for
-  interactive tracing.
+  interactive tracing; :class:`Tracer` opens one for a session and answers ``trace``,
+  ``ask`` (the model completes a prompt, the completion is traced) and ``explain`` (a pair's
+  score split over its tokens).
 - :mod:`factrace.evaluate`: :func:`attribution_metrics` (MRR and recall@10 of rankings against
   gold passages), :func:`tail_patch` (causal influence), :func:`compare` (the ladder and the
   baselines).

@@ -357,6 +357,82 @@ def trace(
                    f"{result.metadata['recall_at_10']:.4f}")
 
 
+TaskOption = Annotated[str | None, typer.Option(help="Use this task's R_eval (default: the "
+                                                "queries' own; the store's default task when "
+                                                "they are too few).")]
+
+
+@app.command()
+@user_errors
+def ask(
+    index: StoreOption,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or --prompts FILE).")] = None,
+    prompts: Annotated[str | None, typer.Option(
+        help="Prompts file: .jsonl with \"prompt\" (and optionally \"id\") per line, or text "
+        "with one prompt per line.")] = None,
+    out: Annotated[str | None, typer.Option(help="Rankings JSONL to write (trace's rows plus "
+                                            "prompt, completion, proponent_tokens).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion "
+                                                "(it also stops at EOS).")] = 16,
+    temperature: Annotated[float, typer.Option(help="0: greedy; above: sampled.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    span: Annotated[str | None, typer.Option(help="START:END, characters of the completion: "
+                                             "trace the tokens overlapping them only.")] = None,
+    top_k: TopK = 10,
+    explain_top: Annotated[int, typer.Option("--explain-top", help="Best proponents whose "
+                                             "passage tokens are scored.")] = 3,
+    task: TaskOption = None,
+    model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No terminal output (with "
+                                        "--out).")] = False,
+    overwrite: Overwrite = False,
+):
+    """The store's model completes a prompt; the completion is traced against the store."""
+    _quiet_libraries()
+    from factrace.report.answers import print_answer
+    from factrace.run.tracer import AskConfig
+    from factrace.run.tracer import ask as run_ask
+
+    answers, _ = run_ask(AskConfig(index=index, prompt=prompt, prompts=prompts, out=out,
+                                   max_new_tokens=max_new_tokens, temperature=temperature,
+                                   seed=seed, span=span, top_k=top_k, task=task,
+                                   explain_top=explain_top, model=model,
+                                   optimizer_state=optimizer_state, device=device,
+                                   overwrite=overwrite))
+    if not quiet:
+        for answer in answers:
+            print_answer(answer)
+
+
+@app.command()
+@user_errors
+def explain(
+    index: StoreOption,
+    queries: Annotated[str, typer.Option(help="Queries JSONL the pair was traced with.")],
+    query_id: Annotated[str, typer.Option("--query-id", help="The query's id.")],
+    doc_id: Annotated[str, typer.Option("--doc-id", help="The passage's id in the store "
+                                        "(<doc>#<n> for a window).")],
+    out: Annotated[str | None, typer.Option(help="JSON to write.")] = None,
+    task: TaskOption = None,
+    model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No terminal output (with "
+                                        "--out).")] = False,
+    overwrite: Overwrite = False,
+):
+    """One pair's score, split exactly over the passage's tokens and over the query's."""
+    _quiet_libraries()
+    from factrace.report.answers import print_explanation
+    from factrace.run.tracer import ExplainConfig
+    from factrace.run.tracer import explain as run_explain
+
+    result = run_explain(ExplainConfig(index=index, queries=queries, query_id=query_id,
+                                       doc_id=doc_id, out=out, task=task, model=model,
+                                       optimizer_state=optimizer_state, device=device,
+                                       overwrite=overwrite))
+    if not quiet:
+        print_explanation(result)
+
+
 @app.command("eval")
 @user_errors
 def eval_(

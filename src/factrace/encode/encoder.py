@@ -263,8 +263,12 @@ class Encoder:
 
     def query_vectors(self, queries: Iterable[Query]) -> tuple[list[str], torch.Tensor]:
         """Queries' ``p`` in R_train's eigenbasis, in input order (``[n, d]`` on the CPU)."""
+        return self.example_vectors(self.tokenize_queries(queries))
+
+    def example_vectors(self, examples: list[TokenizedExample]) -> tuple[list[str], torch.Tensor]:
+        """Tokenised examples' ``p`` in R_train's eigenbasis, in input order (``[n, d]`` on the
+        CPU; ids must be unique)."""
         basis = self._basis()
-        examples = self.tokenize_queries(queries)
         return _collect(((ids, basis.rotate(p)) for ids, p in self.project(examples)),
                         [e.id for e in examples])
 

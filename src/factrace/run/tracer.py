@@ -1,7 +1,12 @@
-"""``trace``: questions asked of a store, each answered with the method's own R.
+"""``trace``, ``ask`` and ``explain``: questions asked of a store, each answered with the
+method's own R.
 
 A :class:`Tracer` is a store opened for a session: the store (verified once), its encoder (model,
-configuration and fitted state) and its tasks. ``Tracer.trace(queries)`` chooses R_eval:
+configuration and fitted state) and its tasks. ``Tracer.trace(queries)`` ranks the store's rows
+for queries; ``Tracer.ask(prompt)`` lets the model complete a prompt and traces the completion
+(:mod:`factrace.run.ask`); ``Tracer.explain(query, doc_id)`` splits one pair's score over the
+loss terms of the passage and of the query (:mod:`factrace.run.explain`). Each chooses R_eval
+from the queries it is given (for ``explain``, the set the query was traced with):
 
 - ``task=NAME``: the named task's R_eval (its row norms were computed when it was added);
 - otherwise the queries' own, exactly as ``scan --queries`` would, when there are enough of them
@@ -12,20 +17,32 @@ configuration and fitted state) and its tasks. ``Tracer.trace(queries)`` chooses
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from factrace.data.corpus import iter_corpus
 from factrace.data.io import Ranking, read_queries
 from factrace.data.outputs import check_at_least, check_output_file
 from factrace.data.records import Query
+from factrace.data.tokenize import TokenizedExample
 from factrace.encode.whitening import TaskScorer, TaskWhitening
+from factrace.errors import FactraceError
+from factrace.run import ask as asking
+from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
 from factrace.run.scan import META_SUFFIX, ScanResult, to_rankings, write_with_metadata
 from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.store import EncodingStore
 from factrace.search.topk import exact_topk
+
+# Tokens of largest contribution kept per explained proponent in an answer's rankings row.
+TOP_TOKENS = 5
 
 
 class Tracer:
@@ -35,6 +52,10 @@ class Tracer:
         self.store = store
         self.encoder = encoder
         self._tasks: dict[str, tuple[TaskWhitening, np.ndarray]] = {}
+        self._rows: dict[str, int] | None = None
+        self._passages: dict[str, TokenizedExample] = {}
+        self._method = "forward-mode"  # how per-token products are computed
+        self._products_of = None
 
     @classmethod
     def open(cls, index: str, model: str | None = None, optimizer_state: str | None = None,
@@ -86,6 +107,11 @@ class Tracer:
               ) -> tuple[list[Ranking], dict]:
         """Rank the store's rows for ``queries``: ``(rankings, metadata)``."""
         _, y = self.encoder.query_vectors(queries)
+        return self._trace(queries, y, top_k, task, faiss, nprobe, report_recall)[:2]
+
+    def _trace(self, queries, y: torch.Tensor, top_k: int, task: str | None,
+               faiss: str | None = None, nprobe: int = 16, report_recall: bool = False
+               ) -> tuple[list[Ranking], dict, TaskScorer]:
         scorer, choice = self.scorer(y, task)
         metadata = {"command": "trace", "index": str(self.store.path), "top_k": top_k,
                     "encoder": self.encoder.metadata(scorer.task), "whitening": choice,
@@ -109,7 +135,223 @@ class Tracer:
                 k = min(10, top_k)
                 metadata["recall_at_10"] = recall_at_k([r.doc_ids for r in rankings],
                                                        [r.doc_ids for r in exact], k)
-        return rankings, metadata
+        return rankings, metadata, scorer
+
+    # ask ---------------------------------------------------------------------------------------
+    def ask(self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0,
+            seed: int = 0, span: tuple[int | None, int | None] | str | None = None,
+            top_k: int = 10, task: str | None = None, explain_top: int = 3) -> asking.Answer:
+        """The model completes ``prompt`` and the completion is traced: an
+        :class:`~factrace.run.ask.Answer` (its ``metadata`` says how).
+
+        Greedy at ``temperature`` 0, else sampled with ``seed``; the completion stops at EOS or
+        after ``max_new_tokens``. The query is prompt ⊕ completion with the loss on the
+        completion's tokens, or on those overlapping ``span`` (``(start, end)`` or
+        ``"START:END"``, characters of the completion). One query is too few to define R_eval:
+        the store's default task gives it when there is one (see :meth:`scorer`). The
+        ``explain_top`` best proponents get their per-token contributions
+        (``Answer.proponent_tokens``).
+        """
+        answers, _ = self.ask_many([prompt], max_new_tokens, temperature, seed, span, top_k,
+                                   task, explain_top)
+        return answers[0]
+
+    def ask_many(self, prompts: Sequence[str | tuple[str, str]], max_new_tokens: int = 16,
+                 temperature: float = 0.0, seed: int = 0,
+                 span: tuple[int | None, int | None] | str | None = None, top_k: int = 10,
+                 task: str | None = None, explain_top: int = 3
+                 ) -> tuple[list[asking.Answer], dict]:
+        """:meth:`ask` for several prompts (strings, or ``(id, prompt)`` pairs), traced
+        together as one query set (as ``trace`` traces a file): ``(answers, metadata)``."""
+        check_at_least(1, top_k=top_k)
+        check_at_least(0, explain_top=explain_top)
+        asking.check_generation(max_new_tokens, temperature)
+        if isinstance(span, str):
+            span = asking.parse_span(span)
+        if not prompts:
+            raise FactraceError("no prompts to ask")
+        named = [p if isinstance(p, tuple) else (f"ask-{n}", p) for n, p in enumerate(prompts, 1)]
+        if len({i for i, _ in named}) != len(named):
+            raise FactraceError("prompt ids must be unique")
+        if task is not None:
+            self.task(task)
+        loaded, limit = self.encoder.loaded, self.encoder.max_length
+        timings = {}
+        t = time.perf_counter()
+        ids = [asking.prompt_ids(loaded.tokenizer, p, limit, i) for i, p in named]
+        answers = []
+        for (qid, prompt), pids in zip(named, ids, strict=True):
+            completion = asking.generate(loaded, pids, min(max_new_tokens, limit - len(pids)),
+                                         temperature, seed)
+            text, tokens, query, chosen = asking.completion_query(loaded.tokenizer, pids,
+                                                                  completion, qid, span)
+            answers.append(asking.Answer(qid, prompt, text, query, tokens, chosen))
+        timings["generate_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _, y = self.encoder.example_vectors([a.query for a in answers])
+        rankings, metadata, scorer = self._trace(answers, y, top_k, task)
+        timings["trace_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        wanted = [(i, d) for i, r in enumerate(rankings) for d in r.doc_ids[:explain_top]]
+        for (i, d), tokens in zip(wanted, self._passage_tokens(scorer, wanted), strict=True):
+            answers[i].proponent_tokens[d] = tokens
+        timings["explain_s"] = time.perf_counter() - t
+        metadata.update(command="ask", explain_top=explain_top, timings=timings,
+                        generation={"max_new_tokens": max_new_tokens,
+                                    "temperature": temperature, "seed": seed,
+                                    "greedy": temperature == 0, "context": limit})
+        for a, r in zip(answers, rankings, strict=True):
+            extra = {"prompt": a.prompt, "completion": a.completion}
+            if a.span is not None:
+                extra["span"] = list(a.span)
+            # per proponent, its passage's tokens of largest contribution (null: not explained)
+            extra["proponent_tokens"] = [
+                asking.top_contributions(a.proponent_tokens[d], TOP_TOKENS)
+                if d in a.proponent_tokens else None for d in r.doc_ids]
+            a.ranking = Ranking(r.query_id, r.doc_ids, r.scores, r.opponent_ids,
+                                r.opponent_scores, extra)
+            a.metadata = metadata
+        return answers, metadata
+
+    # explain -----------------------------------------------------------------------------------
+    def explain(self, query: Query | TokenizedExample, doc_id: str,
+                queries: Sequence[Query | TokenizedExample] | None = None,
+                task: str | None = None) -> dict:
+        """The score of ``(query, doc_id)`` as ``trace`` reports it, split over the loss terms
+        of the passage (``passage_tokens``) and, separately, of the query (``query_tokens``):
+        ``{"score", "passage_tokens": [{"token", "contribution", "position"}], "query_tokens":
+        [...], "remainder": {"passage", "query"}, ...}`` where each list's contributions plus
+        its remainder is the score (see :mod:`factrace.run.explain`).
+
+        ``queries``: the query set ``query`` was traced with (R_eval depends on it; default:
+        ``query`` alone, which takes R_eval from the store's default task when there is one).
+        """
+        row_index = self.row_index(doc_id)
+        queries = list(queries) if queries is not None else [query]
+        examples = [q if isinstance(q, TokenizedExample) else None for q in queries]
+        plain = [q for q in queries if not isinstance(q, TokenizedExample)]
+        if plain:
+            tokenized = iter(self.encoder.tokenize_queries(plain))
+            examples = [e if e is not None else next(tokenized) for e in examples]
+        ids = [e.id for e in examples]
+        if query.id not in ids:
+            raise FactraceError(f"query {query.id!r} is not among the queries given")
+        i = ids.index(query.id)
+        if task is not None:
+            self.task(task)
+        _, y = self.encoder.example_vectors(examples)
+        scorer, choice = self.scorer(y, task)
+        p = self._pair(scorer, i, doc_id, row_index)
+        (passage_tokens,) = self._passage_tokens(scorer, [(i, doc_id)])
+        by_query = explaining.query_contributions(p, self._products(examples[i], p.v))
+        query_tokens = explaining.token_list(self.encoder.loaded.tokenizer, examples[i],
+                                             by_query)
+        return {
+            "query_id": query.id, "doc_id": doc_id, "score": p.score,
+            "passage_tokens": passage_tokens, "query_tokens": query_tokens,
+            "remainder": {"passage": p.score - sum(t["contribution"] for t in passage_tokens),
+                          "query": p.score - sum(t["contribution"] for t in query_tokens)},
+            "whitening": choice, "per_token": self._method,
+        }
+
+    def _passage_tokens(self, scorer: TaskScorer, pairs: Sequence[tuple[int, str]]
+                        ) -> list[list[dict]]:
+        """Per-token contributions of the passages of ``(query index, doc id)`` pairs."""
+        if not pairs:
+            return []
+        unique = list(dict.fromkeys(d for _, d in pairs))
+        examples = self.passage_examples(unique)
+        _, whole = self.encoder.example_vectors([examples[d] for d in unique])
+        whole = dict(zip(unique, whole, strict=True))
+        out = []
+        for i, d in pairs:
+            p = self._pair(scorer, i, d)
+            shares = explaining.passage_contributions(p, self._products(examples[d], p.u),
+                                                      whole[d], d)
+            out.append(explaining.token_list(self.encoder.loaded.tokenizer, examples[d],
+                                             shares))
+        return out
+
+    def _products(self, example: TokenizedExample, direction: torch.Tensor) -> torch.Tensor:
+        """``⟨direction, p_t⟩`` per loss term: forward mode, or each term's projection where
+        the model's operations have no forward-mode derivative (then for the session)."""
+        if self._method == "forward-mode":
+            if self._products_of is None:
+                self._products_of = explaining.TermProducts(self.encoder)
+            try:
+                return self._products_of(example, direction)
+            except NotImplementedError:
+                self._method = "one-hot loss masks"
+                self._products_of = explaining.TermVectors(self.encoder)
+        return self._products_of(example, direction)
+
+    # rows and passages -------------------------------------------------------------------------
+    def row_index(self, doc_id: str) -> int:
+        """The store row of ``doc_id`` (a passage id, or ``<doc>#<n>`` for a window)."""
+        if self._rows is None:
+            self._rows = {d: n for n, d in enumerate(self.store.ids)}
+        if doc_id not in self._rows:
+            windows = [d for d in self._rows if d.startswith(f"{doc_id}#")][:3]
+            hint = f" (its windows: {', '.join(windows)}, ...)" if windows else ""
+            raise FactraceError(f"{self.store.path} has no row {doc_id!r}{hint}")
+        return self._rows[doc_id]
+
+    def stored_row(self, row_index: int) -> torch.Tensor:
+        """Stored row ``row_index`` as float32 ``[d]`` (rotated; unit norm when normalised)."""
+        for shard, rows in enumerate(self.store.shard_rows):
+            if row_index < rows:
+                return torch.from_numpy(
+                    np.asarray(self.store.shard_encodings(shard)[row_index], np.float32))
+            row_index -= rows
+        raise IndexError(row_index)
+
+    def _pair(self, scorer: TaskScorer, query_index: int, doc_id: str,
+              row_index: int | None = None) -> explaining.Pair:
+        index = self.row_index(doc_id) if row_index is None else row_index
+        return explaining.pair(scorer, query_index, self.stored_row(index), index)
+
+    def corpora(self) -> list[str]:
+        """The corpora the store's rows were encoded from (the build's, then each addition's)."""
+        config = self.store.config
+        paths = [config["corpus"]] + [a["corpus"] for a in
+                                      self.store.manifest.get("additions", [])]
+        for path in paths:
+            if path is None or not Path(path).exists():
+                raise FactraceError(f"{self.store.path}: the store was built from the corpus "
+                                    f"{path}, which is not there; the passages' text is needed "
+                                    "to explain a score")
+        return paths
+
+    def passage_examples(self, doc_ids: Sequence[str]) -> dict[str, TokenizedExample]:
+        """The tokenised passages (windows) behind store rows ``doc_ids``, read from the
+        corpora the store records (one pass, stopping when all are found)."""
+        todo = {d for d in doc_ids if d not in self._passages}
+        for d in todo:
+            self.row_index(d)
+        wanted: dict[str, set[str]] = {}
+        for d in todo:
+            wanted.setdefault(d, set()).add(d)
+            m = re.fullmatch(r"(.*)#\d+", d, flags=re.S)
+            if m:
+                wanted.setdefault(m.group(1), set()).add(d)
+        if todo:
+            for corpus in self.corpora():
+                for passage in iter_corpus(corpus):
+                    if passage.id not in wanted:
+                        continue
+                    for example in self.encoder.tokenize_passages([passage]):
+                        if example.id in todo:
+                            self._passages[example.id] = example
+                    if todo <= self._passages.keys():
+                        break
+                if todo <= self._passages.keys():
+                    break
+        missing = sorted(todo - self._passages.keys())
+        if missing:
+            raise FactraceError(f"passage {missing[0]!r} is in the store but not in its corpora "
+                                f"({', '.join(self.corpora())}) as the store encoded it")
+        return {d: self._passages[d] for d in doc_ids}
+
 
 
 class _ScaledRows(EncodingStore):
@@ -177,3 +419,98 @@ def trace(cfg: TraceConfig) -> ScanResult:
     if cfg.out:
         write_with_metadata(cfg.out, rankings, metadata)
     return ScanResult(rankings, metadata)
+
+
+@dataclass
+class AskConfig:
+    """An ``ask`` job: the store's model completes prompts, the completions are traced."""
+
+    index: str
+    prompt: str | None = None
+    """One prompt (or ``prompts``)."""
+    prompts: str | None = None
+    """A prompts file: JSON Lines with ``prompt`` (and optionally ``id``), or text, one prompt
+    per line (see :func:`factrace.run.ask.read_prompts`)."""
+    out: str | None = None
+    """Rankings JSONL to write (``trace``'s rows plus ``prompt``, ``completion``, ...)."""
+    max_new_tokens: int = 16
+    temperature: float = 0.0
+    """0: greedy."""
+    seed: int = 0
+    """Seed of the sampling (with a temperature)."""
+    span: str | None = None
+    """``START:END``: trace the completion tokens overlapping these characters only."""
+    top_k: int = 10
+    task: str | None = None
+    explain_top: int = 3
+    """Best proponents whose per-token contributions are computed."""
+    model: str | None = None
+    optimizer_state: str | None = None
+    device: str | None = None
+    overwrite: bool = False
+
+
+def ask(cfg: AskConfig) -> tuple[list[asking.Answer], dict]:
+    """Run an ``ask`` job; options, prompts and ``out`` are checked before the model loads, and
+    nothing is written unless every prompt was answered and traced."""
+    check_at_least(1, top_k=cfg.top_k)
+    check_at_least(0, explain_top=cfg.explain_top)
+    asking.check_generation(cfg.max_new_tokens, cfg.temperature)
+    span = asking.parse_span(cfg.span)
+    if (cfg.prompt is None) == (cfg.prompts is None):
+        raise FactraceError("give one prompt, or --prompts FILE (not both)")
+    if cfg.out:
+        check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
+    prompts = asking.read_prompts(cfg.prompts) if cfg.prompts else [("ask-1", cfg.prompt)]
+    for pid, prompt in prompts:
+        if not prompt.strip():
+            raise FactraceError(f"prompt {pid!r} is empty")
+    tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
+    answers, metadata = tracer.ask_many(prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed,
+                                        span, cfg.top_k, cfg.task, cfg.explain_top)
+    if cfg.prompts:
+        metadata["prompts"] = str(cfg.prompts)
+    if cfg.out:
+        write_with_metadata(cfg.out, [a.ranking for a in answers], metadata)
+    return answers, metadata
+
+
+@dataclass
+class ExplainConfig:
+    """An ``explain`` job: one (query, passage) pair's score, token by token."""
+
+    index: str
+    queries: str
+    """The queries file the pair was traced with (R_eval comes from it, as in ``trace``)."""
+    query_id: str
+    doc_id: str
+    out: str | None = None
+    """JSON to write."""
+    task: str | None = None
+    model: str | None = None
+    optimizer_state: str | None = None
+    device: str | None = None
+    overwrite: bool = False
+
+
+def explain(cfg: ExplainConfig) -> dict:
+    """Run an ``explain`` job (the query id is checked before the model loads, the doc id
+    before any encoding)."""
+    if cfg.out:
+        check_output_file(cfg.out, overwrite=cfg.overwrite)
+    queries = read_queries(cfg.queries)
+    by_id = {q.id: q for q in queries}
+    if cfg.query_id not in by_id:
+        raise FactraceError(f"{cfg.queries} has no query {cfg.query_id!r}")
+    tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
+    tracer.row_index(cfg.doc_id)
+    result = tracer.explain(by_id[cfg.query_id], cfg.doc_id, queries, cfg.task)
+    result["queries"] = str(cfg.queries)
+    if cfg.out:
+        import json
+
+        from factrace.data.atomic import atomic_write
+
+        with atomic_write(cfg.out, "w") as f:
+            json.dump(result, f, indent=2, ensure_ascii=False)
+    return result
