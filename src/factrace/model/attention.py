@@ -27,13 +27,24 @@ def prefers_eager(model, width: int) -> bool:
 
 
 @contextmanager
-def attention_for_width(model, width: int):
-    """Switch ``model`` to eager attention for this batch where that is faster; restore after."""
-    if not prefers_eager(model, width):
+def eager_attention(model):
+    """``model`` on eager attention for the body (when it can switch), then as it was."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
         yield
         return
     model.set_attn_implementation("eager")
     try:
         yield
     finally:
-        model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(current)
+
+
+@contextmanager
+def attention_for_width(model, width: int):
+    """Switch ``model`` to eager attention for this batch where that is faster; restore after."""
+    if not prefers_eager(model, width):
+        yield
+        return
+    with eager_attention(model):
+        yield

@@ -31,7 +31,6 @@ contributions + remainder`` for each side (about 1e-7 of the score).
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +39,7 @@ from factrace.data.tokenize import TokenizedExample
 from factrace.encode.capture import ProjectedGradients
 from factrace.encode.whitening import TaskScorer
 from factrace.errors import FactraceError
+from factrace.model.attention import eager_attention
 from factrace.model.loss import token_logprobs
 
 # A re-encoded passage whose direction differs more than this from its stored row was not
@@ -113,7 +113,7 @@ class TermProducts:
             out = functional_call(model, weights, (ids,), {"use_cache": False}, strict=False)
             return -token_logprobs(out.logits, ids)[0]
 
-        with _eager_attention(model), torch.no_grad(), warnings.catch_warnings():
+        with eager_attention(model), torch.no_grad(), warnings.catch_warnings():
             # torch registers its forward-mode decompositions with torch.jit on first use
             warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
             _, derivative = jvp(losses, (primals,), (tangents,))
@@ -122,19 +122,6 @@ class TermProducts:
         if self.encoder.config.loss_reduction == "mean" and positions:
             out = out / len(positions)
         return out
-
-
-@contextmanager
-def _eager_attention(model):
-    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(current)
 
 
 # the same by brute force: each term's projection --------------------------------------------------
