@@ -256,6 +256,8 @@ def index_build(
         typer.echo(f"store {out}: {store.n_rows} encodings of dimension {store.dim}", err=True)
 
 
+QuietOut = Annotated[bool, typer.Option("-q", "--quiet", help="No terminal output (with "
+                                         "--out).")]
 StoreOption = Annotated[str, typer.Option("--index", help="Store built by `factrace index build`.")]
 ModelOverride = Annotated[str | None, typer.Option(help="Model dir (default: the store's).")]
 
@@ -383,8 +385,7 @@ def ask(
                                              "passage tokens are scored.")] = 3,
     task: TaskOption = None,
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No terminal output (with "
-                                        "--out).")] = False,
+    quiet: QuietOut = False,
     overwrite: Overwrite = False,
 ):
     """The store's model completes a prompt; the completion is traced against the store."""
@@ -415,8 +416,7 @@ def explain(
     out: Annotated[str | None, typer.Option(help="JSON to write.")] = None,
     task: TaskOption = None,
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No terminal output (with "
-                                        "--out).")] = False,
+    quiet: QuietOut = False,
     overwrite: Overwrite = False,
 ):
     """One pair's score, split exactly over the passage's tokens and over the query's."""
