@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from factrace.config import EncoderConfig
 from factrace.data.outputs import check_at_least
 from factrace.run.engines import make_engine
+from factrace.run.progress import say_coverage
 from factrace.run.worker import EncoderSpec
 
 SHARD_ELEMENTS = 1 << 26
@@ -57,5 +58,7 @@ class EncodingJob:
 
     def make_engine(self):
         spec = EncoderSpec(str(self.model), self.optimizer_state, self.encoder)
-        return make_engine(self.engine, spec, self.workers, self.ray_address,
-                           self.gpus_per_worker)
+        engine = make_engine(self.engine, spec, self.workers, self.ray_address,
+                             self.gpus_per_worker)
+        say_coverage(engine.encoder.coverage, self.progress)
+        return engine
