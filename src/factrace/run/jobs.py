@@ -24,7 +24,7 @@ class EncodingJob:
     """Options shared by ``scan`` and ``index build``."""
 
     model: str
-    """Hugging Face model directory."""
+    """Hugging Face model directory, or a GGUF file."""
     corpus: str
     """Training corpus (JSONL, Parquet, saved HF dataset, or a directory of them)."""
     optimizer_state: str | None = None
