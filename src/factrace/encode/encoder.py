@@ -135,6 +135,13 @@ class Encoder:
             self.budgets[kind] = TokenBudget(self.device, self.config.batch_tokens)
         return self.budgets[kind]
 
+    def budget_report(self) -> dict:
+        """Each pass's token budget as it stands (after a pass: where it adapted to), with the
+        largest bytes per padded token measured (0 when not measured)."""
+        return {kind: {"tokens": b.tokens, "adaptive": b.adaptive,
+                       "bytes_per_token": round(b.bytes_per_token)}
+                for kind, b in self.budgets.items()}
+
     def _batches(self, examples: Iterable[TokenizedExample], kind: str = "encode"):
         # Sorting windows of examples by length cuts padding; ψ does not depend on the batching,
         # and every batch carries its ids, so outputs come in length order within a window.

@@ -34,10 +34,11 @@ def _chunks(items: list, size: int = CHUNK) -> list[list]:
 
 
 def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
-    """Fit the engine's workers (V estimate, then R_train's eigenbasis); returns what was done,
-    for records."""
+    """Fit the engine's workers (V estimate, then R_train's eigenbasis); returns what was done
+    and each step's wall time (``timings``), for records."""
     cfg = engine.encoder.config
-    record: dict = {}
+    timings: dict[str, float] = {}
+    record: dict = {"timings": timings}
     needs_sample = cfg.second_moment == "estimate" or cfg.hessian != "none"
     sample = sample_passages(corpus, n_rows, max(cfg.train_examples, cfg.estimate_examples)) \
         if needs_sample else []
@@ -52,11 +53,13 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
               f"({(n_estimate + n_train) / max(n_rows, 1):.2f} corpus passes before it)",
               file=sys.stderr, flush=True)
     if cfg.second_moment == "estimate":
+        t = time.perf_counter()
         chunks = _chunks(sample[:cfg.estimate_examples])
         parts = list(progress_bar(engine.map("squared_gradients", [(c,) for c in chunks]),
                                   total=len(chunks), desc="estimating V", enabled=progress))
         engine.broadcast("set_second_moment", merge_squared_sums(parts))
         record["second_moment"] = engine.encoder.second_moment_note
+        timings["estimate_s"] = time.perf_counter() - t
     if cfg.hessian == "none":
         return record
     train_chunks = _chunks(sample[:cfg.train_examples])
@@ -64,13 +67,15 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> dict:
     r_train = _merge(progress_bar(
         engine.map("hessian_partial", [(c, None) for c in train_chunks]),
         total=len(train_chunks), desc="R_train", enabled=progress))
-    seconds = time.perf_counter() - t
+    seconds = timings["r_train_s"] = time.perf_counter() - t
     if progress and n_train:
         print(f"R_train: {n_train} passages in {seconds:.0f} s; the corpus pass should take "
               f"about {seconds * n_rows / n_train:.0f} s", file=sys.stderr, flush=True)
+    t = time.perf_counter()
     with progress_step(f"R_train's eigenbasis (d = {engine.encoder.dim})", progress):
         basis = engine.encoder.fit_basis(r_train)
         engine.broadcast("set_basis", basis)
+    timings["basis_s"] = time.perf_counter() - t
     record["train_examples"] = basis.n_train
     return record
 

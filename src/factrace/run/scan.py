@@ -106,6 +106,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
             "encoder": engine.encoder.metadata(task),
             "fingerprints": engine.encoder.fingerprints(),
             "fit": record,
+            "token_budgets": engine.encoder.budget_report(),
             "timings": timings,
         }
     finally:
