@@ -2,6 +2,7 @@
 transformers' reader) loads as the same model as its Hugging Face directory, encodes the same,
 has a fingerprint of its own, and bad files are one-line errors."""
 
+import json
 import shutil
 
 import pytest
@@ -55,6 +56,19 @@ def test_gguf_encodes_as_its_directory(world, gguf_file):
     # rebuilds from the file's metadata: it tokenises the same, above, but is spelled otherwise)
     fa, fb = enc_a.fingerprints(), enc_b.fingerprints()
     assert fa["encoder"] == fb["encoder"] and fa["model"] != fb["model"]
+
+
+def test_gguf_beside_another_models_files_loads_only_itself(world, gguf_file, tmp_path):
+    # a directory with another model's config and tokenizer files, and the GGUF among them
+    folder = shutil.copytree(world["model"], tmp_path / "mixed")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    tokenizer_config = folder / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({**json.loads(tokenizer_config.read_text()),
+                                            "bos_token": None, "pad_token": None}))
+    loaded = load_model(shutil.copy(gguf_file, folder / "tiny.gguf"), "cpu", "float32")
+    assert loaded.model.config.num_hidden_layers == 2  # the GGUF's, not the directory's
+    assert loaded.tokenizer.bos_token == "<s>" and loaded.tokenizer.pad_token == "<pad>"
 
 
 def test_gguf_fingerprint_follows_the_file(gguf_file, tmp_path):
