@@ -87,6 +87,7 @@ def test_scan_with_estimated_second_moment_records_it(world):
     assert set(timings) == {"estimate_s", "r_train_s", "basis_s"}
     assert all(v >= 0 for v in timings.values())
     assert sum(timings.values()) <= res.metadata["timings"]["fit_s"]
+    assert res.metadata["peak_rss_bytes"] > 0
     budgets = res.metadata["token_budgets"]
     assert set(budgets) == {"estimate", "encode"}
     assert all(b["tokens"] >= 1 for b in budgets.values())
