@@ -228,7 +228,8 @@ def compare(cfg: CompareConfig) -> dict:
     examples = build_examples(queries, qrels, rankings, texts)
     metadata = {"model": cfg.model, "corpus": cfg.corpus, "corpus_rows": info.n_rows,
                 "queries": len(queries), "top_k": cfg.top_k,
-                "encoder_options": cfg.encoder_options, "coverage": covered.to_dict(),
+                "encoder_options": cfg.encoder_options,
+                "coverage": covered.line().removeprefix("coverage: "),
                 "timings": timings,
                 "tail_patch": None if shared is None else {
                     "lr": shared.lr, "k": cfg.tail_patch_k, "queries": shared.n_queries,
