@@ -530,3 +530,32 @@ def test_ask_and_explain_refuse_bad_input_with_one_line(store, world, eos_model,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+def test_gguf_model_through_build_and_trace_with_coverage_stated(world, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from ggufdir import write_llama_gguf
+
+    gguf = write_llama_gguf(world["model"], tmp_path / "tiny.gguf")
+    n_parameters = AutoModelForCausalLM.from_pretrained(world["model"]).num_parameters()
+    store = str(tmp_path / "store")
+    estimate = ["--second-moment", "estimate", "--estimate-examples", "16", "--dim", "64",
+                "--train-examples", "16"]
+    assert main(["index", "build", "--model", str(gguf), "--corpus", world["corpus"],
+                 "--queries", world["queries"], "--out", store, *estimate]) == 0
+    out = tmp_path / "t.jsonl"
+    assert main(["trace", "--index", store, "--queries", world["queries"], "--out",
+                 str(out)]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("coverage: ")]
+    assert len(lines) == 2  # one per command that encodes
+    assert f"{n_parameters / 1e3:.3g}k parameters in 2 blocks" in lines[0]
+    manifest = json.loads((Path(store) / "manifest.json").read_text())
+    assert manifest["config"]["model"] == str(gguf)
+    assert manifest["config"]["encoder"]["coverage"]["parameters"] == n_parameters
+    meta = json.loads(Path(str(out) + ".meta.json").read_text())
+    assert meta["encoder"]["coverage"]["kinds"]["tracked"]["tensors"] == 14
+    # quiet: no line
+    assert main(["scan", "--model", str(gguf), "--corpus", world["corpus"], "--queries",
+                 world["queries"], "--out", str(tmp_path / "s.jsonl"), *estimate, "-q"]) == 0
+    assert "coverage: " not in capsys.readouterr().err

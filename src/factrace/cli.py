@@ -71,7 +71,8 @@ ShardRows = Annotated[int | None, typer.Option(
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars.")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace existing outputs (otherwise refused before any work).")]
-Model = Annotated[str, typer.Option(help="Hugging Face model directory.")]
+Model = Annotated[str, typer.Option(help="Hugging Face model directory, or a .gguf file "
+                                    "(de-quantised on loading).")]
 TopK = Annotated[int, typer.Option("--top-k", help="Top passages kept per query (gradient methods also keep as many "
     "opponents).")]
 TailPatchK = Annotated[int, typer.Option(
@@ -259,7 +260,8 @@ def index_build(
 QuietOut = Annotated[bool, typer.Option("-q", "--quiet", help="No terminal output (with "
                                          "--out).")]
 StoreOption = Annotated[str, typer.Option("--index", help="Store built by `factrace index build`.")]
-ModelOverride = Annotated[str | None, typer.Option(help="Model dir (default: the store's).")]
+ModelOverride = Annotated[str | None, typer.Option(
+    help="Model directory or .gguf file (default: the store's).")]
 
 
 @index_app.command("add")
@@ -442,7 +444,8 @@ def eval_(
     tail_patch: Annotated[bool, typer.Option("--tail-patch", help="Also measure tail-patch "
                                              "(needs --model, --optimizer-state, --corpus, "
                                              "--queries).")] = False,
-    model: Annotated[str | None, typer.Option(help="Model directory (tail-patch).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model directory or .gguf file "
+                                               "(tail-patch).")] = None,
     optimizer_state: OptState = None,
     corpus: Annotated[str | None, typer.Option(help="Corpus (tail-patch).")] = None,
     queries: Annotated[str | None, typer.Option(help="Queries (tail-patch).")] = None,

@@ -86,6 +86,27 @@ def test_this_machine_gives_a_cpu_budget_that_adapts():
         assert memory.usable() > memory.peak() - base
 
 
+def test_peak_rss_survives_the_resets_that_getrusage_does_not():
+    import mmap
+    import resource
+
+    from factrace.encode.budget import CpuMemory, peak_rss
+
+    if not CpuMemory.supported():
+        pytest.skip("no /proc/self/clear_refs here")
+    memory = CpuMemory()
+    base = memory.start()
+    block = mmap.mmap(-1, 128 << 20)
+    for offset in range(0, 128 << 20, 4096):
+        block[offset] = 1  # 128 MiB resident, then handed back
+    block.close()
+    memory.start()  # the next batch: the kernel's peak counter starts again
+    # what /usr/bin/time -v would report (the kernel's counter) has forgotten the block...
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < base + (96 << 20)
+    # ...the run's peak has not
+    assert peak_rss() >= base + (120 << 20)
+
+
 def _largest_fitting(memory, limit):
     """The most tokens whose batch peaks within ``limit`` bytes on the fake device (bisection
     on the device itself, not on the budget's arithmetic)."""

@@ -51,6 +51,11 @@ def test_small_demo_end_to_end(tmp_path, monkeypatch):
     assert trained == [1]
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
+    from transformers import AutoModelForCausalLM
+
+    n = AutoModelForCausalLM.from_pretrained(result["model_dir"]).num_parameters()
+    assert results["metadata"]["coverage"].startswith(f"{n / 1e3:.3g}k parameters in 2 blocks; "
+                                                      "tracked ")
     methods = [r["method"] for r in results["rows"]]
     assert methods[:5] == ["grad-dot", "grad-cos", "grad-cos+opt", "trackstar-train", "trackstar"]
     assert {"bm25", "bm25+target", "dense", "random"} <= set(methods)

@@ -82,3 +82,12 @@ def test_scan_with_estimated_second_moment_records_it(world):
     assert note.startswith("estimate (from 20 training examples")
     assert "estimate" in res.metadata["fingerprints"]["second_moment"]
     assert all(len(r.doc_ids) == 3 for r in res.rankings)
+    # what each fitting step took, and where every pass's token budget stands after it
+    timings = res.metadata["fit"]["timings"]
+    assert set(timings) == {"estimate_s", "r_train_s", "basis_s"}
+    assert all(v >= 0 for v in timings.values())
+    assert sum(timings.values()) <= res.metadata["timings"]["fit_s"]
+    assert res.metadata["peak_rss_bytes"] > 0
+    budgets = res.metadata["token_budgets"]
+    assert set(budgets) == {"estimate", "encode"}
+    assert all(b["tokens"] >= 1 for b in budgets.values())

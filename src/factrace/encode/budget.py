@@ -11,6 +11,11 @@ encodes (the V estimate, R, the encodings) keeps its own budget: their bytes per
 Whatever the setting, a batch that runs out of device memory is split in two and the budget
 halved for the rest of the run (:meth:`TokenBudget.shrink`), so a run never fails for a batch
 that could have been smaller.
+
+Measuring a batch's peak on a CPU resets the kernel's peak counter of the process, which is also
+what ``getrusage`` and ``/usr/bin/time -v`` report as the maximum resident set: after an
+adaptive CPU run they give the peak since the last batch began, not the run's. :func:`peak_rss`
+keeps the run's.
 """
 
 from __future__ import annotations
@@ -71,6 +76,19 @@ def _cgroup_room() -> int | None:
     return None
 
 
+_peak_before_reset = 0
+"""The largest peak resident set (bytes) read before the kernel's counter was last reset."""
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident set so far, in bytes (Linux; ``None`` elsewhere), however
+    often the CPU budget has reset the kernel's counter since."""
+    try:
+        return max(_peak_before_reset, _status_bytes("VmHWM"))
+    except OSError:
+        return None
+
+
 class CpuMemory:
     """Memory readings of this process on a CPU (Linux): resident set, its peak (reset per
     batch through ``/proc/self/clear_refs``), and what the machine or cgroup has available."""
@@ -84,6 +102,8 @@ class CpuMemory:
             return False
 
     def start(self) -> int:
+        global _peak_before_reset
+        _peak_before_reset = max(_peak_before_reset, _status_bytes("VmHWM"))
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # the peak resident set starts again from the present one
         return _status_bytes("VmRSS")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -26,7 +28,7 @@ from factrace.encode.projection import CPU_MAX_BLOCK, exact_blocks, plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
 from factrace.encode.state import EncoderState
 from factrace.encode.whitening import TaskWhitening, TrainBasis
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, FactraceWarning
 from factrace.model.load import (
     LoadedModel,
     file_fingerprint,
@@ -36,7 +38,7 @@ from factrace.model.load import (
     pick_dtype,
     tokenizer_fingerprint,
 )
-from factrace.model.modules import discover
+from factrace.model.modules import Coverage, coverage, discover
 from factrace.model.optimizer_state import OptimizerState, load_optimizer_state
 
 # Global R up to this dimension under hessian_structure="auto" (a float64 d × d is 512 MiB here).
@@ -45,6 +47,8 @@ AUTO_GLOBAL_MAX_DIM = 8192
 SORT_WINDOW = 2048
 _OUT_OF_MEMORY = object()
 T = TypeVar("T")
+# models whose untraced in-block weights were already warned about (once per model and process)
+_WARNED: weakref.WeakSet = weakref.WeakSet()
 
 
 def unit_normalize(p: torch.Tensor) -> torch.Tensor:
@@ -69,6 +73,11 @@ class Encoder:
         self.device = loaded.device
         self.tracked = discover(loaded.model, self.config.include, self.config.exclude,
                                 self.config.only)
+        #: which parameters are traced and which are not, by kind (in every output's metadata)
+        self.coverage: Coverage = coverage(loaded.model, self.tracked)
+        if self.coverage.warning() and loaded.model not in _WARNED:
+            _WARNED.add(loaded.model)
+            warnings.warn(self.coverage.warning(), FactraceWarning, stacklevel=2)
         if self.config.projection == "exact":
             self.blocks = exact_blocks(self.tracked)
             self.dim = sum(b.size for b in self.blocks)
@@ -126,6 +135,13 @@ class Encoder:
         if kind not in self.budgets:
             self.budgets[kind] = TokenBudget(self.device, self.config.batch_tokens)
         return self.budgets[kind]
+
+    def budget_report(self) -> dict:
+        """Each pass's token budget as it stands (after a pass: where it adapted to), with the
+        largest bytes per padded token measured (0 when not measured)."""
+        return {kind: {"tokens": b.tokens, "adaptive": b.adaptive,
+                       "bytes_per_token": round(b.bytes_per_token)}
+                for kind, b in self.budgets.items()}
 
     def _batches(self, examples: Iterable[TokenizedExample], kind: str = "encode"):
         # Sorting windows of examples by length cuts padding; ψ does not depend on the batching,
@@ -371,6 +387,7 @@ class Encoder:
             "blocks": [{"name": b.name, "rows": b.rows, "cols": b.cols, "modules": len(b.modules)}
                        for b in self.blocks],
             "tracked_modules": len(self.tracked),
+            "coverage": self.coverage.to_dict(),
             "second_moment": self.second_moment_note,
             "whitening": task.describe() if task is not None else (
                 self.whitening.describe() if self.whitening else None),

@@ -30,9 +30,10 @@ from factrace.evaluate.ladder import LADDER, findings, results_rows
 from factrace.evaluate.metrics import check_coverage, mean_stderr
 from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
+from factrace.model.modules import coverage, discover
 from factrace.model.optimizer_state import load_optimizer_state
 from factrace.run.fit import sample_passages
-from factrace.run.progress import progress_bar, progress_step
+from factrace.run.progress import progress_bar, progress_step, say_coverage
 from factrace.search.topk import exact_topk
 
 BASELINES = ("bm25", "bm25+target", "dense", "random")
@@ -221,6 +222,8 @@ def compare(cfg: CompareConfig) -> dict:
     passages = list(iter_corpus(cfg.corpus))
     texts = {p.id: p.text for p in passages}
     loaded = load_model(cfg.model, cfg.device, "float32")
+    covered = coverage(loaded.model, discover(loaded.model))
+    say_coverage(covered, cfg.progress)
     state = None
     if cfg.optimizer_state is not None:
         state = load_optimizer_state(cfg.optimizer_state, loaded.model)
@@ -246,7 +249,9 @@ def compare(cfg: CompareConfig) -> dict:
     examples = build_examples(queries, qrels, rankings, texts)
     metadata = {"model": cfg.model, "corpus": cfg.corpus, "corpus_rows": info.n_rows,
                 "queries": len(queries), "top_k": cfg.top_k,
-                "encoder_options": cfg.encoder_options, "timings": timings,
+                "encoder_options": cfg.encoder_options,
+                "coverage": covered.line().removeprefix("coverage: "),
+                "timings": timings,
                 "tail_patch": None if shared is None else {
                     "lr": shared.lr, "k": cfg.tail_patch_k, "queries": shared.n_queries,
                     "seconds_per_query_union": shared.seconds_per_query}}

@@ -1,4 +1,5 @@
-"""Tracked-module discovery: every linear weight inside the transformer blocks.
+"""Tracked-module discovery: every linear weight inside the transformer blocks; and coverage:
+which of the model's parameters that tracks, by kind.
 
 Each tracked module is described in a canonical ``(out, in)`` layout: ``nn.Linear`` stores its
 weight as ``[out, in]``; Hugging Face's ``Conv1D`` (GPT-2) stores ``[in, out]`` and is marked
@@ -124,3 +125,153 @@ def discover(
             transposed=_is_conv1d(module),
         ))
     return tracked
+
+
+# coverage ----------------------------------------------------------------------------------------
+#: Kinds of parameter, in the order a parameter is classified (the first that applies).
+COVERAGE_KINDS = {
+    "tracked": "weights of the tracked linear modules (their gradients are traced)",
+    "embeddings": "token and position embeddings (an output head tied to them included)",
+    "norms": "parameters of normalisation layers",
+    "untracked_linear": "weights of linear modules left out (outside the blocks, or excluded)",
+    "biases": "1-D biases",
+    "untracked_matrix": "other weights of 2 or more dimensions (fused expert weights, routers "
+                        "kept as plain parameters, ...): no module kind discovery knows",
+    "other": "any other parameter (scalars, 1-D gates, ...)",
+}
+
+
+#: How the terminal line names each kind.
+COVERAGE_LABELS = {"tracked": "tracked", "embeddings": "embeddings", "norms": "norms",
+                   "untracked_linear": "other linear weights", "biases": "biases",
+                   "untracked_matrix": "weights of no linear module", "other": "other"}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which parameters a tracking traces, by kind (:data:`COVERAGE_KINDS`).
+
+    ``kinds``: kind → ``{"tensors", "parameters", "share", "names"}`` (``names``: the parameters'
+    names, with the block index written ``*`` for a name that occurs in several blocks, aliases
+    of a shared tensor joined by ``=``);
+    ``unseen``: the ≥2-D parameters inside the blocks that discovery cannot track (no linear
+    module holds them), the same way.
+    """
+
+    total: int
+    kinds: dict
+    unseen: tuple[str, ...]
+    unseen_parameters: int
+    blocks: int
+
+    def to_dict(self) -> dict:
+        return {"parameters": self.total, "blocks": self.blocks, "kinds": self.kinds,
+                "untracked_in_blocks": list(self.unseen),
+                "untracked_in_blocks_parameters": self.unseen_parameters}
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        def amount(kind: str) -> str:
+            k = self.kinds[kind]
+            return f"{_count(k['parameters'])} ({_percent(k['share'])})"
+
+        untracked = [f"{COVERAGE_LABELS[kind]} {amount(kind)}" for kind in self.kinds
+                     if kind != "tracked" and self.kinds[kind]["parameters"]]
+        return (f"coverage: {_count(self.total)} parameters in {self.blocks} blocks; tracked "
+                f"{amount('tracked')} in {self.kinds['tracked']['tensors']} linear weights; "
+                f"not tracked: {', '.join(untracked) or 'none'}")
+
+    def warning(self) -> str | None:
+        """The warning an encoding gives when weights inside the blocks cannot be traced."""
+        if not self.unseen:
+            return None
+        share = self.unseen_parameters / self.total if self.total else 0.0
+        return (f"weights inside the transformer blocks that no linear module holds are not "
+                f"traced: {', '.join(self.unseen)} ({_count(self.unseen_parameters)} parameters, "
+                f"{_percent(share)} of the model); the encodings leave their gradients out")
+
+
+def _count(n: int) -> str:
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.3g}%"
+
+
+def _labeller(names: list[str], prefix: str):
+    """A function giving a parameter name its label: the block index written ``*`` when the
+    same name occurs in several blocks (names outside the blocks, or in one block, unchanged)."""
+    def pattern(name: str) -> tuple[str, str | None]:
+        if name.startswith(prefix):
+            index, _, rest = name[len(prefix):].partition(".")
+            if index.isdigit():
+                return f"{prefix}*.{rest}", index
+        return name, None
+
+    blocks: dict[str, set[str]] = {}
+    for name in names:
+        key, index = pattern(name)
+        blocks.setdefault(key, set()).add(index)
+
+    def label(name: str) -> str:
+        key, _ = pattern(name)
+        return key if len(blocks[key]) > 1 else name
+
+    return label
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm | nn.GroupNorm) or "norm" in type(module).__name__.lower()
+
+
+def coverage(model: nn.Module, tracked: list[TrackedModule]) -> Coverage:
+    """Every parameter of ``model`` (each shared tensor once) classified by kind."""
+    blocks_name, blocks = find_blocks(model)
+    prefix = blocks_name + "."
+    tracked_params = {t.param_name for t in tracked}
+    modules = dict(model.named_modules())
+    names: dict[int, list[str]] = {}
+    params: dict[int, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+        params[id(p)] = p
+    label_of = _labeller([n for aliases in names.values() for n in aliases], prefix)
+    kinds = {k: {"tensors": 0, "parameters": 0, "share": 0.0, "names": []} for k in COVERAGE_KINDS}
+    unseen: list[str] = []
+    total = unseen_parameters = 0
+    for key, p in params.items():
+        aliases = names[key]
+        owners = [(modules[n.rpartition(".")[0]], n.rpartition(".")[2]) for n in aliases]
+        if any(n in tracked_params for n in aliases):
+            kind = "tracked"
+        elif any(isinstance(m, nn.Embedding) for m, _ in owners):
+            kind = "embeddings"
+        elif any(_is_norm(m) for m, _ in owners):
+            kind = "norms"
+        elif any(_is_linear(m) and leaf == "weight" for m, leaf in owners):
+            kind = "untracked_linear"
+        elif p.dim() == 1 and any(leaf == "bias" for _, leaf in owners):
+            kind = "biases"
+        elif p.dim() >= 2:
+            kind = "untracked_matrix"
+        else:
+            kind = "other"
+        entry = kinds[kind]
+        entry["tensors"] += 1
+        entry["parameters"] += p.numel()
+        total += p.numel()
+        label = " = ".join(dict.fromkeys(label_of(n) for n in aliases))
+        if label not in entry["names"]:
+            entry["names"].append(label)
+        if (p.dim() >= 2 and kind in ("embeddings", "untracked_matrix")
+                and any(n.startswith(prefix) for n in aliases)):
+            unseen_parameters += p.numel()
+            if label not in unseen:
+                unseen.append(label)
+    for entry in kinds.values():
+        entry["share"] = entry["parameters"] / total if total else 0.0
+    return Coverage(total, kinds, tuple(unseen), unseen_parameters, len(blocks))

@@ -61,11 +61,13 @@ class Kept:
 
 
 def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> tuple[dict, Kept | None]:
-    """Fit the engine's workers (V estimate, then R_train's eigenbasis); returns what was done,
-    for records, and the R_train pass's projections when they cover the whole corpus (so the
-    corpus pass need not encode it again: :class:`Kept`)."""
+    """Fit the engine's workers (V estimate, then R_train's eigenbasis); returns what was done
+    and each step's wall time (``timings``), for records, and the R_train pass's projections
+    when they cover the whole corpus (so the corpus pass need not encode it again:
+    :class:`Kept`)."""
     cfg = engine.encoder.config
-    record: dict = {}
+    timings: dict[str, float] = {}
+    record: dict = {"timings": timings}
     needs_sample = cfg.second_moment == "estimate" or cfg.hessian != "none"
     sample = sample_passages(corpus, n_rows, max(cfg.train_examples, cfg.estimate_examples)) \
         if needs_sample else []
@@ -80,11 +82,13 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> tuple[dict, 
               f"({(n_estimate + n_train) / max(n_rows, 1):.2f} corpus passes before it)",
               file=sys.stderr, flush=True)
     if cfg.second_moment == "estimate":
+        t = time.perf_counter()
         chunks = _chunks(sample[:cfg.estimate_examples])
         parts = list(progress_bar(engine.map("squared_gradients", [(c,) for c in chunks]),
                                   total=len(chunks), desc="estimating V", enabled=progress))
         engine.broadcast("set_second_moment", merge_squared_sums(parts))
         record["second_moment"] = engine.encoder.second_moment_note
+        timings["estimate_s"] = time.perf_counter() - t
     if cfg.hessian == "none":
         return record, None
     train_chunks = _chunks(sample[:cfg.train_examples])
@@ -109,15 +113,17 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> tuple[dict, 
         r_train = _merge(progress_bar(
             engine.map("hessian_partial", [(c, None) for c in train_chunks]),
             total=len(train_chunks), desc="R_train", enabled=progress))
-    seconds = time.perf_counter() - t
+    seconds = timings["r_train_s"] = time.perf_counter() - t
     if progress and n_train:
         then = ("the corpus pass reuses these encodings" if kept is not None else
                 f"the corpus pass should take about {seconds * n_rows / n_train:.0f} s")
         print(f"R_train: {n_train} passages in {seconds:.0f} s; {then}", file=sys.stderr,
               flush=True)
+    t = time.perf_counter()
     with progress_step(f"R_train's eigenbasis (d = {engine.encoder.dim})", progress):
         basis = engine.encoder.fit_basis(r_train)
         engine.broadcast("set_basis", basis)
+    timings["basis_s"] = time.perf_counter() - t
     record["train_examples"] = basis.n_train
     return record, kept
 

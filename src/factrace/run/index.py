@@ -35,7 +35,7 @@ from factrace.encode.state import EncoderState
 from factrace.errors import FactraceError, FactraceWarning
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
-from factrace.run.progress import progress_bar, progress_step, row_progress
+from factrace.run.progress import progress_bar, progress_step, row_progress, say_coverage
 from factrace.search import manifest as mf
 from factrace.search.lock import write_lock
 from factrace.search.store import EncodingStore, StoreWriter
@@ -294,7 +294,8 @@ def add_task(cfg: TaskConfig) -> dict:
     queries = read_queries(cfg.queries)
     with write_lock(cfg.index):
         store = EncodingStore.open(cfg.index, verify="once")
-        encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)
+        encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device,
+                                   cfg.progress)
         if encoder.config.hessian != "mixed":
             raise FactraceError(f"{cfg.index}: the store's R does not depend on queries "
                                 f"(--hessian {encoder.config.hessian}); tasks need --hessian mixed")
@@ -352,13 +353,15 @@ def store_encoder_config(store: EncodingStore, device: str | None = None) -> Enc
 
 
 def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: str | None,
-                     device: str | None = None) -> Encoder:
-    """The store's own encoder (its configuration and fitted state), checked against it."""
+                     device: str | None = None, progress: bool = False) -> Encoder:
+    """The store's own encoder (its configuration and fitted state), checked against it
+    (``progress``: say its coverage on stderr)."""
     config = store.config
     model = model or _recorded(store, config["model"], "model", "--model")
     optimizer_state = optimizer_state or _recorded(store, config["optimizer_state"],
                                                    "optimizer state", "--optimizer-state")
     encoder = Encoder.load(model, optimizer_state, store_encoder_config(store, device))
+    say_coverage(encoder.coverage, progress)
     state = store.manifest.get("state")
     if state is None:
         raise FactraceError(f"{store.path}: the store records no encoder state; rebuild it")
@@ -407,7 +410,8 @@ def add_to_index(cfg: AddConfig) -> EncodingStore:
             if pending else store.n_rows
         if pending is None:
             _refuse_duplicates(store, cfg.corpus)
-        encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device)
+        encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device,
+                                   cfg.progress)
         writer = StoreWriter.reopen(cfg.index, encoder.fingerprints(), encoder.dim)
         if pending is None:
             pending = {"corpus": corpus, "rows": info.n_rows, "first_shard": writer.done_shards,

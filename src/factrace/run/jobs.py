@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from factrace.config import EncoderConfig
 from factrace.data.outputs import check_at_least
 from factrace.run.engines import make_engine
+from factrace.run.progress import say_coverage
 from factrace.run.worker import EncoderSpec
 
 SHARD_ELEMENTS = 1 << 26
@@ -23,7 +24,7 @@ class EncodingJob:
     """Options shared by ``scan`` and ``index build``."""
 
     model: str
-    """Hugging Face model directory."""
+    """Hugging Face model directory, or a GGUF file."""
     corpus: str
     """Training corpus (JSONL, Parquet, saved HF dataset, or a directory of them)."""
     optimizer_state: str | None = None
@@ -57,5 +58,7 @@ class EncodingJob:
 
     def make_engine(self):
         spec = EncoderSpec(str(self.model), self.optimizer_state, self.encoder)
-        return make_engine(self.engine, spec, self.workers, self.ray_address,
-                           self.gpus_per_worker)
+        engine = make_engine(self.engine, spec, self.workers, self.ray_address,
+                             self.gpus_per_worker)
+        say_coverage(engine.encoder.coverage, self.progress)
+        return engine

@@ -4,6 +4,7 @@ iterations (an eigendecomposition, a whitening)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -40,6 +41,12 @@ def progress_step(desc: str, enabled: bool = True, tick_s: float = TICK_S) -> It
         if enabled:
             ticker.join()
         bar.close()
+
+
+def say_coverage(coverage, enabled: bool = True) -> None:
+    """The one line that says which parameters an encoding traces (stderr, with progress)."""
+    if enabled:
+        print(coverage.line(), file=sys.stderr, flush=True)
 
 
 def passages_in(ids: Iterable[str]) -> int:

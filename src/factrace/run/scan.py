@@ -15,6 +15,7 @@ from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
 from factrace.data.outputs import check_at_least, check_output_file
 from factrace.data.records import Query
+from factrace.encode.budget import peak_rss
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_step, row_progress
@@ -115,6 +116,8 @@ def scan(cfg: ScanConfig) -> ScanResult:
             "encoder": engine.encoder.metadata(task),
             "fingerprints": engine.encoder.fingerprints(),
             "fit": record,
+            "token_budgets": engine.encoder.budget_report(),
+            "peak_rss_bytes": peak_rss(),
             "timings": timings,
         }
     finally:

@@ -59,11 +59,12 @@ class Tracer:
 
     @classmethod
     def open(cls, index: str, model: str | None = None, optimizer_state: str | None = None,
-             device: str | None = None) -> Tracer:
+             device: str | None = None, progress: bool = False) -> Tracer:
         """Open ``index`` (shards hashed only if not verified before at their present size and
-        time) with the model and optimizer state it was built with (or the ones given)."""
+        time) with the model and optimizer state it was built with (or the ones given;
+        ``progress``: say the encoder's coverage on stderr)."""
         store = EncodingStore.open(index, verify="once")
-        return cls(store, open_encoder_for(store, model, optimizer_state, device))
+        return cls(store, open_encoder_for(store, model, optimizer_state, device, progress))
 
     @property
     def default_task(self) -> str | None:
@@ -410,7 +411,7 @@ def trace(cfg: TraceConfig) -> ScanResult:
     if cfg.out:
         check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
     queries = read_queries(cfg.queries)
-    tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
+    tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device, cfg.progress)
     if cfg.task is not None:
         tracer.task(cfg.task)  # a task that does not exist fails before any encoding
     rankings, metadata = tracer.trace(queries, cfg.top_k, cfg.task, cfg.faiss, cfg.nprobe,
