@@ -107,7 +107,7 @@ def test_k_larger_than_rows_returns_all_ranked():
     topk.update(scores[:, :2], ["a", "b"])
     topk.update(scores[:, 2:], ["c"])
     first, second = topk.result()
-    assert first.doc_ids == ["c", "a", "b"] and first.scores.tolist() == [2.0, 0.5, -1.0]
+    assert first.doc_ids == ["c", "a", "b"] and first.scores == [2.0, 0.5, -1.0]
     assert first.opponent_ids == ["b", "a", "c"]
     assert second.doc_ids == ["a", "b", "c"] and second.opponent_ids == ["c", "a", "b"]
 
@@ -115,7 +115,13 @@ def test_k_larger_than_rows_returns_all_ranked():
 def test_without_opponents_and_input_checks():
     topk = TopK(2, 3, opponents=False)
     topk.update(torch.ones(2, 4), list("abcd"))
-    assert topk.result()[0].opponent_ids == []
+    first = topk.result()[0]
+    assert first.opponent_ids is None and first.opponent_scores is None  # none were kept
+    named = topk.result(["q-a", "q-b"])
+    assert [r.query_id for r in named] == ["q-a", "q-b"]
+    assert [r.query_id for r in topk.result()] == ["0", "1"]
+    with pytest.raises(ValueError, match="1 query ids for 2 queries"):
+        topk.result(["q-a"])
     with pytest.raises(ValueError, match="ids"):
         topk.update(np.ones((2, 3)), ["a"])
     with pytest.raises(ValueError, match="NaN"):

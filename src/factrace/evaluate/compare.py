@@ -92,9 +92,8 @@ def _project_all(encoder: Encoder, passages, queries, progress: bool):
 
 
 def _rank(psi_q: torch.Tensor, ids: list[str], psi: torch.Tensor, queries, k: int) -> list[Ranking]:
-    found = exact_topk(psi_q.numpy(), [(ids, psi.half().numpy())], k).result()
-    return [Ranking(q.id, list(r.doc_ids), [float(s) for s in r.scores], list(r.opponent_ids),
-                    [float(s) for s in r.opponent_scores]) for q, r in zip(queries, found, strict=True)]
+    return exact_topk(psi_q.numpy(), [(ids, psi.half().numpy())], k).result(
+        [q.id for q in queries])
 
 
 def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows: int) -> dict:

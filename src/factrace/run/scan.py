@@ -14,7 +14,6 @@ from factrace.data.atomic import atomic_write
 from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
 from factrace.data.outputs import check_at_least, check_output_file
-from factrace.data.records import Query
 from factrace.encode.budget import peak_rss
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
@@ -41,14 +40,6 @@ class ScanConfig(EncodingJob):
 class ScanResult:
     rankings: list[Ranking]
     metadata: dict
-
-
-def to_rankings(queries: list[Query], topk: TopK) -> list[Ranking]:
-    out = []
-    for q, r in zip(queries, topk.result(), strict=True):
-        out.append(Ranking(q.id, list(r.doc_ids), [float(s) for s in r.scores],
-                           list(r.opponent_ids), [float(s) for s in r.opponent_scores]))
-    return out
 
 
 def write_with_metadata(out: str, rankings: list[Ranking], metadata: dict) -> None:
@@ -103,7 +94,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
                                     cfg.progress):
             total.merge(partial)
         timings["scan_s"] = time.perf_counter() - t
-        rankings = to_rankings(queries, total)
+        rankings = total.result([q.id for q in queries])
         metadata = {
             "command": "scan",
             "model": str(cfg.model),

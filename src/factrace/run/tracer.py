@@ -36,7 +36,7 @@ from factrace.errors import FactraceError
 from factrace.run import ask as asking
 from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
-from factrace.run.scan import META_SUFFIX, ScanResult, to_rankings, write_with_metadata
+from factrace.run.scan import META_SUFFIX, ScanResult, write_with_metadata
 from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.store import EncodingStore
 from factrace.search.topk import exact_topk
@@ -119,15 +119,13 @@ class Tracer:
                     "fingerprints": self.store.fingerprints, "search": "exact"}
         exact = None
         if faiss is None or report_recall:
-            exact = to_rankings(queries, exact_topk(scorer, self.store, top_k))
+            exact = exact_topk(scorer, self.store, top_k).result([q.id for q in queries])
         rankings = exact
         if faiss is not None:
             index = ApproxIndex.build(_ScaledRows(self.store, scorer), faiss, nprobe=nprobe)
             vectors = scorer.u.numpy() if not scorer.task.normalize else \
                 (scorer.u / scorer.qn[:, None]).numpy()
-            found = index.search(vectors, top_k)
-            rankings = [Ranking(q.id, list(r.doc_ids), [float(s) for s in r.scores])
-                        for q, r in zip(queries, found, strict=True)]
+            rankings = index.search(vectors, top_k, query_ids=[q.id for q in queries])
             metadata["search"] = f"faiss {index.spec} nprobe={index.nprobe}"
             metadata["faiss"] = {"requested": faiss, "built": index.spec, "nlist": index.nlist,
                                  "nprobe": index.nprobe, "notes": index.notes,

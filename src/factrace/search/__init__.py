@@ -8,9 +8,10 @@
   exact search (``approx.py``).
 """
 
+from factrace.data.io import Ranking
 from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.store import EncodingStore, StoreWriter
-from factrace.search.topk import Ranking, TopK, exact_search, exact_topk
+from factrace.search.topk import TopK, exact_search, exact_topk
 
 __all__ = [
     "ApproxIndex",

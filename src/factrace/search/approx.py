@@ -19,10 +19,10 @@ import faiss
 import numpy as np
 import torch
 
+from factrace.data.io import Ranking
 from factrace.errors import FactraceError
 from factrace.search import manifest as mf
 from factrace.search.store import EncodingStore
-from factrace.search.topk import Ranking
 
 INDEX_FILE = "faiss.index"
 #: FAISS wants at least this many training points per IVF centroid.
@@ -210,19 +210,27 @@ class ApproxIndex:
         ivf.nprobe = min(value, ivf.nlist)
 
     def search(
-        self, queries: torch.Tensor | np.ndarray, k: int, opponents: bool = False
+        self, queries: torch.Tensor | np.ndarray, k: int, opponents: bool = False,
+        query_ids: Sequence[str] | None = None,
     ) -> list[Ranking]:
-        """Approximate top-``k`` per query ``[q, d]``; with ``opponents``, also bottom-``k``
-        (searched with the negated queries). Fewer than ``k`` come back when the probed lists
-        hold fewer rows."""
+        """Approximate top-``k`` per query ``[q, d]`` (ids ``query_ids``, default ``"0"``, …);
+        with ``opponents``, also bottom-``k`` (searched with the negated queries). Fewer than
+        ``k`` come back when the probed lists hold fewer rows."""
         x = np.ascontiguousarray(torch.as_tensor(queries).to(torch.float32).numpy())
         if x.ndim != 2 or x.shape[1] != self.index.d:
             raise FactraceError(f"queries must be [q, {self.index.d}], got {list(x.shape)}")
+        if query_ids is None:
+            query_ids = [str(i) for i in range(len(x))]
+        if len(query_ids) != len(x):
+            raise ValueError(f"{len(query_ids)} query ids for {len(x)} queries")
         top = self._search(x, k)
-        bottom = self._search(-x, k) if opponents else [([], np.empty(0, np.float32))] * len(x)
+        if not opponents:
+            return [Ranking(q, ids, scores.tolist())
+                    for q, (ids, scores) in zip(query_ids, top, strict=True)]
+        bottom = self._search(-x, k)
         return [
-            Ranking(ids, scores, low_ids, -low_scores)
-            for (ids, scores), (low_ids, low_scores) in zip(top, bottom, strict=True)
+            Ranking(q, ids, scores.tolist(), low_ids, (-low_scores).tolist())
+            for q, (ids, scores), (low_ids, low_scores) in zip(query_ids, top, bottom, strict=True)
         ]
 
     def _search(self, x: np.ndarray, k: int) -> list[tuple[list[str], np.ndarray]]:

@@ -10,11 +10,12 @@ chunked, batched or split across workers (partial :class:`TopK` per shard, merge
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from factrace.data.io import Ranking
 from factrace.errors import FactraceError
 from factrace.search.store import EncodingStore
 
@@ -38,15 +39,6 @@ class Scorer(Protocol):
     dim: int
 
     def __call__(self, rows: torch.Tensor, start: int) -> torch.Tensor: ...
-
-
-class Ranking(NamedTuple):
-    """One query's result: proponents best first, opponents most negative first."""
-
-    doc_ids: list[str]
-    scores: np.ndarray  # float32 [k]
-    opponent_ids: list[str]
-    opponent_scores: np.ndarray  # float32 [k], ascending
 
 
 def top_indices(
@@ -149,19 +141,20 @@ class TopK:
         self.next_row = max(self.next_row, other.next_row)
         return self
 
-    def result(self) -> list[Ranking]:
-        """Per query: proponents (best first) and opponents (lowest first); at most k each."""
-        top = self._top
-        bottom = self._bottom
+    def result(self, query_ids: Sequence[str] | None = None) -> list[Ranking]:
+        """Per query (``query_ids``, default ``"0"``, ``"1"``, …): proponents (best first) and,
+        when kept, opponents (lowest first); at most k each."""
+        if query_ids is None:
+            query_ids = [str(i) for i in range(self.n_queries)]
+        if len(query_ids) != self.n_queries:
+            raise ValueError(f"{len(query_ids)} query ids for {self.n_queries} queries")
+        top, bottom = self._top, self._bottom
         rankings = []
-        for i in range(self.n_queries):
-            opponent_ids = list(bottom.ids[i]) if bottom else []
-            opponent_scores = (-bottom.scores[i]).numpy() if bottom else np.empty(0, np.float32)
-            rankings.append(
-                Ranking(
-                    list(top.ids[i]), top.scores[i].numpy().copy(), opponent_ids, opponent_scores
-                )
-            )
+        for i, query_id in enumerate(query_ids):
+            rankings.append(Ranking(
+                query_id, list(top.ids[i]), top.scores[i].tolist(),
+                list(bottom.ids[i]) if bottom else None,
+                (-bottom.scores[i]).tolist() if bottom else None))
         return rankings
 
 
@@ -262,6 +255,8 @@ def exact_search(
     k: int,
     chunk_rows: int | None = None,
     opponents: bool = True,
+    query_ids: Sequence[str] | None = None,
 ) -> list[Ranking]:
     """Exact proponents and opponents of each query: :func:`exact_topk` then ``result()``."""
-    return exact_topk(queries, source, k, chunk_rows=chunk_rows, opponents=opponents).result()
+    return exact_topk(queries, source, k, chunk_rows=chunk_rows,
+                      opponents=opponents).result(query_ids)
