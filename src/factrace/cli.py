@@ -542,6 +542,7 @@ def compare(
     tail_patch_k: TailPatchK = 10,
     tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate.")] = None,
+    engine: Engine = "local", workers: Workers = 2, ray_address: RayAddress = None,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
     threads: Threads = None,
 ):
@@ -560,7 +561,9 @@ def compare(
                                        second_moment=second_moment,
                                        tail_patch=tail_patch, tail_patch_k=tail_patch_k,
                                        tail_patch_queries=tail_patch_queries, lr=lr,
-                                       device=device, progress=not quiet,
+                                       engine=engine, workers=workers,
+                                       ray_address=ray_address, device=device,
+                                       progress=not quiet,
                                        overwrite=overwrite))
     print_table(result["rows"])
     _print_findings(result["findings"])

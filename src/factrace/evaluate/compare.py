@@ -1,29 +1,30 @@
 """``compare``: the ablation ladder and the baselines on one corpus, measured the same way.
 
-The ladder's rungs differ only in the optimizer correction (none / factored), R^{-1/2} and the
-unit norm, so the corpus is projected once per correction and every rung is derived from those
-projections (the same mathematics as ``scan``: R_train on evenly spaced corpus rows, R_eval on
-the queries, float16 encodings scored against float32 queries). Tail-patch runs once over the
+The ladder's rungs differ only in the optimizer correction (none / factored), R and the unit
+norm, so the corpus is encoded once per correction (by ``index build``: the same engines, V
+estimate and R_train as ``scan``) and every rung is scored from that encoding by the scorer
+``scan`` and ``trace`` use. Tail-patch runs once over the
 union of every method's top-k per query, and each method's score is read from it.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from factrace.config import variant_config
+from factrace.config import EncoderConfig, variant_config
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
 from factrace.data.outputs import check_at_least, check_output_dir
-from factrace.encode.encoder import Encoder, unit_normalize
-from factrace.encode.hessian import Decomposed, RAccumulator, decompose, whiten
+from factrace.encode.encoder import Encoder
+from factrace.encode.state import EncoderState
+from factrace.encode.whitening import TaskWhitening
 from factrace.errors import FactraceError
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
 from factrace.evaluate.ladder import LADDER, findings, results_rows
@@ -32,8 +33,8 @@ from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
 from factrace.model.modules import coverage, discover
 from factrace.model.optimizer_state import load_optimizer_state
-from factrace.run.fit import sample_passages
-from factrace.run.progress import progress_bar, progress_step, say_coverage
+from factrace.run.index import IndexConfig, build_index
+from factrace.run.progress import progress_step, say_coverage
 from factrace.search.topk import exact_topk
 
 BASELINES = ("bm25", "bm25+target", "dense", "random")
@@ -68,86 +69,72 @@ class CompareConfig:
     tail_patch_queries: int | None = None
     """Tail-patch the first N queries only (``None``: all)."""
     lr: float | None = None
+    engine: str = "local"
+    """Where the corpus is encoded: ``local`` or ``ray`` (as ``scan``)."""
+    workers: int = 2
+    ray_address: str | None = None
     device: str | None = None
     progress: bool = True
     overwrite: bool = False
     """Replace results already in ``out`` (otherwise refused before any work)."""
 
 
-def _project_all(encoder: Encoder, passages, queries, progress: bool):
-    ex_ids, parts = [], []
-    examples, row_of = [], {}
-    for row, passage in enumerate(passages):
-        for e in encoder.tokenize_passages([passage]):
-            examples.append(e)
-            row_of[e.id] = row
-    bar = progress_bar(encoder.project(examples), desc=f"projecting ({encoder.config.second_moment})",
-                       enabled=progress, unit="batch")
-    for ids, p in bar:
-        ex_ids.extend(ids)
-        parts.append(p.cpu())
-    _, q = encoder.encode_queries(queries)  # no R, no unit norm: the raw p, in query order
-    rows = np.array([row_of[i] for i in ex_ids])
-    return ex_ids, rows, torch.cat(parts), q
+def _base_config(cfg: CompareConfig, mode: str) -> EncoderConfig:
+    """The encoding every rung of correction ``mode`` is read from: projections rotated into
+    R_train's eigenbasis (when some rung needs R), unit normalised unless some rung scores
+    plain products (a cosine under any R does not depend on a row's scale; corrected
+    gradients can exceed float16's range, unit rows cannot)."""
+    rungs = [_variant(cfg, name) for name in cfg.variants]
+    rungs = [vc for vc in rungs if vc.second_moment == mode]
+    return rungs[0].replace(hessian="train" if any(vc.hessian != "none" for vc in rungs)
+                            else "none", normalize=all(vc.normalize for vc in rungs))
 
 
-def _rank(psi_q: torch.Tensor, ids: list[str], psi: torch.Tensor, queries, k: int) -> list[Ranking]:
-    return exact_topk(psi_q.numpy(), [(ids, psi.half().numpy())], k).result(
-        [q.id for q in queries])
+def _variant(cfg: CompareConfig, name: str) -> EncoderConfig:
+    vc = variant_config(name, **cfg.encoder_options, device=cfg.device)
+    if cfg.second_moment is not None and vc.second_moment != "none":
+        vc = vc.replace(second_moment=cfg.second_moment)
+    return vc
 
 
-def ladder_rankings(cfg: CompareConfig, loaded, state, passages, queries, n_rows: int) -> dict:
+def _encode_corpus(cfg: CompareConfig, mode: str, loaded, state, queries, folder: Path):
+    """The corpus encoded once for correction ``mode`` through ``index build`` (its engine,
+    V estimate and R_train exactly as ``scan`` fits them), and the queries' vectors."""
+    base = _base_config(cfg, mode)
+    job = IndexConfig(model=cfg.model, corpus=cfg.corpus, optimizer_state=cfg.optimizer_state,
+                      encoder=base, engine=cfg.engine, workers=cfg.workers,
+                      ray_address=cfg.ray_address, out=str(folder / mode),
+                      progress=cfg.progress)
+    store = build_index(job)
+    encoder = Encoder(loaded, base, state)
+    encoder.set_state(EncoderState.load(store.path / store.manifest["state"]["file"],
+                                        store.manifest["state"]["sha256"]))
+    with progress_step(f"encoding {len(queries)} queries ({mode})", cfg.progress):
+        _, y = encoder.query_vectors(queries)
+    return store, encoder.basis, y
+
+
+def ladder_rankings(cfg: CompareConfig, loaded, state, queries, folder: Path) -> dict:
     """Rankings of every requested ladder variant.
 
-    Variants that differ only in the damping (``trackstar``, ``trackstar-paper``) share R's
-    eigendecomposition, and every variant of one correction shares R_train and R_eval."""
-    projections: dict[str, tuple] = {}
-    moments: dict[tuple, RAccumulator] = {}
-    decompositions: dict[tuple, Decomposed] = {}
+    The corpus is encoded once per optimizer correction (into a store under ``folder``, by the
+    engine ``index build`` uses) as projections in R_train's eigenbasis; every rung of that
+    correction is scored from it as ``scan`` and ``trace`` score, by a
+    :class:`~factrace.encode.whitening.TaskWhitening` of the rung's R (none, train or mixed),
+    damping and normalisation (cosines and products are unchanged by the rotation)."""
+    encoded: dict[str, tuple] = {}
     out: dict[str, list[Ranking]] = {}
-    sampled = None
     for name in cfg.variants:
-        vc = variant_config(name, **cfg.encoder_options, device=cfg.device)
-        if cfg.second_moment is not None and vc.second_moment != "none":
-            vc = vc.replace(second_moment=cfg.second_moment)
-        mode = vc.second_moment
-        if mode not in projections:
-            raw = Encoder(loaded, vc.replace(hessian="none", normalize=False), state)
-            if mode == "estimate":
-                sample = sample_passages(cfg.corpus, n_rows, vc.estimate_examples)
-                with progress_step(f"estimating V from {len(sample)} passages", cfg.progress):
-                    raw.fit_second_moment(raw.tokenize_passages(sample))
-            projections[mode] = _project_all(raw, passages, queries, cfg.progress)
-        ids, rows, p, q = projections[mode]
-        enc = Encoder(loaded, vc, state)
-        if vc.hessian != "none":
-            if sampled is None:
-                wanted = {s.id for s in sample_passages(cfg.corpus, n_rows, vc.train_examples)}
-                sampled = np.array([passages[r].id in wanted for r in rows])
-            spans = enc.hessian_spans()
-
-            def moment(side, x, spans=spans, mode=mode):
-                key = (mode, side, tuple(spans))
-                if key not in moments:
-                    moments[key] = RAccumulator(spans)
-                    moments[key].add(x)
-                return moments[key]
-
-            r_train = moment("train", p[torch.from_numpy(sampled)])
-            r_eval = moment("eval", q) if vc.hessian == "mixed" else None
-            with progress_step(f"{name}: fitting and applying R^-1/2", cfg.progress):
-                key = (mode, vc.hessian, tuple(spans), vc.lambda_, vc.lambda_k)
-                if key not in decompositions:
-                    decompositions[key] = decompose(vc.hessian, r_train, r_eval, vc.lambda_,
-                                                    vc.lambda_k)
-                enc.whitening = whiten(decompositions[key], vc.damping)
-                psi, psi_q = enc.whitening.apply(p), enc.whitening.apply(q)
-        else:
-            psi, psi_q = p, q
-        if vc.normalize:
-            psi, psi_q = unit_normalize(psi), unit_normalize(psi_q)
+        vc = _variant(cfg, name)
+        if vc.second_moment not in encoded:
+            encoded[vc.second_moment] = _encode_corpus(cfg, vc.second_moment, loaded, state,
+                                                       queries, folder)
+        store, basis, y = encoded[vc.second_moment]
         with progress_step(f"{name}: ranking", cfg.progress):
-            out[name] = _rank(psi_q, ids, psi, queries, cfg.top_k)
+            task = TaskWhitening.fit(basis, vc.hessian, y, vc.damping, vc.lambda_, vc.lambda_k,
+                                     vc.normalize)
+            out[name] = exact_topk(task.scorer(y, own=True), store, cfg.top_k).result(
+                [q.id for q in queries])
     return out
 
 
@@ -228,12 +215,14 @@ def compare(cfg: CompareConfig) -> dict:
         state = load_optimizer_state(cfg.optimizer_state, loaded.model)
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    rankings = ladder_rankings(cfg, loaded, state, passages, queries, info.n_rows)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".encodings-") as folder:
+        rankings = ladder_rankings(cfg, loaded, state, queries, Path(folder))
     timings["ladder_s"] = time.perf_counter() - t
     t = time.perf_counter()
     rankings.update(baseline_rankings(cfg, passages, queries))
     timings["baselines_s"] = time.perf_counter() - t
-    out = Path(cfg.out)
     for name, ranked in rankings.items():
         write_rankings(out / "rankings" / f"{name}.jsonl", ranked)
     patched, shared = {}, None
