@@ -24,7 +24,7 @@ class FakeMemory:
         self.tokens = 0
         self.released = 0
 
-    def start(self):
+    def start(self, first=False):
         return self.base
 
     def peak(self):
@@ -107,6 +107,83 @@ def test_peak_rss_survives_the_resets_that_getrusage_does_not():
     assert peak_rss() >= base + (120 << 20)
 
 
+class FakeHeap:
+    def __init__(self, free):
+        self.free, self.trimmed = free, 0
+
+    def free_bytes(self):
+        return self.free
+
+    def trim(self):
+        self.trimmed += 1
+        self.free = 0
+
+
+def test_a_cpu_budget_trims_the_free_heap_at_a_pass_start_and_when_it_is_large():
+    from factrace.encode.budget import TRIM_SHARE, CpuMemory
+
+    if not CpuMemory.supported():
+        pytest.skip("no /proc/self/clear_refs here")
+    heap = FakeHeap(free=0)
+    budget = TokenBudget(CPU, memory=CpuMemory(heap))
+    assert budget.adaptive
+    for _ in range(3):
+        with budget.measure(10):
+            pass
+    assert heap.trimmed == 1  # the pass's first batch only: nothing free since
+    heap.free = int(TRIM_SHARE * budget.memory.usable()) // 2
+    with budget.measure(10):
+        pass
+    assert heap.trimmed == 1  # a little free heap is kept for the next batch to reuse
+    heap.free = int(1.1 * TRIM_SHARE * budget.memory.usable())
+    with budget.measure(10):
+        pass
+    assert heap.trimmed == 2
+    TokenBudget(CPU, memory=CpuMemory(heap)).measure(10).__enter__()  # another pass
+    assert heap.trimmed == 3
+
+
+FREED_HEAP = """
+import ctypes, ctypes.util, json
+from factrace.encode.budget import CpuMemory, Heap, _status_bytes
+from factrace.run.process import keep_freed_memory
+
+assert keep_freed_memory()  # as the factrace command runs: freed blocks stay in the heap
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+blocks = [libc.malloc(8 << 20) for _ in range(32)]
+for block in blocks:
+    ctypes.memset(block, 1, 8 << 20)
+for block in blocks:
+    libc.free(block)
+held, free = _status_bytes("VmRSS"), Heap().free_bytes()
+again = CpuMemory().start()  # a later batch of the pass: a little free heap is kept
+first = CpuMemory().start(first=True)  # a pass's first batch
+print(json.dumps([held, free, again, first]))
+"""
+
+
+def test_freed_heap_memory_is_handed_back_before_a_pass_is_measured():
+    """Freed blocks the C heap keeps resident would count as a batch's starting point (and a
+    batch reusing them would seem to need less than it does): a pass's first batch starts
+    from the memory really in use. In a child process: it changes malloc's settings."""
+    import json
+    import subprocess
+    import sys
+
+    from factrace.encode.budget import CpuMemory, Heap
+
+    if not CpuMemory.supported() or Heap()._trim is None:
+        pytest.skip("needs Linux and glibc")
+    out = subprocess.run([sys.executable, "-c", FREED_HEAP], capture_output=True, text=True,
+                         check=True).stdout
+    held, free, again, first = json.loads(out)
+    assert free >= 250 << 20  # 256 MiB freed, still in the heap...
+    assert held - again < 64 << 20  # ...and resident
+    assert held - first >= 200 << 20  # handed back before the first batch
+
+
 def _largest_fitting(memory, limit):
     """The most tokens whose batch peaks within ``limit`` bytes on the fake device (bisection
     on the device itself, not on the budget's arithmetic)."""
@@ -155,7 +232,7 @@ def test_automatic_budget_keeps_the_costliest_tokens_seen():
             super().__init__(**kwargs)
             self.costs = iter(costs)
 
-        def start(self):
+        def start(self, first=False):
             self.per_token = next(self.costs)
             return self.base
 

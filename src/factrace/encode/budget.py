@@ -12,6 +12,14 @@ Whatever the setting, a batch that runs out of device memory is split in two and
 halved for the rest of the run (:meth:`TokenBudget.shrink`), so a run never fails for a batch
 that could have been smaller.
 
+Freed memory that the C heap keeps resident (glibc keeps it; ``factrace`` asks it to keep more,
+:mod:`factrace.run.process`) would make that measure lie: a batch that reuses it grows the
+resident set by less than it needs, and a later batch that cannot reuse it (another pass, other
+shapes) then overshoots. So a CPU budget hands the free heap back to the kernel
+(``malloc_trim``) before the first batch of each pass, and before any batch while the free heap
+exceeds :data:`TRIM_SHARE` of the memory the process may use; the batches it measures then
+start from what is really in use.
+
 Measuring a batch's peak on a CPU resets the kernel's peak counter of the process, which is also
 what ``getrusage`` and ``/usr/bin/time -v`` report as the maximum resident set: after an
 adaptive CPU run they give the peak since the last batch began, not the run's. :func:`peak_rss`
@@ -20,6 +28,8 @@ keeps the run's.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +39,9 @@ import torch
 START_TOKENS = 8192
 MAX_TOKENS = 1 << 20
 CPU_START_TOKENS, CPU_MAX_TOKENS = 1024, 8192
+TRIM_SHARE = 0.25
+"""A CPU budget trims the C heap before a batch when its free bytes exceed this share of the
+memory the process may use."""
 
 
 class CudaMemory:
@@ -37,7 +50,7 @@ class CudaMemory:
     def __init__(self, device: torch.device):
         self.device = device
 
-    def start(self) -> int:
+    def start(self, first: bool = False) -> int:
         """Reset the peak counter; bytes allocated now."""
         torch.cuda.reset_peak_memory_stats(self.device)
         return torch.cuda.memory_allocated(self.device)
@@ -89,9 +102,43 @@ def peak_rss() -> int | None:
         return None
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+class Heap:
+    """The C heap (glibc): the free bytes it holds, and handing them back to the kernel.
+    Elsewhere than glibc ≥ 2.33 it reports nothing free and trims nothing."""
+
+    def __init__(self):
+        self._mallinfo2 = self._trim = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallinfo2, trim = libc.mallinfo2, libc.malloc_trim
+        except (OSError, AttributeError):
+            return
+        mallinfo2.restype, mallinfo2.argtypes = _MallInfo2, []
+        trim.restype, trim.argtypes = ctypes.c_int, [ctypes.c_size_t]
+        self._mallinfo2, self._trim = mallinfo2, trim
+
+    def free_bytes(self) -> int:
+        """Bytes in the heap's free chunks (resident unless trimmed before)."""
+        return int(self._mallinfo2().fordblks) if self._mallinfo2 else 0
+
+    def trim(self) -> None:
+        if self._trim:
+            self._trim(0)
+
+
 class CpuMemory:
     """Memory readings of this process on a CPU (Linux): resident set, its peak (reset per
     batch through ``/proc/self/clear_refs``), and what the machine or cgroup has available."""
+
+    def __init__(self, heap: Heap | None = None):
+        self.heap = heap or Heap()
+        self.trims = 0
 
     @staticmethod
     def supported() -> bool:
@@ -101,9 +148,14 @@ class CpuMemory:
         except OSError:
             return False
 
-    def start(self) -> int:
+    def start(self, first: bool = False) -> int:
+        """Before a batch (``first``: of a pass): the resident set it starts from, after
+        handing the free heap back when it is the first or the free heap is large."""
         global _peak_before_reset
         _peak_before_reset = max(_peak_before_reset, _status_bytes("VmHWM"))
+        if first or self.heap.free_bytes() > TRIM_SHARE * self.usable():
+            self.heap.trim()
+            self.trims += 1
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # the peak resident set starts again from the present one
         return _status_bytes("VmRSS")
@@ -146,6 +198,7 @@ class TokenBudget:
         self.ceiling = CPU_MAX_TOKENS if cpu and self.adaptive else MAX_TOKENS
         self.fill = fill
         self.bytes_per_token = 0.0
+        self.measured = 0  # batches measured so far
         #: the most padded tokens the memory measured so far allows (None: nothing measured)
         self.fitting: int | None = None
 
@@ -158,7 +211,8 @@ class TokenBudget:
         if not self.adaptive:
             yield
             return
-        base = self.memory.start()
+        base = self.memory.start(first=self.measured == 0)
+        self.measured += 1
         yield
         used = max(self.memory.peak() - base, 1)
         self.bytes_per_token = max(self.bytes_per_token, used / max(padded_tokens, 1))
