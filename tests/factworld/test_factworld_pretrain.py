@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -22,6 +23,7 @@ from factrace.factworld.pretrain import (
     learning_rate_at,
     pretrain,
     read_queries,
+    training_inputs,
 )
 from factrace.factworld.world import WorldConfig
 
@@ -225,3 +227,14 @@ def test_bad_corpus_lines_are_user_errors(tmp_path):
     with pytest.raises(FactraceError, match=r'broken.jsonl:2: missing field "text"'):
         pretrain(broken, None, tmp_path / "m2", TINY, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jsonl", "empty.jsonl"]
+
+
+def test_training_inputs_pad_on_the_right_and_ignore_padding_in_labels():
+    sequences = [np.array([5, 6, 7], dtype=np.int32), [8], (9, 10)]
+    got = training_inputs(sequences, pad_id=0)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        assert got["input_ids"][row, :n].tolist() == list(seq)
+        assert got["input_ids"][row, n:].tolist() == [0] * (3 - n)
+        assert got["attention_mask"][row].tolist() == [1] * n + [0] * (3 - n)
+        assert got["labels"][row].tolist() == list(seq) + [-100] * (3 - n)

@@ -33,8 +33,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from factrace.data.batching import collate
 from factrace.data.corpus import iter_corpus
 from factrace.data.io import read_queries
+from factrace.data.tokenize import TokenizedExample
 from factrace.errors import FactraceError
 from factrace.factworld.accuracy import fact_accuracy
 from factrace.factworld.tokenizer import train_tokenizer
@@ -236,16 +238,13 @@ def tokenize_corpus(
     return TokenizedCorpus(ids, offsets)
 
 
-def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padding → -100)."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-        mask[row, : len(seq)] = 1
-    labels = input_ids.masked_fill(mask == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+def training_inputs(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (padding → -100): the
+    batch :func:`~factrace.data.batching.collate` makes, as a Hugging Face model trains on it."""
+    batch = collate([TokenizedExample(str(i), tuple(int(t) for t in seq), (1,) * len(seq))
+                     for i, seq in enumerate(sequences)], pad_id)
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+            "labels": batch.input_ids.masked_fill(~batch.loss_mask, -100)}
 
 
 def train(
@@ -271,7 +270,7 @@ def train(
             lr = learning_rate_at(step, total, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs = collate([sequences[i] for i in batch], pad_id)
+            inputs = training_inputs([sequences[i] for i in batch], pad_id)
             loss = model(**inputs).loss
             loss.backward()
             if config.max_grad_norm > 0:
