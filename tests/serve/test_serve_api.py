@@ -216,3 +216,24 @@ def test_the_page_loads_only_local_assets(client):
         assert client.get(f"/static/{name}").status_code == 200
         text = (STATIC / name).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_an_ask_rankings_file_is_browsed_with_its_prompts_and_explained(store, world,
+                                                                        tmp_path):
+    from factrace.cli import main
+
+    asked = tmp_path / "asked.jsonl"
+    assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "3",
+                 "--top-k", "3", "--out", str(asked), "-q"]) == 0
+    (row,) = map(json.loads, open(asked))
+    explorer = load_explorer(ServeConfig(index=store.out, rankings=[str(asked)]))
+    client = TestClient(create_app(explorer))
+    (summary,) = _get(client, "/api/info")["sets"]
+    assert summary["method"] == "ask (trackstar)" and summary["command"] == "ask"
+    (q,) = _get(client, "/api/sets/asked/queries?search=alba")["queries"]
+    assert q["prompt"] == "Alba was born in" and q["completion"] == row["completion"]
+    d = _get(client, "/api/sets/asked/queries/ask-1")
+    assert [p["top_tokens"] for p in d["proponents"]] == row["proponent_tokens"]
+    e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
+                                          "doc_id": row["doc_ids"][0]}).json()
+    assert e["query"]["completion"] == row["completion"] and e["passage_tokens"]
