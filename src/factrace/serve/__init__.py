@@ -7,6 +7,7 @@ says where it listens and runs the app (:mod:`factrace.serve.app`) until interru
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as e:
         sock.close()
-        reason = "the port is in use" if e.errno in (98, 48) else e.strerror or str(e)
+        reason = "the port is in use" if e.errno == errno.EADDRINUSE else e.strerror or str(e)
         raise FactraceError(f"cannot listen on {host}:{port}: {reason} (choose another with "
                             "--port)") from None
     sock.set_inheritable(True)
