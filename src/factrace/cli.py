@@ -435,6 +435,38 @@ def explain(
         print_explanation(result)
 
 
+@app.command()
+@user_errors
+def serve(
+    index: Annotated[str | None, typer.Option("--index", help="Store built by `factrace index "
+                                              "build`: passage texts, Ask and Explain.")] = None,
+    rankings: Annotated[list[str] | None, typer.Option(
+        help="Rankings JSONL of scan, trace, ask or compare, or a compare output directory "
+        "(repeatable).")] = None,
+    qrels: Annotated[str | None, typer.Option(help="Gold passages JSONL: marks gold passages "
+                                              "and correct queries.")] = None,
+    queries: Annotated[str | None, typer.Option(help="Queries JSONL of the rankings (default: "
+                                                "the one each file's metadata records).")] = None,
+    corpus: Annotated[list[str] | None, typer.Option(help="Corpus for passage texts (default: "
+                                                     "the store's; repeatable).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (only this machine by "
+                                      "default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
+    threads: Threads = None,
+):
+    """A local web explorer: browse and compare rankings, ask the model, explain a score."""
+    set_threads(threads)
+    _quiet_libraries()
+    from factrace.serve import ServeConfig
+    from factrace.serve import serve as run_serve
+
+    run_serve(ServeConfig(index=index, rankings=list(rankings or []), qrels=qrels,
+                          queries=queries, corpus=list(corpus or []), model=model,
+                          optimizer_state=optimizer_state, device=device, host=host,
+                          port=port))
+
+
 @app.command("eval")
 @user_errors
 def eval_(

@@ -1,0 +1,123 @@
+"""``factrace serve``: a local web explorer of rankings, answers and explanations.
+
+:func:`load_explorer` reads everything once (the store's ids and corpora, each rankings file,
+queries and qrels); :func:`serve` binds the address first (a port in use is a one-line error),
+says where it listens and runs the app (:mod:`factrace.serve.app`) until interrupted.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from factrace.errors import FactraceError
+
+__all__ = ["ServeConfig", "bind", "load_explorer", "serve"]
+
+
+@dataclass
+class ServeConfig:
+    """A ``serve`` job."""
+
+    index: str | None = None
+    """Store built by ``factrace index build`` (passage texts, Ask and Explain)."""
+    rankings: list[str] = field(default_factory=list)
+    """Rankings files, or directories of them (a ``compare`` output directory)."""
+    qrels: str | None = None
+    queries: str | None = None
+    """Queries for every rankings file (default: each file's own, from its metadata)."""
+    corpus: list[str] = field(default_factory=list)
+    """Corpora for passage texts (default: the store's)."""
+    model: str | None = None
+    optimizer_state: str | None = None
+    device: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+
+
+def load_explorer(cfg: ServeConfig):
+    """Read the inputs of ``cfg`` into an :class:`~factrace.serve.app.Explorer`.
+
+    Raises:
+        FactraceError: no store and no rankings, a store or qrels that cannot be read, or no
+            corpus for the passages' text. A rankings file that cannot be read is not an error:
+            its set carries the message, for the page to show (and a warning says it).
+    """
+    from factrace.serve.app import Explorer
+    from factrace.serve.data import Passages, load_qrels, load_sets
+    from factrace.serve.model import ModelSession
+
+    if cfg.index is None and not cfg.rankings:
+        raise FactraceError("give --index STORE, --rankings FILE, or both")
+    store = session = None
+    known = None
+    corpora = list(cfg.corpus)
+    if cfg.index is not None:
+        from factrace.search.store import EncodingStore
+
+        store = EncodingStore.open(cfg.index, verify="once")
+        known = set(store.ids)
+        if not corpora:
+            config = store.config
+            corpora = [config["corpus"]] + [a["corpus"] for a in
+                                            store.manifest.get("additions", [])]
+        session = ModelSession(store, cfg.model, cfg.optimizer_state, cfg.device)
+    if not corpora:
+        raise FactraceError("give --corpus FILE (or --index STORE) for the passages' text")
+    sets = load_sets(cfg.rankings, cfg.queries) if cfg.rankings else []
+    qrels = load_qrels(cfg.qrels)
+    return Explorer(sets=sets, qrels=qrels, passages=Passages(corpora, known),
+                    session=session, index=cfg.index)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a one-line error (port in use, bad host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise FactraceError(f"cannot listen on {host}:{port}: {e}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        reason = "the port is in use" if e.errno == errno.EADDRINUSE else e.strerror or str(e)
+        raise FactraceError(f"cannot listen on {host}:{port}: {reason} (choose another with "
+                            "--port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def serve(cfg: ServeConfig, announce=None) -> None:
+    """Bind, load, say where it listens (``announce(url)``; default: a line on stderr) and
+    serve until interrupted."""
+    import uvicorn
+
+    from factrace.serve.app import create_app
+
+    if not 0 <= cfg.port <= 65535:
+        raise FactraceError(f"--port must be 0 to 65535, got {cfg.port}")
+    sock = bind(cfg.host, cfg.port)  # a port in use fails before anything is read
+    try:
+        explorer = load_explorer(cfg)
+        url = url_of(sock)
+        if announce is None:
+            print(f"factrace serve: listening on {url} (Ctrl-C stops)", file=sys.stderr,
+                  flush=True)
+        else:
+            announce(url)
+        server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning",
+                                               access_log=False))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,0 +1,221 @@
+"""What ``factrace serve`` shows, loaded once at startup: rankings, queries, qrels, passages.
+
+- A *rankings set* is one rankings file (``scan``, ``trace``, ``ask``, or one method of
+  ``compare``'s ``rankings/`` directory, named by its file). A directory given as rankings
+  stands for its ``*.jsonl`` files (``compare``'s output directory for its ``rankings/``). A file
+  that cannot be read becomes a set holding only its error: the page shows it, the rest works.
+- Queries come from the set's ``.meta.json`` (the ``queries`` path ``scan`` and ``trace``
+  record), or from ``--queries``; their other fields (relation, ...) become filters, as do the
+  fields of a ``facts.jsonl`` beside them (the fact world's per-query record). ``ask`` rows carry
+  their own prompt and completion.
+- Passage texts are read once into an id → text map from the store's corpora (or
+  ``--corpus``); an id that is neither in the store nor in the corpora is *missing*, and shown so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factrace.data.corpus import iter_corpus
+from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings
+from factrace.data.jsonl import iter_jsonl
+from factrace.errors import FactraceError, FactraceWarning
+
+META_SUFFIX = ".meta.json"
+# A metadata field becomes a filter when it takes at most this many distinct values.
+MAX_FILTER_VALUES = 50
+_WINDOW = re.compile(r"(.*)#(\d+)", flags=re.S)
+
+
+@dataclass
+class QueryInfo:
+    """A query as the page shows it: prompt, target (``None`` for an ``ask`` row, which has a
+    completion instead) and metadata fields."""
+
+    id: str
+    prompt: str | None = None
+    target: str | None = None
+    completion: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "prompt": self.prompt, "target": self.target,
+                "completion": self.completion, "fields": self.fields}
+
+
+@dataclass
+class RankingSet:
+    """One rankings file: its rankings by query id (file order), metadata and queries, or the
+    error that kept it from loading."""
+
+    name: str
+    path: str
+    method: str = ""
+    rankings: dict[str, Ranking] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    queries: dict[str, QueryInfo] = field(default_factory=dict)
+    queries_path: str | None = None
+    error: str | None = None
+
+    def summary(self) -> dict:
+        return {"name": self.name, "path": self.path, "method": self.method,
+                "command": self.meta.get("command"), "queries": len(self.rankings),
+                "queries_path": self.queries_path, "error": self.error}
+
+
+def rankings_files(paths: list[str]) -> list[Path]:
+    """Each rankings path given, a directory standing for its ``*.jsonl`` files (a ``compare``
+    output directory for those of its ``rankings/``)."""
+    out: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            inner = path / "rankings" if (path / "rankings").is_dir() else path
+            found = sorted(p for p in inner.glob("*.jsonl") if p.is_file())
+            if not found:
+                raise FactraceError(f"{given}: a directory without rankings (*.jsonl) files")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def method_of(path: Path, meta: dict) -> str:
+    """A set's method: ``compare``'s file name, else the variant in its metadata, else the
+    command that wrote it."""
+    variant = (meta.get("encoder") or {}).get("config", {}).get("variant")
+    command = meta.get("command")
+    if command == "ask":
+        return f"ask ({variant})" if variant else "ask"
+    if variant:
+        return variant
+    return command or path.stem
+
+
+def read_meta(path: Path) -> dict:
+    """``FILE.meta.json`` if there is one (``{}`` otherwise, or when it is not JSON)."""
+    meta_file = Path(str(path) + META_SUFFIX)
+    if not meta_file.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_query_table(path: str) -> dict[str, QueryInfo]:
+    """Queries with every field beyond id, prompt and target as metadata, plus the fields of a
+    ``facts.jsonl`` beside the file (rows keyed by ``query_id``).
+
+    Raises:
+        FactraceError: the queries file is malformed (as :func:`read_queries` says).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FactraceWarning)  # the repair is trace's to report
+        queries = read_queries(path)
+    table = {q.id: QueryInfo(q.id, q.prompt, q.target) for q in queries}
+    for _, row in iter_jsonl(path):
+        info = table.get(str(row.get("id")))
+        if info is not None:
+            info.fields.update(_scalars(row, ("id", "prompt", "target")))
+    facts = Path(path).parent / "facts.jsonl"
+    if facts.is_file() and facts.resolve() != Path(path).resolve():
+        try:
+            for _, row in iter_jsonl(facts):
+                info = table.get(str(row.get("query_id")))
+                if info is not None:
+                    info.fields.update(_scalars(row, ("query_id",)))
+        except FactraceError as e:
+            warnings.warn(f"{e} (its fields are not shown)", FactraceWarning, stacklevel=2)
+    return table
+
+
+def _scalars(row: dict, skip: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in row.items()
+            if k not in skip and isinstance(v, str | int | float | bool)}
+
+
+def load_set(path: Path, name: str, queries_override: str | None,
+             query_tables: dict[str, dict[str, QueryInfo]]) -> RankingSet:
+    """One rankings file as a :class:`RankingSet`; a file that cannot be read gives a set with
+    its ``error`` (and a :class:`FactraceWarning`: one line on the terminal)."""
+    meta = read_meta(path)
+    found = RankingSet(name=name, path=str(path), method=method_of(path, meta), meta=meta)
+    try:
+        rankings = read_rankings(path)
+    except FactraceError as e:
+        found.error = str(e)
+        warnings.warn(f"{e} (the page shows this set as not loaded)", FactraceWarning,
+                      stacklevel=2)
+        return found
+    found.rankings = {r.query_id: r for r in rankings}
+    queries_path = queries_override or meta.get("queries")
+    table: dict[str, QueryInfo] = {}
+    if queries_path:
+        if queries_path not in query_tables:
+            try:
+                query_tables[queries_path] = read_query_table(queries_path)
+            except FactraceError as e:
+                warnings.warn(f"{e} (the queries of {path} are shown by id only)",
+                              FactraceWarning, stacklevel=2)
+                query_tables[queries_path] = {}
+        table = query_tables[queries_path]
+        found.queries_path = queries_path
+    for r in rankings:
+        info = table.get(r.query_id)
+        if info is None:
+            info = QueryInfo(r.query_id)
+        if "prompt" in r.extra:  # an ask row: its own prompt and completion
+            info = QueryInfo(r.query_id, str(r.extra["prompt"]), None,
+                             str(r.extra.get("completion", "")), dict(info.fields))
+        found.queries[r.query_id] = info
+    return found
+
+
+def load_sets(paths: list[str], queries: str | None = None) -> list[RankingSet]:
+    """Every rankings set of ``paths``, named by file stem (made unique)."""
+    tables: dict[str, dict[str, QueryInfo]] = {}
+    sets: list[RankingSet] = []
+    taken: set[str] = set()
+    for path in rankings_files(paths):
+        name = path.name.removesuffix(".gz").removesuffix(".jsonl")
+        base, n = name, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+        taken.add(name)
+        sets.append(load_set(path, name, queries, tables))
+    return sets
+
+
+class Passages:
+    """Passage texts by id, read once from the corpora; a window id ``<doc>#<n>`` is shown as
+    its document's text. ``known``: the ids a store holds (``None``: any id with a text)."""
+
+    def __init__(self, corpora: list[str], known: set[str] | None = None):
+        self.texts: dict[str, str] = {}
+        self.known = known
+        for corpus in corpora:
+            for passage in iter_corpus(corpus):
+                self.texts[passage.id] = passage.text
+        self.corpora = list(corpora)
+
+    def get(self, doc_id: str) -> dict:
+        """``{"id", "text", "window", "missing"}``: missing when the store lacks the id, or no
+        corpus has its text."""
+        text, window = self.texts.get(doc_id), None
+        if text is None:
+            m = _WINDOW.fullmatch(doc_id)
+            if m and m.group(1) in self.texts:
+                text, window = self.texts[m.group(1)], int(m.group(2))
+        missing = text is None or (self.known is not None and doc_id not in self.known)
+        return {"id": doc_id, "text": text, "window": window, "missing": missing}
+
+
+def load_qrels(path: str | None) -> dict[str, set[str]]:
+    return read_qrels(path) if path else {}

@@ -1,0 +1,239 @@
+"""The explorer's JSON API, through Starlette's TestClient (no browser)."""
+
+import json
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from factrace.serve import ServeConfig, load_explorer
+from factrace.serve.app import STATIC, create_app
+from factrace.serve.data import load_sets
+
+
+@pytest.fixture(scope="module")
+def client(explorer):
+    return TestClient(create_app(explorer))
+
+
+def _rankings(path):
+    return {r["query_id"]: r for r in map(json.loads, open(path))}
+
+
+def _get(client, url):
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_info_lists_the_sets_and_the_one_that_did_not_load(client):
+    info = _get(client, "/api/info")
+    sets = {s["name"]: s for s in info["sets"]}
+    assert list(sets) == ["trackstar", "bm25", "ghost", "broken"]
+    assert sets["trackstar"]["method"] == "trackstar" and sets["trackstar"]["queries"] == 6
+    assert sets["bm25"]["method"] == "bm25" and sets["bm25"]["error"] is None
+    assert sets["broken"]["error"].startswith(sets["broken"]["path"] + ":2: not valid JSON")
+    assert info["has_qrels"] and info["can_ask"]
+
+
+def test_queries_are_searched_and_filtered(client, explorer, serve_inputs):
+    every = _get(client, "/api/sets/trackstar/queries")
+    assert [q["id"] for q in every["queries"]] == [f"q{i}" for i in range(6)]
+    assert every["filters"] == {"relation": ["birthplace", "hometown"]}
+    assert every["queries"][0]["prompt"] == "Alba was born in"
+    assert every["queries"][0]["fields"] == {"relation": "birthplace"}
+
+    found = _get(client, "/api/sets/trackstar/queries?search=ALBA")
+    assert [q["id"] for q in found["queries"]] == ["q0"] and found["total"] == 6
+    hometown = _get(client, "/api/sets/trackstar/queries?field.relation=hometown")
+    assert [q["id"] for q in hometown["queries"]] == ["q1", "q3", "q5"]
+
+    ranked = _rankings(serve_inputs["trackstar"])
+    right = sorted(q for q, r in ranked.items() if explorer.qrels[q] & set(r["doc_ids"]))
+    assert 0 < len(right) < 6
+    yes = _get(client, "/api/sets/trackstar/queries?correct=yes")
+    no = _get(client, "/api/sets/trackstar/queries?correct=no")
+    assert [q["id"] for q in yes["queries"]] == right
+    assert all(q["correct"] for q in yes["queries"])
+    assert sorted(q["id"] for q in no["queries"]) == sorted(set(ranked) - set(right))
+    # top 1 only: fewer (or as many) are correct
+    top1 = _get(client, "/api/sets/trackstar/queries?correct=yes&k=1")
+    assert set(q["id"] for q in top1["queries"]) <= set(right)
+
+
+def test_a_query_shows_its_proponents_and_opponents_with_texts_and_gold(client, explorer,
+                                                                        serve_inputs):
+    ranked = _rankings(serve_inputs["trackstar"])
+    texts = serve_inputs["texts"]
+    for qid, row in ranked.items():
+        d = _get(client, f"/api/sets/trackstar/queries/{qid}")
+        assert [p["id"] for p in d["proponents"]] == row["doc_ids"]
+        assert [p["score"] for p in d["proponents"]] == pytest.approx(row["scores"])
+        assert [p["id"] for p in d["opponents"]] == row["opponent_ids"]
+        assert d["query"]["target"] and d["gold"] == sorted(explorer.qrels[qid])
+        for p in d["proponents"] + d["opponents"]:
+            doc = p["id"].split("#")[0]
+            assert p["text"] == texts[doc] and not p["missing"]
+            assert p["gold"] == (doc in explorer.qrels[qid])
+            assert (p["window"] is None) == ("#" not in p["id"])
+    assert any(p["gold"] for p in _get(client, "/api/sets/trackstar/queries/q2")["proponents"])
+
+
+def test_ids_the_store_lacks_are_marked_missing(client):
+    d = _get(client, "/api/sets/ghost/queries/q0")
+    first, *rest = d["proponents"]
+    assert first["id"] == "ghost-1" and first["missing"] and first["text"] is None
+    assert not any(p["missing"] for p in rest)
+    assert _get(client, "/api/passages/ghost-1")["missing"]
+
+
+def test_compare_marks_the_passages_both_methods_rank(client, serve_inputs):
+    a, b = _rankings(serve_inputs["trackstar"]), _rankings(serve_inputs["bm25"])
+    overlapping = [q for q in a if set(a[q]["doc_ids"]) & set(b[q]["doc_ids"])]
+    assert overlapping, "the fixture should have a query the two methods share passages for"
+    for qid in a:
+        d = _get(client, f"/api/compare?a=trackstar&b=bm25&q={qid}")
+        both = set(a[qid]["doc_ids"]) & set(b[qid]["doc_ids"])
+        assert set(d["shared"]) == both
+        assert [p["id"] for p in d["a"]["proponents"]] == a[qid]["doc_ids"]
+        assert [p["id"] for p in d["b"]["proponents"]] == b[qid]["doc_ids"]
+        for side in (d["a"], d["b"]):
+            assert {p["id"] for p in side["proponents"] if p["shared"]} == both
+    first = _get(client, "/api/compare?a=trackstar&b=bm25")
+    assert first["query"]["id"] == "q0" and first["common"] == list(a)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("/api/sets/nope/queries", "no rankings set 'nope'"),
+    ("/api/sets/broken/queries", "did not load: "),
+    ("/api/sets/trackstar/queries/q99", "has no query 'q99'"),
+    ("/api/sets/trackstar/queries?k=ten", "k must be an integer"),
+    ("/api/sets/trackstar/queries?correct=maybe", "correct must be yes, no or empty"),
+    ("/api/compare?a=trackstar&b=nope", "no rankings set 'nope'"),
+])
+def test_bad_requests_get_one_error_message(client, url, message):
+    response = client.get(url)
+    assert response.status_code == 400
+    assert list(response.json()) == ["error"] and message in response.json()["error"]
+
+
+def test_ask_traces_a_span_and_the_tracer_is_opened_once(client, explorer):
+    session = explorer.session
+    whole = client.post("/api/ask", json={"prompt": "Alba was born in", "max_new_tokens": 4,
+                                          "top_k": 3}).json()
+    assert whole["completion"] and len(whole["proponents"]) == 3
+    assert all(t["traced"] for t in whole["tokens"])
+    assert "".join(t["token"] for t in whole["tokens"]) == whole["completion"]
+    explained = [p for p in whole["proponents"] if "tokens" in p]
+    assert len(explained) == 3 and all(p["tokens"] for p in explained)
+    last = whole["tokens"][-1]
+    span = f"{last['start']}:{last['end']}"
+    part = client.post("/api/ask", json={"prompt": "Alba was born in", "max_new_tokens": 4,
+                                         "top_k": 3, "span": span}).json()
+    assert part["completion"] == whole["completion"] and part["span"] == [last["start"],
+                                                                          last["end"]]
+    assert [t["traced"] for t in part["tokens"]] == [False] * (len(part["tokens"]) - 1) + [True]
+    calls = session.calls
+    again = client.post("/api/ask", json={"prompt": "Alba was born in", "max_new_tokens": 4,
+                                          "top_k": 3, "span": span}).json()
+    assert again == part and session.calls == calls  # answered from the kept answers
+    assert session.opened == 1
+
+
+def test_explain_a_ranked_pair_and_a_proponent_of_an_answer(client, serve_inputs):
+    row = _rankings(serve_inputs["trackstar"])["q2"]
+    doc, score = row["doc_ids"][1], row["scores"][1]
+    e = client.post("/api/explain", json={"set": "trackstar", "query_id": "q2",
+                                          "doc_id": doc}).json()
+    assert e["score"] == pytest.approx(score, rel=1e-4)  # with the queries it was traced with
+    assert sum(t["contribution"] for t in e["passage_tokens"]) == pytest.approx(score, rel=1e-3)
+    assert e["query"]["id"] == "q2" and e["passage"]["id"] == doc
+
+    answer = client.post("/api/ask", json={"prompt": "Corin was born in", "max_new_tokens": 3,
+                                           "top_k": 2}).json()
+    best = answer["proponents"][0]
+    e = client.post("/api/explain", json={"prompt": "Corin was born in", "max_new_tokens": 3,
+                                          "top_k": 2, "doc_id": best["id"]}).json()
+    assert e["score"] == pytest.approx(best["score"], rel=1e-4)
+    assert e["query"]["completion"] == answer["completion"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"prompt": "  "}, "the prompt is empty"),
+    ({"prompt": "Alba was born in", "max_new_tokens": "many"}, "max_new_tokens must be"),
+    ({"prompt": "Alba was born in", "max_new_tokens": 0}, "max_new_tokens must be 1 to"),
+    ({"prompt": "Alba was born in", "span": "9"}, "expected START:END"),
+])
+def test_bad_questions_get_one_error_message(client, body, message):
+    response = client.post("/api/ask", json=body)
+    assert response.status_code == 400 and message in response.json()["error"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"set": "trackstar", "query_id": "q2", "doc_id": "nope"}, "has no row 'nope'"),
+    ({"set": "trackstar", "query_id": "q9", "doc_id": "d1"}, "has no query 'q9'"),
+    ({"set": "trackstar", "query_id": "q2"}, "explain needs a doc_id"),
+])
+def test_bad_explanations_get_one_error_message(client, body, message):
+    response = client.post("/api/explain", json=body)
+    assert response.status_code == 400 and message in response.json()["error"]
+
+
+def test_without_a_store_browsing_works_and_asking_says_why_not(serve_inputs, world):
+    explorer = load_explorer(ServeConfig(rankings=[serve_inputs["bm25"]],
+                                         corpus=[world["corpus"]]))
+    client = TestClient(create_app(explorer))
+    assert not _get(client, "/api/info")["can_ask"]
+    d = _get(client, "/api/sets/bm25/queries/q0")
+    assert d["query"]["id"] == "q0" and d["query"]["prompt"] is None  # no metadata, no --queries
+    assert all(p["text"] and not p["missing"] for p in d["proponents"])
+    response = client.post("/api/ask", json={"prompt": "Alba was born in"})
+    assert response.status_code == 400 and "--index STORE" in response.json()["error"]
+
+
+def test_a_compare_directory_gives_one_set_per_method_and_facts_become_fields(tmp_path,
+                                                                            serve_inputs):
+    out = tmp_path / "compare" / "rankings"
+    out.mkdir(parents=True)
+    for name in ("bm25", "trackstar"):
+        (out / f"{name}.jsonl").write_text(open(serve_inputs[name]).read())
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(open(serve_inputs["queries"]).read())
+    (tmp_path / "facts.jsonl").write_text("".join(
+        json.dumps({"query_id": f"q{i}", "subject": f"s{i % 2}", "n_gold": 1}) + "\n"
+        for i in range(6)))
+    sets = load_sets([str(tmp_path / "compare")], str(queries))
+    assert [(s.name, s.method) for s in sets] == [("bm25", "bm25"), ("trackstar", "trackstar")]
+    assert sets[0].queries["q1"].fields == {"relation": "hometown", "subject": "s1", "n_gold": 1}
+
+
+def test_the_page_loads_only_local_assets(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert refs and all(r.startswith(("/static/", "#")) for r in refs), refs
+    for name in ("app.js", "app.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+        text = (STATIC / name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_an_ask_rankings_file_is_browsed_with_its_prompts_and_explained(store, world,
+                                                                        tmp_path):
+    from factrace.cli import main
+
+    asked = tmp_path / "asked.jsonl"
+    assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "3",
+                 "--top-k", "3", "--out", str(asked), "-q"]) == 0
+    (row,) = map(json.loads, open(asked))
+    explorer = load_explorer(ServeConfig(index=store.out, rankings=[str(asked)]))
+    client = TestClient(create_app(explorer))
+    (summary,) = _get(client, "/api/info")["sets"]
+    assert summary["method"] == "ask (trackstar)" and summary["command"] == "ask"
+    (q,) = _get(client, "/api/sets/asked/queries?search=alba")["queries"]
+    assert q["prompt"] == "Alba was born in" and q["completion"] == row["completion"]
+    d = _get(client, "/api/sets/asked/queries/ask-1")
+    assert [p["top_tokens"] for p in d["proponents"]] == row["proponent_tokens"]
+    e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
+                                          "doc_id": row["doc_ids"][0]}).json()
+    assert e["query"]["completion"] == row["completion"] and e["passage_tokens"]

@@ -1,0 +1,241 @@
+"""The explorer in a real headless Chromium (Debian's chromium and chromedriver, driven by
+Selenium), against the app served by uvicorn on a loopback port: browse and filter, open a
+query, compare two methods, ask and trace a span, explain a proponent, deep links, errors.
+Each test saves screenshots under its tmp_path."""
+
+import json
+import os
+import shutil
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+WAIT = 90  # seconds: the first question loads the model
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed (.ci/run installs them)")
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", "--no-proxy-server"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser, live_server, tmp_path):
+    """Open ``#/route`` and wait until the view has rendered; ``page.shot(name)`` saves a
+    screenshot."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    class Page:
+        driver = browser
+        url = live_server
+
+        def open(self, route):
+            browser.get("about:blank")
+            browser.get(live_server + route)
+            self.until(lambda d: d.execute_script(
+                "return document.getElementById('view').dataset.ready === '1'"))
+
+        def until(self, condition, timeout=WAIT):
+            # an element replaced while the condition reads it: read again
+            return WebDriverWait(browser, timeout, ignored_exceptions=[
+                StaleElementReferenceException]).until(condition)
+
+        def css(self, selector):
+            return browser.find_elements("css selector", selector)
+
+        def texts(self, selector):
+            return [e.text for e in self.css(selector)]
+
+        def route(self):
+            fragment = urlparse(browser.current_url).fragment
+            name, _, query = fragment.partition("?")
+            return name, {k: v[0] for k, v in parse_qs(query).items()}
+
+        def shot(self, name):
+            assert browser.save_screenshot(str(tmp_path / f"{name}.png"))
+
+    return Page()
+
+
+def _rows(path):
+    return {r["query_id"]: r for r in map(json.loads, open(path))}
+
+
+def _ids(page, selector):
+    return [e.get_attribute("data-id") or e.get_attribute("data-doc") for e in page.css(selector)]
+
+
+def test_browse_filter_and_open_a_query(page, serve_inputs, explorer):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    page.open("#/browse?set=trackstar")
+    assert _ids(page, "li.query") == [f"q{i}" for i in range(6)]
+    assert page.texts("#count") == ["6 of 6 queries"]
+    # the malformed file: one message, naming the file and line
+    (banner,) = page.css(".load-error")
+    assert "broken.jsonl:2: not valid JSON" in banner.text
+    assert not page.css("#error:not([hidden])")
+
+    page.css("#search")[0].send_keys("alba")
+    page.until(lambda d: _ids(page, "li.query") == ["q0"])
+    assert page.route()[1]["search"] == "alba"
+    page.css("#search")[0].send_keys(Keys.CONTROL, "a")
+    page.css("#search")[0].send_keys(Keys.BACKSPACE)
+    page.until(lambda d: len(page.css("li.query")) == 6)
+
+    ranked = _rows(serve_inputs["trackstar"])
+    wrong = [q for q, r in ranked.items() if not explorer.qrels[q] & set(r["doc_ids"])]
+    Select(page.css("#correct")[0]).select_by_value("no")
+    page.until(lambda d: _ids(page, "li.query") == wrong)
+    assert all(b.text == "incorrect" for b in page.css("li.query .badge"))
+    Select(page.css("#correct")[0]).select_by_value("")
+    Select(page.css("#filter-relation")[0]).select_by_value("hometown")
+    page.until(lambda d: _ids(page, "li.query") == ["q1", "q3", "q5"])
+    assert page.route() == ("/browse", {"set": "trackstar", "f.relation": "hometown"})
+    Select(page.css("#filter-relation")[0]).select_by_value("birthplace")
+    page.until(lambda d: _ids(page, "li.query") == ["q0", "q2", "q4"])
+    page.shot("filtered")
+
+    page.css("li.query[data-id='q4']")[0].click()
+    page.until(lambda d: len(page.css("#proponents li")) == len(ranked["q4"]["doc_ids"]))
+    assert _ids(page, "#proponents li") == ranked["q4"]["doc_ids"]
+    assert _ids(page, "#opponents li") == ranked["q4"]["opponent_ids"]
+    gold = [e.get_attribute("data-doc") for e in page.css("#proponents li.gold")]
+    assert gold and set(gold) <= explorer.qrels["q4"]
+    assert all(e.find_elements("css selector", ".badge.gold") for e in page.css("li.gold"))
+    target = "Ysolde"  # q4's target, highlighted wherever a passage says it
+    marks = page.texts("#detail mark.target")
+    assert marks and all(m.lower() == target.lower() for m in marks)
+    texts = serve_inputs["texts"]
+    first = page.css("#proponents li .text")[0].text
+    assert first == texts[ranked["q4"]["doc_ids"][0].split("#")[0]]
+    name, params = page.route()
+    assert params["q"] == "q4" and params["f.relation"] == "birthplace"
+    page.shot("query")
+
+    # the URL reopens the view: the same filters and the same query
+    url = page.driver.current_url
+    page.open("#/compare")
+    page.driver.get(url)
+    page.until(lambda d: _ids(page, "#proponents li") == ranked["q4"]["doc_ids"])
+    assert _ids(page, "li.query") == ["q0", "q2", "q4"]
+    assert page.css("li.query.selected")[0].get_attribute("data-id") == "q4"
+
+
+def test_passages_the_store_lacks_are_marked_missing(page, serve_inputs):
+    page.open("#/browse?set=ghost&q=q0")
+    page.until(lambda d: page.css("#proponents li"))
+    first, *rest = page.css("#proponents li")
+    assert first.get_attribute("data-doc") == "ghost-1"
+    assert "missing" in first.get_attribute("class").split()
+    assert "not in the store or its corpus" in first.text
+    assert not any("missing" in e.get_attribute("class").split() for e in rest)
+    assert not page.css("#error:not([hidden])")
+    page.shot("missing")
+
+
+def test_compare_two_methods_marks_the_overlap(page, serve_inputs):
+    from selenium.webdriver.support.ui import Select
+
+    a, b = _rows(serve_inputs["trackstar"]), _rows(serve_inputs["bm25"])
+    qid = next(q for q in a if set(a[q]["doc_ids"]) & set(b[q]["doc_ids"]))
+    page.open(f"#/compare?a=trackstar&b=bm25&q={qid}")
+    both = set(a[qid]["doc_ids"]) & set(b[qid]["doc_ids"])
+    assert _ids(page, "#side-a li") == a[qid]["doc_ids"]
+    assert _ids(page, "#side-b li") == b[qid]["doc_ids"]
+    for side in ("#side-a", "#side-b"):
+        assert set(_ids(page, f"{side} li.shared")) == both
+        assert len(page.css(f"{side} li.shared .badge.shared")) == len(both)
+    assert page.texts("#overlap") == [f"{len(both)} passages in both top lists (marked \"both\")"]
+    page.shot("compare")
+
+    other = next(q for q in a if q != qid)
+    Select(page.css("#compare-query")[0]).select_by_value(other)
+    page.until(lambda d: _ids(page, "#side-a li") == a[other]["doc_ids"])
+    assert page.route() == ("/compare", {"a": "trackstar", "b": "bm25", "q": other})
+    assert set(_ids(page, "#side-b li.shared")) == set(a[other]["doc_ids"]) & \
+        set(b[other]["doc_ids"])
+
+
+def test_ask_trace_a_span_and_explain_a_proponent(page):
+    page.open("#/ask")
+    page.css("#prompt")[0].send_keys("Alba was born in")
+    n = page.css("#max-new-tokens")[0]
+    n.clear()
+    n.send_keys("4")
+    page.css("#ask-go")[0].click()
+    page.until(lambda d: page.css("#completion .tok"))
+    tokens = page.css("#completion .tok")
+    assert all("traced" in t.get_attribute("class").split() for t in tokens)
+    assert page.texts("#traced")[0].startswith("traced: the whole completion")
+    shaded = page.css("#proponents li .tokens .tok")
+    assert shaded and any("rgba" in (t.get_attribute("style") or "") for t in shaded)
+    page.shot("answer")
+
+    # choose the last token and trace it alone
+    tokens[-1].click()
+    page.css("#trace-span")[0].click()
+    page.until(lambda d: page.texts("#traced") and "characters" in page.texts("#traced")[0])
+    name, params = page.route()
+    assert name == "/ask" and params["prompt"] == "Alba was born in" and ":" in params["span"]
+    traced = ["traced" in t.get_attribute("class").split() for t in page.css("#completion .tok")]
+    assert traced[-1] and not any(traced[:-1])
+    score = page.texts("#proponents li .score")[0]
+    doc = page.css("#proponents li")[0].get_attribute("data-doc")
+    page.shot("span")
+
+    page.css("#proponents li")[0].click()
+    page.until(lambda d: page.css("#passage-tokens .tok"))
+    assert page.texts("#explain-score") == [f"score {score}"]
+    assert page.route()[1]["doc"] == doc and page.route()[1]["span"] == params["span"]
+    kinds = {t.get_attribute("class") for t in page.css("#passage-tokens .tok")}
+    assert kinds <= {"tok pos", "tok neg"} and "tok pos" in kinds
+    assert page.css("#query-tokens .tok")
+    page.shot("explain-answer")
+
+
+def test_explain_a_ranked_passage_from_browse(page, serve_inputs):
+    ranked = _rows(serve_inputs["trackstar"])
+    row = ranked["q2"]
+    n = next(i for i, d in enumerate(row["doc_ids"]) if "#" not in d)
+    page.open("#/browse?set=trackstar&q=q2")
+    page.css("#proponents li")[n].click()
+    page.until(lambda d: page.css("#passage-tokens .tok"))
+    assert page.route() == ("/explain", {"set": "trackstar", "q": "q2", "doc": row["doc_ids"][n]})
+    text = "".join(t.get_attribute("textContent") for t in page.css("#passage-tokens .tok"))
+    assert text == serve_inputs["texts"][row["doc_ids"][n]]
+    assert page.texts("#explain-score") == [f"score {row['scores'][n]:+.4f}"]
+    page.shot("explain")
+    page.css("#back")[0].click()
+    page.until(lambda d: _ids(page, "#proponents li") == row["doc_ids"])
+
+
+@pytest.mark.parametrize("route, message", [
+    ("#/browse?set=broken", "did not load: "),
+    ("#/explain?set=trackstar&q=q2&doc=nope", "has no row 'nope'"),
+    ("#/ask?prompt=%20%20", "the prompt is empty"),
+])
+def test_errors_show_as_one_message_in_the_page(page, route, message):
+    page.open(route)
+    page.until(lambda d: page.css("#error:not([hidden])"))
+    (box,) = page.css("#error")
+    assert message in box.text and len(box.text.splitlines()) == 1
