@@ -311,9 +311,7 @@ class Tracer:
 
     def corpora(self) -> list[str]:
         """The corpora the store's rows were encoded from (the build's, then each addition's)."""
-        config = self.store.config
-        paths = [config["corpus"]] + [a["corpus"] for a in
-                                      self.store.manifest.get("additions", [])]
+        paths = self.store.corpora
         for path in paths:
             if path is None or not Path(path).exists():
                 raise FactraceError(f"{self.store.path}: the store was built from the corpus "

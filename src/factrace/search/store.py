@@ -245,6 +245,12 @@ class EncodingStore:
         return json.loads(json.dumps(self._manifest.get("config", {})))
 
     @property
+    def corpora(self) -> list[str | None]:
+        """The corpora the rows were encoded from: the build's, then each addition's."""
+        return [self.config.get("corpus")] + [a["corpus"] for a in
+                                              self._manifest.get("additions", [])]
+
+    @property
     def n_shards(self) -> int:
         return len(self._manifest["shards"])
 

@@ -60,9 +60,7 @@ def load_explorer(cfg: ServeConfig):
         store = EncodingStore.open(cfg.index, verify="once")
         known = set(store.ids)
         if not corpora:
-            config = store.config
-            corpora = [config["corpus"]] + [a["corpus"] for a in
-                                            store.manifest.get("additions", [])]
+            corpora = [c for c in store.corpora if c is not None]
         session = ModelSession(store, cfg.model, cfg.optimizer_state, cfg.device)
     if not corpora:
         raise FactraceError("give --corpus FILE (or --index STORE) for the passages' text")
