@@ -8,7 +8,13 @@ from factrace.config import EncoderConfig
 from factrace.data.batching import collate, token_budget_batches
 from factrace.data.records import Passage
 from factrace.data.tokenize import TokenizedExample
-from factrace.encode.budget import CPU_MAX_TOKENS, CPU_START_TOKENS, START_TOKENS, TokenBudget
+from factrace.encode.budget import (
+    CPU_MARGIN,
+    CPU_MAX_TOKENS,
+    CPU_START_TOKENS,
+    START_TOKENS,
+    TokenBudget,
+)
 from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceError
 from tiny import tiny_loaded
@@ -62,9 +68,39 @@ def test_a_cpu_budget_keeps_the_peak_under_the_memory_it_may_use(usable_gib):
     assert seen[0][0] == CPU_START_TOKENS
     assert all(tokens <= CPU_MAX_TOKENS for tokens, _ in seen)
     assert all(peak <= 0.85 * memory.usable_bytes for _, peak in seen[1:])
-    # it settles at the largest batch that fits (or at the CPU ceiling)
-    limit = _largest_fitting(memory, 0.85 * memory.usable_bytes)
+    # it settles at the largest batch that would fit at CPU_MARGIN times the cost a token
+    # (or at the CPU ceiling)
+    dearer = FakeMemory(1 << 30, CPU_MARGIN * (2 << 20), usable_gib << 30)
+    limit = _largest_fitting(dearer, 0.85 * memory.usable_bytes)
     assert seen[-1][0] == min(CPU_MAX_TOKENS, limit)
+
+
+class Uneven(FakeMemory):
+    """Each batch's cost per token is the next of ``costs``."""
+
+    def __init__(self, costs, **kwargs):
+        super().__init__(**kwargs)
+        self.costs = iter(costs)
+
+    def start(self, first=False):
+        self.per_token = next(self.costs)
+        return self.base
+
+
+@pytest.mark.parametrize("margin, within", [(None, True), (1.0, False)])
+def test_a_cpu_batch_dearer_than_any_before_still_peaks_within_the_share(margin, within):
+    """Batches of one pass differ in cost per token (their lengths); on a CPU, where a batch
+    the kernel kills cannot be split, the budget leaves room for one 20% dearer than any seen.
+    Without the margin, that batch overshoots."""
+    usable = 16 << 30
+    memory = Uneven([2 << 20] * 8 + [int(1.2 * (2 << 20))], base=1 << 30, per_token=0,
+                    usable=usable)
+    budget = TokenBudget(CPU, memory=memory, fill=0.85, margin=margin)
+    assert budget.margin == (CPU_MARGIN if margin is None else margin)
+    seen = _batches(budget, memory, 9)
+    assert seen[-1][0] == seen[-2][0] < CPU_MAX_TOKENS  # settled where the memory binds
+    assert (seen[-1][1] <= 0.85 * usable) == within
+    assert budget.peak_share == pytest.approx(max(p for _, p in seen) / usable)
 
 
 def test_this_machine_gives_a_cpu_budget_that_adapts():
@@ -227,15 +263,6 @@ def test_automatic_budget_grows_to_fill_the_device_at_most_doubling():
 
 def test_automatic_budget_keeps_the_costliest_tokens_seen():
     """Tokens cost more in some batches (longer rows): the budget is sized for the dearest."""
-    class Uneven(FakeMemory):
-        def __init__(self, costs, **kwargs):
-            super().__init__(**kwargs)
-            self.costs = iter(costs)
-
-        def start(self, first=False):
-            self.per_token = next(self.costs)
-            return self.base
-
     memory = Uneven([1_000, 3_000] + [1_000] * 10, base=0, per_token=1_000, usable=10**9)
     budget = TokenBudget(torch.device("cuda"), memory=memory, fill=0.5)
     seen = _batches(budget, memory, 12)

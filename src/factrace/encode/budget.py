@@ -39,6 +39,11 @@ import torch
 START_TOKENS = 8192
 MAX_TOKENS = 1 << 20
 CPU_START_TOKENS, CPU_MAX_TOKENS = 1024, 8192
+CPU_MARGIN = 1.25
+"""On a CPU a batch is planned at this many times the dearest bytes per token seen: one pass's
+batches differ in cost per token by their mix of lengths (the V estimate forms a gradient per
+example, so short rows cost more a token), and a CPU cannot split a batch the kernel kills. On
+SmolLM2-135M a batch cost up to 1.2 times the dearest before it (benchmarks/README.md)."""
 TRIM_SHARE = 0.25
 """A CPU budget trims the C heap before a batch when its free bytes exceed this share of the
 memory the process may use."""
@@ -182,7 +187,7 @@ class TokenBudget:
     """The token budget: call it for the next batch's budget."""
 
     def __init__(self, device: torch.device, tokens: int | None = None, *, fill: float = 0.85,
-                 memory: CudaMemory | None = None):
+                 memory: CudaMemory | CpuMemory | None = None, margin: float | None = None):
         if tokens is not None and tokens < 1:
             raise ValueError("batch_tokens must be positive")
         cpu = device.type != "cuda"
@@ -197,7 +202,10 @@ class TokenBudget:
         self.tokens = tokens or start
         self.ceiling = CPU_MAX_TOKENS if cpu and self.adaptive else MAX_TOKENS
         self.fill = fill
+        self.margin = margin if margin is not None else (CPU_MARGIN if cpu else 1.0)
         self.bytes_per_token = 0.0
+        #: the largest peak a batch reached, as a share of the memory usable when it began
+        self.peak_share = 0.0
         self.measured = 0  # batches measured so far
         #: the most padded tokens the memory measured so far allows (None: nothing measured)
         self.fitting: int | None = None
@@ -212,12 +220,15 @@ class TokenBudget:
             yield
             return
         base = self.memory.start(first=self.measured == 0)
+        usable = self.memory.usable()
         self.measured += 1
         yield
-        used = max(self.memory.peak() - base, 1)
+        peak = self.memory.peak()
+        self.peak_share = max(self.peak_share, peak / max(usable, 1))
+        used = max(peak - base, 1)
         self.bytes_per_token = max(self.bytes_per_token, used / max(padded_tokens, 1))
         room = self.fill * self.memory.usable() - base
-        fits = int(room / self.bytes_per_token)
+        fits = int(room / (self.margin * self.bytes_per_token))
         self.fitting = fits
         self.tokens = max(1, min(self.ceiling, 2 * self.tokens, fits))
 

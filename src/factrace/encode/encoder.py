@@ -138,9 +138,11 @@ class Encoder:
 
     def budget_report(self) -> dict:
         """Each pass's token budget as it stands (after a pass: where it adapted to), with the
-        largest bytes per padded token measured (0 when not measured)."""
+        largest bytes per padded token measured and the largest peak a batch reached as a share
+        of the memory usable when it began (0 when not measured)."""
         return {kind: {"tokens": b.tokens, "adaptive": b.adaptive,
-                       "bytes_per_token": round(b.bytes_per_token)}
+                       "bytes_per_token": round(b.bytes_per_token),
+                       "peak_share": round(b.peak_share, 3)}
                 for kind, b in self.budgets.items()}
 
     def _batches(self, examples: Iterable[TokenizedExample], kind: str = "encode"):
