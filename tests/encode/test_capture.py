@@ -37,8 +37,7 @@ def correction_fn(encoder, state, mode):
 
     def correct(name, g):
         tm = tracked[name]
-        v = state[tm.param_name].exp_avg_sq.double()
-        v = v.T if tm.transposed else v
+        v = tm.weight_of(state[tm.param_name].exp_avg_sq.double())  # an expert's: its slice
         if mode == "exact":
             return g / (v.sqrt() + eps)
         r, c = v.sum(1), v.sum(0)

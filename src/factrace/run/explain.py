@@ -96,7 +96,11 @@ class TermProducts:
             if tm.name in cap.inverse:
                 h = h * cap.inverse[tm.name]
             param = params[tm.param_name]
-            out[tm.param_name] = (h.T if tm.transposed else h).to(param.device, param.dtype)
+            h = (h.T if tm.transposed else h).to(param.device, param.dtype)
+            if tm.expert >= 0:  # one expert's slice of a fused parameter
+                out.setdefault(tm.param_name, torch.zeros_like(param))[tm.expert] = h
+            else:
+                out[tm.param_name] = h
         return out
 
     def __call__(self, example: TokenizedExample, direction: torch.Tensor) -> torch.Tensor:
