@@ -7,6 +7,7 @@ import factrace.model.attention as attention
 from factrace.config import EncoderConfig
 from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
+from factrace.errors import FactraceError
 from factrace.model.optimizer_state import OptimizerState, ParamMoment
 from reference import reference_projection
 from tiny import ARCHITECTURES, tiny_loaded
@@ -153,3 +154,23 @@ def test_tall_and_wide_blocks_equal_autograd(aspect):
         got.update(zip(batch_ids, p.double(), strict=True))
     for example in examples:
         assert rel_err(got[example.id], reference_projection(enc, example, correct)) < 1e-4
+
+
+def test_a_linear_seeing_only_some_tokens_is_refused():
+    """Experts kept as separate modules see only their routed tokens, and which ones no hook on
+    the module can tell: such a module is refused, not traced wrongly."""
+    loaded = tiny_loaded("llama")
+    mlp = loaded.model.model.layers[0].mlp
+    mlp.extra = torch.nn.Linear(32, 32)
+    own = mlp.forward
+
+    def forward(x):
+        out = own(x)
+        return out + torch.nn.functional.pad(mlp.extra(x[:, :1]), (0, 0, 0, x.shape[1] - 1))
+    mlp.forward = forward
+    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none"))
+    with pytest.raises(FactraceError, match=r"layers\.0\.mlp\.extra: saw 2 tokens .*--exclude"):
+        enc.encode_passages(PASSAGES[:2])
+    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none",
+                                        exclude=["*.extra"]))
+    assert enc.encode_passages(PASSAGES[:2])[1].shape == (2, 64)

@@ -148,9 +148,12 @@ def test_fused_experts_and_routers_are_tracked_and_not_warned_about(family):
                                                                             "mlp")
     assert up.param_name == "model.layers.1.mlp.experts.gate_up_proj"
     assert up.owner == "model.layers.1.mlp.experts"
-    # and --exclude takes experts out by name
-    fewer = discover(model, exclude=["*.experts.*"])
-    assert not any(t.kind == "experts" for t in fewer)
+    # and --exclude takes experts out by name: counted as weights left out, not warned about
+    fewer = discover(model, exclude=["*.experts.*", "*.mlp.gate"])
+    assert not any(t.kind in ("experts", "router") for t in fewer)
+    c = coverage(model, fewer)
+    assert c.kinds["untracked_linear"]["parameters"] == VOCAB * H + L * moe
+    assert c.unseen == () and c.warning() is None
 
 
 def test_a_custom_weight_inside_one_block_is_named_exactly():

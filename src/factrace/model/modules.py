@@ -161,7 +161,8 @@ COVERAGE_KINDS = {
     "tracked": "weights of the tracked linear modules (their gradients are traced)",
     "embeddings": "token and position embeddings (an output head tied to them included)",
     "norms": "parameters of normalisation layers",
-    "untracked_linear": "weights of linear modules left out (outside the blocks, or excluded)",
+    "untracked_linear": "weights of linear modules left out (outside the blocks, or excluded; "
+                        "excluded routers and experts too)",
     "biases": "1-D biases",
     "untracked_matrix": "other weights of 2 or more dimensions, of no module kind discovery "
                         "knows (model.adapters)",
@@ -262,6 +263,10 @@ def coverage(model: nn.Module, tracked: list[TrackedModule]) -> Coverage:
     prefix = blocks_name + "."
     tracked_params = {t.param_name for t in tracked}
     modules = dict(model.named_modules())
+    # weights of a module kind discovery knows (an excluded router or experts: left out, not
+    # unseen)
+    known = {w.param_name for name, m in modules.items() if (a := adapter_for(m)) is not None
+             for w in a.weights(name, m)}
     names: dict[int, list[str]] = {}
     params: dict[int, torch.Tensor] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -280,7 +285,7 @@ def coverage(model: nn.Module, tracked: list[TrackedModule]) -> Coverage:
             kind = "embeddings"
         elif any(_is_norm(m) for m, _ in owners):
             kind = "norms"
-        elif any(_is_linear(m) and leaf == "weight" for m, leaf in owners):
+        elif any(n in known for n in aliases):
             kind = "untracked_linear"
         elif p.dim() == 1 and any(leaf == "bias" for _, leaf in owners):
             kind = "biases"
