@@ -30,8 +30,9 @@ Kinds:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -271,3 +272,21 @@ BY_KIND = {a.kind: a for a in ADAPTERS}
 def adapter_for(module: nn.Module) -> Adapter | None:
     """The adapter of ``module``'s kind, or ``None`` (a module holding no traced weight)."""
     return next((a for a in ADAPTERS if a.matches(module)), None)
+
+
+@contextlib.contextmanager
+def forward_ad_experts(model: nn.Module) -> Iterator[None]:
+    """Fused experts run transformers' ``batched_mm`` implementation inside the block (the
+    same function as its default ``grouped_mm``, by batched matrix products, which forward-mode
+    autodiff supports; ``grouped_mm`` has no forward-mode derivative)."""
+    adapter = FusedExpertsAdapter()
+    configs = {id(m.config): m.config for m in model.modules()
+               if adapter.matches(m) and hasattr(m, "config")}
+    saved = {k: c.__dict__.get("_experts_implementation_internal") for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c.__dict__["_experts_implementation_internal"] = "batched_mm"
+        yield
+    finally:
+        for k, c in configs.items():
+            c.__dict__["_experts_implementation_internal"] = saved[k]

@@ -39,6 +39,7 @@ from factrace.data.tokenize import TokenizedExample
 from factrace.encode.capture import ProjectedGradients
 from factrace.encode.whitening import TaskScorer
 from factrace.errors import FactraceError
+from factrace.model.adapters import forward_ad_experts
 from factrace.model.attention import eager_attention
 from factrace.model.loss import token_logprobs
 
@@ -117,7 +118,8 @@ class TermProducts:
             out = functional_call(model, weights, (ids,), {"use_cache": False}, strict=False)
             return -token_logprobs(out.logits, ids)[0]
 
-        with eager_attention(model), torch.no_grad(), warnings.catch_warnings():
+        with eager_attention(model), forward_ad_experts(model), torch.no_grad(), \
+                warnings.catch_warnings():
             # torch registers its forward-mode decompositions with torch.jit on first use
             warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
             _, derivative = jvp(losses, (primals,), (tangents,))
