@@ -4,6 +4,10 @@ No weight gradient is ever computed: every parameter is set to ``requires_grad=F
 hooks are installed (and restored after), and a tracked module's output that nothing upstream
 makes require grad (the first block's) is made a leaf that does, so backward flows through the
 activations only, and only as far back as the first tracked modules.
+
+How each kind of module hands over x and δ (forward hooks, a watched ``F.linear``, a per-expert
+loop for fused experts) is its adapter's business (:mod:`factrace.model.adapters`); collectors
+here see every tracked weight the same way, its x and δ on the ``[batch, tokens, ·]`` grid.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Tracked-module discovery: every linear weight inside the transformer blocks; and coverage:
-which of the model's parameters that tracks, by kind.
+"""Tracked-module discovery: every linear weight inside the transformer blocks (of the module
+kinds :mod:`factrace.model.adapters` knows); and coverage: which of the model's parameters that
+tracks, by kind.
 
 Each tracked module is described in a canonical ``(out, in)`` layout: ``nn.Linear`` stores its
 weight as ``[out, in]``; Hugging Face's ``Conv1D`` (GPT-2) stores ``[in, out]`` and is marked
-``transposed``.
+``transposed``; one expert of fused experts is its slice ``[e]`` of a ``[experts, out, in]``
+parameter (``[experts, in, out]``: transposed).
 """
 
 from __future__ import annotations
