@@ -24,7 +24,8 @@ VOCAB = 97
 DENSE = ("llama", "gpt2", "gpt_neox", "qwen2", "mistral", "gemma2", "gemma3", "olmo2", "phi3",
          "qwen3")
 #: Mixture-of-experts families (fused experts, 4 experts, top 2; Qwen2-MoE adds a shared expert).
-MOE = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe")
+#: GPT-OSS: expert weights stored transposed ([E, in, out]), with biases; router ``mlp.router``.
+MOE = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "gpt_oss")
 ARCHITECTURES = DENSE + MOE
 EXPERTS = 4
 
@@ -44,6 +45,9 @@ _FAMILIES = {
     "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
                   dict(num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=48,
                        shared_expert_intermediate_size=40)),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
+                dict(num_local_experts=EXPERTS, num_experts_per_tok=2, head_dim=8,
+                     layer_types=None)),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   dict(num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=48,
                        head_dim=8)),

@@ -121,7 +121,8 @@ def test_fused_experts_and_routers_are_tracked_and_not_warned_about(family):
     model = tiny_model(family)
     E = EXPERTS
     experts = [(n, p) for n, p in model.named_parameters() if ".experts." in n]
-    assert experts and all(p.dim() == 3 and p.shape[0] == E for _, p in experts)
+    biases = [(n, p) for n, p in experts if n.endswith("_bias")]  # GPT-OSS: [E, out]
+    assert all(p.dim() == 3 - bool(n in dict(biases)) and p.shape[0] == E for n, p in experts)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FactraceWarning)
         enc = Encoder(LoadedModel(model, CharTokenizer(), None), _config())
@@ -130,13 +131,16 @@ def test_fused_experts_and_routers_are_tracked_and_not_warned_about(family):
     assert sum(k["parameters"] for k in c.kinds.values()) == c.total
     assert c.unseen == () and c.warning() is None and c.unseen_parameters == 0
     assert c.kinds["untracked_matrix"]["parameters"] == 0
+    assert all(n.replace(".0.", ".*.") in c.kinds["biases"]["names"] for n, _ in biases
+               if ".layers.0." in n)
     head = getattr(model.config, "head_dim", None) or H // HEADS
     attention = 2 * head * HEADS * H + 2 * head * KV * H  # q, o; k, v
     moe = E * H + E * (2 * FF * H + H * FF)  # router [E, H]; per expert gate_up, down
     shared = 3 * H * 40 + H if family == "qwen2_moe" else 0  # shared expert MLP and its gate
+    router = "router" if family == "gpt_oss" else "gate"
     assert c.kinds["tracked"]["parameters"] == L * (attention + moe + shared)
     for name in ("model.layers.*.mlp.experts.gate_up_proj", "model.layers.*.mlp.experts.down_proj",
-                 "model.layers.*.mlp.gate.weight"):
+                 f"model.layers.*.mlp.{router}.weight"):
         assert name in c.kinds["tracked"]["names"]
     # one tracked weight per expert and fused parameter, [out, in] each, in the MLP part
     kinds = {}
@@ -149,7 +153,7 @@ def test_fused_experts_and_routers_are_tracked_and_not_warned_about(family):
     assert up.param_name == "model.layers.1.mlp.experts.gate_up_proj"
     assert up.owner == "model.layers.1.mlp.experts"
     # and --exclude takes experts out by name: counted as weights left out, not warned about
-    fewer = discover(model, exclude=["*.experts.*", "*.mlp.gate"])
+    fewer = discover(model, exclude=["*.experts.*", f"*.mlp.{router}"])
     assert not any(t.kind in ("experts", "router") for t in fewer)
     c = coverage(model, fewer)
     assert c.kinds["untracked_linear"]["parameters"] == VOCAB * H + L * moe

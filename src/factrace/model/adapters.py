@@ -198,7 +198,10 @@ class FusedExpertsAdapter(Adapter):
     top_k_weights)`` with ``hidden_states`` ``[batch·tokens, h]``."""
 
     kind = "experts"
-    ARGS = ("hidden_states", "top_k_index", "top_k_weights")
+    #: the forward's arguments: tokens ``[n, h]``, expert indices and routing weights
+    #: ``[n, top_k]`` (GPT-OSS names the last two ``router_indices``, ``routing_weights``)
+    ARGS = (("hidden_states", "top_k_index", "top_k_weights"),
+            ("hidden_states", "router_indices", "routing_weights"))
 
     @staticmethod
     def _up(module) -> str:
@@ -217,7 +220,7 @@ class FusedExpertsAdapter(Adapter):
             names = list(inspect.signature(type(module).forward).parameters)[1:4]
         except (TypeError, ValueError):
             return False
-        return tuple(names) == self.ARGS
+        return tuple(names) in self.ARGS
 
     def weights(self, name, module):
         out = []
@@ -246,7 +249,11 @@ class FusedExpertsAdapter(Adapter):
             y = F.linear(x, weight, bias)
             return y if tm is None else sink.output(tm, y, rows)
 
-        def forward(hidden_states, top_k_index, top_k_weights):
+        names = list(inspect.signature(type(module).forward).parameters)[1:4]
+
+        def forward(*args, **kwargs):
+            values = dict(zip(names, args, strict=False)) | kwargs
+            hidden_states, top_k_index, top_k_weights = (values[n] for n in names)
             final = torch.zeros_like(hidden_states)
             for e in range(module.num_experts):
                 token, slot = torch.where(top_k_index == e)

@@ -165,7 +165,7 @@ COVERAGE_KINDS = {
     "norms": "parameters of normalisation layers",
     "untracked_linear": "weights of linear modules left out (outside the blocks, or excluded; "
                         "excluded routers and experts too)",
-    "biases": "1-D biases",
+    "biases": "1-D biases (and fused experts' biases, one per expert)",
     "untracked_matrix": "other weights of 2 or more dimensions, of no module kind discovery "
                         "knows (model.adapters)",
     "other": "any other parameter (scalars, 1-D gates, ...)",
@@ -289,7 +289,8 @@ def coverage(model: nn.Module, tracked: list[TrackedModule]) -> Coverage:
             kind = "norms"
         elif any(n in known for n in aliases):
             kind = "untracked_linear"
-        elif p.dim() == 1 and any(leaf == "bias" for _, leaf in owners):
+        elif any((p.dim() == 1 and leaf == "bias")  # experts' biases: [experts, out]
+                 or (leaf.endswith("_bias") and adapter_for(m) is not None) for m, leaf in owners):
             kind = "biases"
         elif p.dim() >= 2:
             kind = "untracked_matrix"
