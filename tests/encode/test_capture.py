@@ -174,3 +174,15 @@ def test_a_linear_seeing_only_some_tokens_is_refused():
     enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none",
                                         exclude=["*.extra"]))
     assert enc.encode_passages(PASSAGES[:2])[1].shape == (2, 64)
+
+
+def test_experts_and_routers_run_their_own_forward_again_after_encoding():
+    loaded = tiny_loaded("mixtral")
+    mlp = loaded.model.model.layers[0].mlp
+    mlp.gate.forward = mlp.gate.forward  # a forward some other wrapper set on the instance
+    before = loaded.model(torch.tensor([[1, 5, 9, 14]])).logits
+    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none"))
+    enc.encode_passages(PASSAGES[:2])
+    assert "forward" not in mlp.experts.__dict__
+    assert mlp.gate.__dict__["forward"] == type(mlp.gate).forward.__get__(mlp.gate)
+    torch.testing.assert_close(loaded.model(torch.tensor([[1, 5, 9, 14]])).logits, before)

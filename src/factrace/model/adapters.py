@@ -69,18 +69,26 @@ class Sink(Protocol):
 
 
 class _Restore:
-    """A handle putting a module's own forward back (``remove()``, like a hook handle)."""
+    """A handle putting a module's forward back as it was (``remove()``, like a hook handle):
+    the class's, or a forward some other wrapper had set on the instance."""
+
+    _NONE = object()
 
     def __init__(self, module: nn.Module):
         self.module = module
+        self.saved = module.__dict__.get("forward", self._NONE)
 
     def remove(self) -> None:
-        self.module.__dict__.pop("forward", None)
+        if self.saved is self._NONE:
+            self.module.__dict__.pop("forward", None)
+        else:
+            self.module.__dict__["forward"] = self.saved
 
 
 def _replace_forward(module: nn.Module, forward: Callable) -> _Restore:
+    handle = _Restore(module)
     module.forward = forward  # an instance attribute: shadows the class's forward until removed
-    return _Restore(module)
+    return handle
 
 
 class Adapter:
