@@ -57,10 +57,10 @@ def random_state(model):
 class Floor(HookCollector):
     """The same activation-only backward as encoding, with nothing captured: the floor."""
 
-    def on_forward(self, module, x):
+    def on_forward(self, module, x, place):
         pass
 
-    def on_backward(self, module, delta):
+    def on_backward(self, module, delta, place):
         pass
 
 

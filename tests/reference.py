@@ -7,23 +7,30 @@ import torch
 from factrace.data.batching import collate
 from factrace.encode.projection import module_projections
 from factrace.model.loss import forward_logits, per_example_loss
+from factrace.model.modules import TrackedModule
 
 
-def autograd_gradient(model, example, module_names, transposed, reduction="sum"):
-    """Per-module weight gradients of one example alone, canonical ``[d_out, d_in]`` layout."""
+def autograd_gradients(model, example, tracked, reduction="sum"):
+    """Per-tracked-module weight gradients of one example alone, canonical ``[d_out, d_in]``
+    layout (an expert's: its slice of the fused parameter's gradient)."""
     batch = collate([example], pad_id=0)
     model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(True)
     logits = forward_logits(model, batch)
     per_example_loss(logits, batch.input_ids, batch.loss_mask, reduction).sum().backward()
-    modules = dict(model.named_modules())
-    grads = {}
-    for name in module_names:
-        g = modules[name].weight.grad.detach().clone().double()
-        grads[name] = g.T if transposed[name] else g
+    params = dict(model.named_parameters())
+    grads = {tm.name: tm.weight_of(params[tm.param_name].grad.detach()).clone().double()
+             for tm in tracked}
     model.zero_grad(set_to_none=True)
     return grads
+
+
+def autograd_gradient(model, example, module_names, transposed, reduction="sum"):
+    """Per-module weight gradients of one example alone, canonical ``[d_out, d_in]`` layout."""
+    tracked = [TrackedModule(name, f"{name}.weight", 0, 0, -1, "mlp", transposed[name])
+               for name in module_names]
+    return autograd_gradients(model, example, tracked, reduction)
 
 
 def dense_projection(encoder) -> dict[str, torch.Tensor]:
@@ -43,9 +50,7 @@ def dense_projection(encoder) -> dict[str, torch.Tensor]:
 
 def reference_projection(encoder, example, correct=None, reduction="sum") -> torch.Tensor:
     """``P · (G ⊙ correction)`` built the slow way; ``correct(name, G) → G̃``."""
-    transposed = {tm.name: tm.transposed for tm in encoder.tracked}
-    grads = autograd_gradient(encoder.loaded.model, example, list(transposed), transposed,
-                              reduction)
+    grads = autograd_gradients(encoder.loaded.model, example, encoder.tracked, reduction)
     dense = dense_projection(encoder)
     p = torch.zeros(encoder.dim, dtype=torch.float64)
     for name, g in grads.items():

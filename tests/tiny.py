@@ -19,7 +19,39 @@ from transformers import (
 from factrace.model.load import LoadedModel
 
 VOCAB = 97
-ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "qwen2", "mistral")
+#: Dense families. All with grouped-query attention (2 key/value heads for 4 query heads) except
+#: GPT-2 and GPT-NeoX, which have none; Gemma 2 and 3 tie the output head to the embeddings.
+DENSE = ("llama", "gpt2", "gpt_neox", "qwen2", "mistral", "gemma2", "gemma3", "olmo2", "phi3",
+         "qwen3")
+#: Mixture-of-experts families (fused experts, 4 experts, top 2; Qwen2-MoE adds a shared expert).
+#: GPT-OSS: expert weights stored transposed ([E, in, out]), with biases; router ``mlp.router``.
+MOE = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "gpt_oss")
+ARCHITECTURES = DENSE + MOE
+EXPERTS = 4
+
+_GQA = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=64)
+# family: (config class, model class, options beyond _GQA)
+_FAMILIES = {
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=8, sliding_window=4)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(head_dim=8, sliding_window=4, layer_types=None)),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=8)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(num_local_experts=EXPERTS, num_experts_per_tok=2)),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=EXPERTS, num_experts_per_tok=2)),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  dict(num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=48,
+                       shared_expert_intermediate_size=40)),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
+                dict(num_local_experts=EXPERTS, num_experts_per_tok=2, head_dim=8,
+                     layer_types=None)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=48,
+                       head_dim=8)),
+}
 
 
 def tiny_model(arch: str = "llama", layers: int = 2, seed: int = 0) -> torch.nn.Module:
@@ -49,12 +81,22 @@ def tiny_model(arch: str = "llama", layers: int = 2, seed: int = 0) -> torch.nn.
                             num_attention_heads=4, max_position_embeddings=64,
                             hidden_dropout=0.0, attention_dropout=0.0, **common)
         model = GPTNeoXForCausalLM(cfg)
+    elif arch in _FAMILIES:
+        import transformers
+
+        config_name, model_name, extra = _FAMILIES[arch]
+        options = {**_GQA, **extra}
+        if "layer_types" in options:  # one sliding-window layer, then full attention
+            options["layer_types"] = (["sliding_attention", "full_attention"] * layers)[:layers]
+        cfg = getattr(transformers, config_name)(num_hidden_layers=layers, **options, **common)
+        model = getattr(transformers, model_name)(cfg)
     else:
         raise ValueError(arch)
-    # Random init gives tiny gradients in deep positions; larger weights make the test sharper.
+    # Random init gives tiny gradients in deep positions; larger weights make the test sharper
+    # (and routers, which some families initialise to zero, route each token differently).
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() == 2:
+            if p.dim() >= 2:
                 p.normal_(0, 0.2)
     return model.eval()
 

@@ -7,6 +7,7 @@ import factrace.model.attention as attention
 from factrace.config import EncoderConfig
 from factrace.data.records import Passage, Query
 from factrace.encode.encoder import Encoder
+from factrace.errors import FactraceError
 from factrace.model.optimizer_state import OptimizerState, ParamMoment
 from reference import reference_projection
 from tiny import ARCHITECTURES, tiny_loaded
@@ -37,8 +38,7 @@ def correction_fn(encoder, state, mode):
 
     def correct(name, g):
         tm = tracked[name]
-        v = state[tm.param_name].exp_avg_sq.double()
-        v = v.T if tm.transposed else v
+        v = tm.weight_of(state[tm.param_name].exp_avg_sq.double())  # an expert's: its slice
         if mode == "exact":
             return g / (v.sqrt() + eps)
         r, c = v.sum(1), v.sum(0)
@@ -154,3 +154,35 @@ def test_tall_and_wide_blocks_equal_autograd(aspect):
         got.update(zip(batch_ids, p.double(), strict=True))
     for example in examples:
         assert rel_err(got[example.id], reference_projection(enc, example, correct)) < 1e-4
+
+
+def test_a_linear_seeing_only_some_tokens_is_refused():
+    """Experts kept as separate modules see only their routed tokens, and which ones no hook on
+    the module can tell: such a module is refused, not traced wrongly."""
+    loaded = tiny_loaded("llama")
+    mlp = loaded.model.model.layers[0].mlp
+    mlp.extra = torch.nn.Linear(32, 32)
+    own = mlp.forward
+
+    def forward(x):
+        out = own(x)
+        return out + torch.nn.functional.pad(mlp.extra(x[:, :1]), (0, 0, 0, x.shape[1] - 1))
+    mlp.forward = forward
+    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none"))
+    with pytest.raises(FactraceError, match=r"layers\.0\.mlp\.extra: saw 2 tokens .*--exclude"):
+        enc.encode_passages(PASSAGES[:2])
+    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none",
+                                        exclude=["*.extra"]))
+    assert enc.encode_passages(PASSAGES[:2])[1].shape == (2, 64)
+
+
+def test_experts_and_routers_run_their_own_forward_again_after_encoding():
+    loaded = tiny_loaded("mixtral")
+    mlp = loaded.model.model.layers[0].mlp
+    mlp.gate.forward = mlp.gate.forward  # a forward some other wrapper set on the instance
+    before = loaded.model(torch.tensor([[1, 5, 9, 14]])).logits
+    enc = Encoder(loaded, EncoderConfig(dim=64, second_moment="none", hessian="none"))
+    enc.encode_passages(PASSAGES[:2])
+    assert "forward" not in mlp.experts.__dict__
+    assert mlp.gate.__dict__["forward"] == type(mlp.gate).forward.__get__(mlp.gate)
+    torch.testing.assert_close(loaded.model(torch.tensor([[1, 5, 9, 14]])).logits, before)

@@ -7,19 +7,18 @@ from test_capture import PASSAGES, QUERIES, correction_fn, random_state, rel_err
 from factrace.config import EncoderConfig
 from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceError
-from reference import autograd_gradient
+from reference import autograd_gradients
 from tiny import tiny_loaded
 
 
 def reference_gradient(enc, example, correct) -> torch.Tensor:
     """The corrected gradients of every tracked module, flattened and concatenated in order."""
-    transposed = {tm.name: tm.transposed for tm in enc.tracked}
-    grads = autograd_gradient(enc.loaded.model, example, list(transposed), transposed)
-    parts = [correct(name, grads[name]) if correct else grads[name] for name in transposed]
+    grads = autograd_gradients(enc.loaded.model, example, enc.tracked)
+    parts = [correct(tm.name, grads[tm.name]) if correct else grads[tm.name] for tm in enc.tracked]
     return torch.cat([g.reshape(-1) for g in parts])
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mixtral"])
 @pytest.mark.parametrize("mode", ["factored", "exact", "none"])
 def test_exact_projection_is_the_corrected_gradient(arch, mode):
     loaded = tiny_loaded(arch)

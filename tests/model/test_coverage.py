@@ -13,7 +13,7 @@ from factrace.encode.encoder import Encoder
 from factrace.errors import FactraceWarning
 from factrace.model.load import LoadedModel
 from factrace.model.modules import COVERAGE_KINDS, coverage, discover
-from tiny import ARCHITECTURES, VOCAB, CharTokenizer, tiny_loaded, tiny_model
+from tiny import ARCHITECTURES, EXPERTS, MOE, VOCAB, CharTokenizer, tiny_loaded, tiny_model
 
 H, FF, L, HEADS, KV = 32, 48, 2, 4, 2  # tiny.py's dimensions
 KV_DIM = H // HEADS * KV
@@ -38,7 +38,7 @@ def test_kinds_add_up_to_the_model(arch):
     assert sum(k["tensors"] for k in c.kinds.values()) == len(list(model.parameters()))
     assert sum(k["share"] for k in c.kinds.values()) == pytest.approx(1.0)
     assert c.kinds["tracked"]["parameters"] == sum(t.d_out * t.d_in for t in tracked)
-    assert c.kinds["tracked"]["tensors"] == len(tracked)
+    assert c.kinds["tracked"]["tensors"] == len({t.param_name for t in tracked})  # experts share
     assert set(c.kinds) == set(COVERAGE_KINDS)
     assert c.unseen == () and c.warning() is None
 
@@ -85,56 +85,79 @@ def test_encoder_records_coverage_and_stays_quiet_on_a_dense_model():
     assert meta["coverage"]["untracked_in_blocks"] == []
 
 
-MOE = {
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=4)),
-    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=4)),
-    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
-                  dict(num_experts=4, moe_intermediate_size=FF, shared_expert_intermediate_size=40)),
-}
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a not in ("gpt2", "gpt_neox")])
+def test_grouped_query_attention_is_tracked_at_its_own_shapes(arch):
+    model = tiny_model(arch)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    shapes = {t.name.rpartition(".")[2]: (t.d_out, t.d_in) for t in discover(model)
+              if t.layer == 0 and t.part == "attention"}
+    head = getattr(model.config, "head_dim", None) or H // HEADS
+    if arch == "phi3":  # one fused qkv_proj Linear: q, then k and v of the fewer heads
+        assert shapes["qkv_proj"] == (head * HEADS + 2 * head * KV, H)
+    else:
+        assert shapes["k_proj"] == shapes["v_proj"] == (head * KV, H)
+        assert shapes["q_proj"] == (head * HEADS, H)
 
 
-def _moe(family: str):
-    import transformers
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_tied_embeddings_are_counted_once_and_the_head_is_not_tracked(arch):
+    model = tiny_model(arch)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    tracked = discover(model)
+    c = coverage(model, tracked)
+    assert c.total == _parameters(model)
+    assert len(list(model.named_parameters(remove_duplicate=False))) > c.kinds["tracked"][
+        "tensors"] + sum(k["tensors"] for n, k in c.kinds.items() if n != "tracked")
+    assert c.kinds["embeddings"]["parameters"] == VOCAB * H  # the shared tensor, once
+    assert c.kinds["embeddings"]["tensors"] == 1
+    assert c.kinds["embeddings"]["names"] == ["model.embed_tokens.weight = lm_head.weight"]
+    assert c.kinds["untracked_linear"]["parameters"] == 0
+    assert not any("lm_head" in t.name or "embed" in t.name for t in tracked)
+    assert c.unseen == () and c.warning() is None
 
-    config_name, model_name, extra = MOE[family]
-    if not hasattr(transformers, model_name):
-        pytest.skip(f"this transformers has no {model_name}")
-    torch.manual_seed(0)
-    cfg = getattr(transformers, config_name)(
-        vocab_size=VOCAB, hidden_size=H, intermediate_size=FF, num_hidden_layers=L,
-        num_attention_heads=HEADS, num_key_value_heads=KV, num_experts_per_tok=2,
-        max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra)
-    return getattr(transformers, model_name)(cfg).eval()
 
-
-@pytest.mark.parametrize("family", sorted(MOE))
-def test_fused_experts_are_counted_and_named_in_a_warning(family):
-    model = _moe(family)
-    experts = [(n, p) for n, p in model.named_parameters() if ".experts." in n and p.dim() == 3]
-    if not experts:
-        pytest.skip(f"{family}: this transformers keeps its experts as modules")
-    with pytest.warns(FactraceWarning) as caught:
+@pytest.mark.parametrize("family", MOE)
+def test_fused_experts_and_routers_are_tracked_and_not_warned_about(family):
+    model = tiny_model(family)
+    E = EXPERTS
+    experts = [(n, p) for n, p in model.named_parameters() if ".experts." in n]
+    biases = [(n, p) for n, p in experts if n.endswith("_bias")]  # GPT-OSS: [E, out]
+    assert all(p.dim() == 3 - bool(n in dict(biases)) and p.shape[0] == E for n, p in experts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FactraceWarning)
         enc = Encoder(LoadedModel(model, CharTokenizer(), None), _config())
-    assert len(caught) == 1
-    message = str(caught[0].message)
     c = enc.coverage
     assert c.total == _parameters(model)
     assert sum(k["parameters"] for k in c.kinds.values()) == c.total
-    # every fused expert weight and the router (a plain parameter of a router module), by name
-    E = 4
-    expected = L * (E * 2 * FF * H + E * H * FF + E * H)  # gate_up, down, router
-    assert c.unseen_parameters == expected
-    assert c.kinds["untracked_matrix"]["parameters"] == expected
+    assert c.unseen == () and c.warning() is None and c.unseen_parameters == 0
+    assert c.kinds["untracked_matrix"]["parameters"] == 0
+    assert all(n.replace(".0.", ".*.") in c.kinds["biases"]["names"] for n, _ in biases
+               if ".layers.0." in n)
+    head = getattr(model.config, "head_dim", None) or H // HEADS
+    attention = 2 * head * HEADS * H + 2 * head * KV * H  # q, o; k, v
+    moe = E * H + E * (2 * FF * H + H * FF)  # router [E, H]; per expert gate_up, down
+    shared = 3 * H * 40 + H if family == "qwen2_moe" else 0  # shared expert MLP and its gate
+    router = "router" if family == "gpt_oss" else "gate"
+    assert c.kinds["tracked"]["parameters"] == L * (attention + moe + shared)
     for name in ("model.layers.*.mlp.experts.gate_up_proj", "model.layers.*.mlp.experts.down_proj",
-                 "model.layers.*.mlp.gate.weight"):
-        assert name in c.unseen
-        assert name in message
-    assert "\n" not in message
-    assert enc.metadata()["coverage"]["untracked_in_blocks"] == list(c.unseen)
-    # the warning comes once per model, however many encoders it serves
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FactraceWarning)
-        Encoder(enc.loaded, _config(seed=1))
+                 f"model.layers.*.mlp.{router}.weight"):
+        assert name in c.kinds["tracked"]["names"]
+    # one tracked weight per expert and fused parameter, [out, in] each, in the MLP part
+    kinds = {}
+    for t in enc.tracked:
+        kinds.setdefault(t.kind, []).append(t)
+    assert len(kinds["experts"]) == L * E * 2 and len(kinds["router"]) == L
+    up = next(t for t in kinds["experts"] if t.name == "model.layers.1.mlp.experts.gate_up_proj.3")
+    assert (up.d_out, up.d_in, up.expert, up.experts, up.layer, up.part) == (2 * FF, H, 3, E, 1,
+                                                                            "mlp")
+    assert up.param_name == "model.layers.1.mlp.experts.gate_up_proj"
+    assert up.owner == "model.layers.1.mlp.experts"
+    # and --exclude takes experts out by name: counted as weights left out, not warned about
+    fewer = discover(model, exclude=["*.experts.*", f"*.mlp.{router}"])
+    assert not any(t.kind in ("experts", "router") for t in fewer)
+    c = coverage(model, fewer)
+    assert c.kinds["untracked_linear"]["parameters"] == VOCAB * H + L * moe
+    assert c.unseen == () and c.warning() is None
 
 
 def test_a_custom_weight_inside_one_block_is_named_exactly():

@@ -80,9 +80,10 @@ def _known_v(model, seed=0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     vs = {}
     for name, p in model.named_parameters():
-        if p.dim() == 2:
-            rows = torch.rand(p.shape[0], 1, generator=g, dtype=torch.float64) * 4 + 0.25
-            cols = torch.rand(1, p.shape[1], generator=g, dtype=torch.float64) * 4 + 0.25
+        if p.dim() >= 2:  # fused experts [E, R, C]: rank one per expert
+            rows = torch.rand(*p.shape[:-1], 1, generator=g, dtype=torch.float64) * 4 + 0.25
+            cols = torch.rand(*p.shape[:-2], 1, p.shape[-1], generator=g,
+                              dtype=torch.float64) * 4 + 0.25
             vs[name] = (rows * cols * 1e-5).float()
         else:
             vs[name] = (torch.rand(p.shape, generator=g) + 0.5) * 1e-5
@@ -123,7 +124,8 @@ def _adafactor_after_one_step(model, vs, kind):
 
 
 @pytest.mark.parametrize("kind", ["transformers", "torch"])
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # gpt2: Conv1D, weight stored [d_in, d_out]
+# gpt2: Conv1D, weight stored [d_in, d_out]; mixtral: fused experts [E, out, in], state by expert
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mixtral"])
 def test_adafactor_state_corrects_by_its_second_moment(tmp_path, arch, kind):
     model = tiny_model(arch)
     vs = _known_v(model)
@@ -141,8 +143,8 @@ def test_adafactor_state_corrects_by_its_second_moment(tmp_path, arch, kind):
     config = EncoderConfig(dim=64, second_moment="adafactor", hessian="none", normalize=False,
                            batch_tokens=10_000)
     enc = Encoder(loaded, config, state)
-    canonical_v = {tm.name: (vs[tm.param_name].t() if tm.transposed else vs[tm.param_name])
-                   for tm in enc.tracked}
+    canonical_v = {tm.name: tm.weight_of(vs[tm.param_name]) for tm in enc.tracked}
+    assert any(tm.expert >= 0 for tm in enc.tracked) == (arch == "mixtral")
     assert any(tm.transposed for tm in enc.tracked) == (arch == "gpt2")
     for tm in enc.tracked:
         moment = state[tm.param_name]
@@ -183,6 +185,46 @@ def test_mismatched_state_names_first_parameter_and_shapes(tmp_path):
     msg = str(e.value)
     assert "model.layers.0.mlp.gate_proj.weight" in msg
     assert "(40, 32)" in msg and "(48, 32)" in msg
+
+
+def test_expert_count_mismatch_names_the_parameter_and_both_shapes(tmp_path):
+    """A state saved from a model with 3 experts, read for the same model with 4."""
+    from transformers import MixtralForCausalLM
+
+    model = tiny_model("mixtral")
+    cfg = model.config.to_dict()
+    cfg["num_local_experts"] = 3
+    fewer = MixtralForCausalLM(type(model.config)(**cfg))
+    opt = torch.optim.AdamW(fewer.parameters(), lr=1e-3)
+    _train(fewer, opt, 1)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    with pytest.raises(FactraceError) as e:
+        load_optimizer_state(tmp_path / "opt.pt", model)
+    msg = str(e.value)
+    assert "\n" not in msg
+    # the first parameter whose shape differs: the router, [experts, hidden]
+    assert "'model.layers.0.mlp.gate.weight'" in msg and "(4, 32)" in msg and "(3, 32)" in msg
+    # the fused experts' own: the safetensors form, without the routers
+    save_file({n: torch.rand_like(p) for n, p in fewer.named_parameters() if ".experts." in n},
+              tmp_path / "v.safetensors")
+    with pytest.raises(FactraceError) as e:
+        load_optimizer_state(tmp_path / "v.safetensors", model)
+    msg = str(e.value)
+    assert "\n" not in msg and "'model.layers.0.mlp.experts.down_proj'" in msg
+    assert "(4, 32, 48)" in msg and "(3, 32, 48)" in msg
+    # and an OptimizerState built in memory: the encoder's correction refuses it
+    from factrace.model.optimizer_state import OptimizerState, ParamMoment
+
+    moments = {n: ParamMoment(exp_avg_sq=torch.rand_like(p)) for n, p in model.named_parameters()}
+    moments["model.layers.1.mlp.experts.down_proj"] = ParamMoment(exp_avg_sq=torch.rand(5, 32, 48))
+    loaded = tiny_loaded("mixtral")
+    for mode in ("factored", "exact"):
+        with pytest.raises(FactraceError) as e:
+            Encoder(loaded, EncoderConfig(dim=64, second_moment=mode, hessian="none"),
+                    OptimizerState(moments, "mem"))
+        msg = str(e.value)
+        assert "\n" not in msg and "'model.layers.1.mlp.experts.down_proj'" in msg
+        assert "(5, 32, 48)" in msg and "(4, 32, 48)" in msg
 
 
 def test_missing_and_garbage_files(tmp_path):

@@ -80,7 +80,7 @@ def _random_basis(spans, seed=0):
     return TrainBasis(list(spans), [np.ones(size) for _, size in spans], vectors, 10)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mixtral"])  # mixtral: weights by expert
 @pytest.mark.parametrize("second_moment, projection, reduction", [
     ("factored", "kronecker", "sum"), ("exact", "kronecker", "mean"),
     ("none", "kronecker", "sum"), ("factored", "exact", "sum"), ("exact", "exact", "mean")])

@@ -4,9 +4,15 @@ No weight gradient is ever computed: every parameter is set to ``requires_grad=F
 hooks are installed (and restored after), and a tracked module's output that nothing upstream
 makes require grad (the first block's) is made a leaf that does, so backward flows through the
 activations only, and only as far back as the first tracked modules.
+
+How each kind of module hands over x and δ (forward hooks, a watched ``F.linear``, a per-expert
+loop for fused experts) is its adapter's business (:mod:`factrace.model.adapters`); collectors
+here see every tracked weight the same way, its x and δ on the ``[batch, tokens, ·]`` grid.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,15 +24,26 @@ from factrace.encode.second_moment import (
     SquaredGradientSums,
     merge_squared_sums,
 )
+from factrace.errors import FactraceError
+from factrace.model.adapters import BY_KIND
 from factrace.model.attention import attention_for_width
 from factrace.model.loss import forward_logits, per_example_loss
 from factrace.model.modules import TrackedModule
 
+#: ``place(t)``: a per-token tensor ``[.., k]`` of one module onto ``[batch, tokens, k]``.
+Place = Callable[[torch.Tensor], torch.Tensor]
+
 
 class HookCollector:
     """Owns hook lifetime and the activation-only backward; subclasses say what to do with
-    ``x`` ``[batch, tokens, d_in]`` (forward) and ``δ`` ``[batch, tokens, d_out]`` (backward),
-    both in the model's dtype. ``self.mask`` ``[batch, tokens, 1]`` marks real tokens: δ is
+    ``x`` (forward) and ``δ`` (backward) of each tracked module, both in the model's dtype.
+
+    The module adapters (:mod:`factrace.model.adapters`) hand over x and the output y one row
+    per token, in the shape the module saw them (``[batch, tokens, d]``, ``[batch·tokens, d]``,
+    or an expert's routed tokens ``[n, d]`` with their ``rows``); subclasses get them with a
+    ``place`` function mapping a per-token tensor ``[.., k]`` (x, δ, or anything computed from
+    them token by token, such as a projection) onto ``[batch, tokens, k]``, zero at the tokens
+    the module did not see. ``self.mask`` ``[batch, tokens, 1]`` marks real tokens: δ is
     exactly zero at padding (no loss there, and no real token attends to it), so zeroing padding
     on one side of each product — whichever is cheaper — removes it from every sum. What a
     subclass keeps of ``x`` until its ``δ`` arrives goes in ``self._inputs`` (emptied after every
@@ -45,11 +62,41 @@ class HookCollector:
         self._inputs: dict[str, torch.Tensor] = {}
 
     # subclass interface -------------------------------------------------------------------
-    def on_forward(self, module: TrackedModule, x: torch.Tensor) -> None:
+    def on_forward(self, module: TrackedModule, x: torch.Tensor, place: Place) -> None:
         raise NotImplementedError
 
-    def on_backward(self, module: TrackedModule, delta: torch.Tensor) -> None:
+    def on_backward(self, module: TrackedModule, delta: torch.Tensor, place: Place) -> None:
         raise NotImplementedError
+
+    # the adapters' sink --------------------------------------------------------------------
+    def input(self, tm: TrackedModule, x: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        self.on_forward(tm, x, self._placer(tm, rows))
+
+    def output(self, tm: TrackedModule, y: torch.Tensor,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+        if not y.requires_grad:
+            # No tracked module upstream (e.g. q/k/v of the first block): backward starts
+            # here and never computes the input gradient of this module. The clone keeps
+            # in-place operations of the model on its output legal.
+            y = y.detach().requires_grad_(True).clone()
+        place = self._placer(tm, rows)
+        y.register_hook(lambda g: self.on_backward(tm, g, place))
+        return y
+
+    def _placer(self, tm: TrackedModule, rows: torch.Tensor | None) -> Place:
+        batch, tokens = self.mask.shape[:2]
+
+        def place(t: torch.Tensor) -> torch.Tensor:
+            if rows is None:
+                if t.shape[:-1].numel() != batch * tokens:
+                    raise FactraceError(
+                        f"{tm.name}: saw {t.shape[:-1].numel()} tokens where the batch has "
+                        f"{batch}×{tokens}; a module that sees only some tokens (experts kept "
+                        "as separate modules) cannot be traced: leave it out with --exclude")
+                return t.reshape(batch, tokens, t.shape[-1])
+            out = t.new_zeros(batch * tokens, t.shape[-1])
+            return out.index_copy_(0, rows, t).view(batch, tokens, t.shape[-1])
+        return place
 
     # hook lifetime -----------------------------------------------------------------------
     def __enter__(self):
@@ -57,8 +104,16 @@ class HookCollector:
             self._requires_grad[p] = p.requires_grad
             p.requires_grad_(False)
         modules = dict(self.model.named_modules())
+        owners: dict[str, list[TrackedModule]] = {}
         for tm in self.tracked:
-            self._handles.append(modules[tm.name].register_forward_hook(self._forward_hook(tm)))
+            owners.setdefault(tm.owner, []).append(tm)
+        wrap = (lambda f: f) if self.forward is self.model else torch._dynamo.disable
+        try:
+            for owner, tms in owners.items():
+                self._handles += BY_KIND[tms[0].kind].install(modules[owner], tms, self, wrap)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -69,18 +124,6 @@ class HookCollector:
             p.requires_grad_(flag)
         self._requires_grad.clear()
         return False
-
-    def _forward_hook(self, tm: TrackedModule):
-        def hook(_module, args, output):
-            self.on_forward(tm, args[0])
-            if not output.requires_grad:
-                # No tracked module upstream (e.g. q/k/v of the first block): backward starts
-                # here and never computes the input gradient of this module. The clone keeps
-                # in-place operations of the model on its output legal.
-                output = output.detach().requires_grad_(True).clone()
-            output.register_hook(lambda g: self.on_backward(tm, g))
-            return output
-        return hook if self.forward is self.model else torch._dynamo.disable(hook)
 
     def forward_backward(self, batch: Batch, loss_reduction: str = "sum") -> None:
         """One forward and an activation-only backward of the summed per-example losses."""
@@ -143,29 +186,30 @@ class ProjectedGradients(HookCollector):
             self.right[tm.name] = right.to(device, dtype)
         self._out: torch.Tensor | None = None
 
-    def on_forward(self, tm, x):
+    def on_forward(self, tm, x, place):
         right = self.right[tm.name]
         if not self.projected:  # x·diag(col): [batch, tokens, d_in]
-            x = x.float() * self.mask
+            x = place(x.float()) * self.mask
             self._inputs[tm.name] = x if right is None else x * right
         elif tm.name in self.inverse:
-            self._inputs[tm.name] = x.float() * self.mask
-        else:  # x R̃ᵀ: [batch, tokens, b]
-            self._inputs[tm.name] = (x.to(right.dtype) @ right.T).float() * self.mask
+            self._inputs[tm.name] = place(x.float()) * self.mask
+        else:  # x R̃ᵀ: [batch, tokens, b] (projected before placing: the cheaper side)
+            self._inputs[tm.name] = place((x.to(right.dtype) @ right.T).float()) * self.mask
 
-    def on_backward(self, tm, delta):
+    def on_backward(self, tm, delta, place):
         block = self.block_of[tm.name]
         x = self._inputs.pop(tm.name)
         left = self.left[tm.name]
         if not self.projected:  # the whole G̃ = diag(row) δᵀ x diag(col), or (δᵀ x) ⊙ V^{-1/2}
-            delta = delta.float() if left is None else delta.float() * left
+            delta = place(delta.float())
+            delta = delta if left is None else delta * left
             p = torch.bmm(delta.transpose(1, 2), x)  # [batch, d_out, d_in]
             if tm.name in self.inverse:
                 p *= self.inverse[tm.name]
         elif tm.name in self.inverse:
-            p = self._exact(tm, x, delta.float())
+            p = self._exact(tm, x, place(delta.float()))
         else:
-            dl = (delta.to(left.dtype) @ left.T).float()  # [batch, tokens, a]
+            dl = place((delta.to(left.dtype) @ left.T).float())  # [batch, tokens, a]
             p = torch.bmm(dl.transpose(1, 2), x)  # [batch, a, b]
         self._out[:, block.offset:block.offset + block.size] += p.reshape(p.shape[0], -1)
 
@@ -202,12 +246,15 @@ class GradientSquares(HookCollector):
         self._batch = SquaredGradientSums()
         try:
             self.forward_backward(batch, loss_reduction)
+            for tm in self.tracked:  # experts no token was routed to: zero gradients
+                if tm.name not in self._batch.examples:
+                    self._batch.add_examples(tm.name, batch.input_ids.shape[0])
             self.sums = merge_squared_sums([self.sums, self._batch])
         finally:
             self._batch = None
 
-    def on_forward(self, tm, x):
-        self._inputs[tm.name] = x.float() * self.mask
+    def on_forward(self, tm, x, place):
+        self._inputs[tm.name] = place(x.float()) * self.mask
 
-    def on_backward(self, tm, delta):
-        self._batch.add(tm.name, self._inputs.pop(tm.name), delta.float() * self.mask)
+    def on_backward(self, tm, delta, place):
+        self._batch.add(tm.name, self._inputs.pop(tm.name), place(delta.float()) * self.mask)

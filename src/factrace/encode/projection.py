@@ -56,6 +56,12 @@ def module_groups(tracked: list[TrackedModule], layout: str = "layers",
     ``layers``: layers split into ``layer_groups`` contiguous groups (fewer when there are fewer
     layers), each giving an attention block and an MLP block; modules outside the blocks form one
     more block. ``modules``: one block per module.
+
+    Mixture-of-experts: each expert's slice of a fused parameter is a tracked module of its own
+    (``<experts>.<parameter>.<expert>``) with its own ``L``, ``R``; experts and routers are
+    ``mlp`` modules, so under ``layers`` all experts of a layer group share that group's MLP
+    block (their projected gradients add up there, as the dense MLP's parts do), and under
+    ``modules`` each expert weight is a block.
     """
     if layout == "modules":
         return [(m.name, [m.name]) for m in tracked]

@@ -49,15 +49,17 @@ def factored_from_sums(r: torch.Tensor, c: torch.Tensor, epsilon: float) -> Corr
 
 
 def canonical(tensor: torch.Tensor, module: TrackedModule) -> torch.Tensor:
-    """A parameter-layout ``[.., ..]`` tensor in the canonical ``[d_out, d_in]`` layout."""
-    return tensor.t() if module.transposed else tensor
+    """A tensor shaped like the module's parameter, cut to the module's weight (one expert's
+    slice of a fused parameter) in the canonical ``[d_out, d_in]`` layout."""
+    return module.weight_of(tensor)
 
 
-def _check_shape(v: torch.Tensor, module: TrackedModule, source: str) -> None:
-    if tuple(v.shape) != (module.d_out, module.d_in):
+def _check_shape(shape: tuple[int, ...], module: TrackedModule, source: str) -> None:
+    """The parameter's whole second moment (all experts of a fused one) fits the model."""
+    if tuple(shape) != module.param_shape:
         raise FactraceError(
-            f"{source}: second moment of {module.param_name!r} has shape {tuple(v.shape)}, "
-            f"expected {(module.d_out, module.d_in)}"
+            f"{source}: second moment of {module.param_name!r} has shape {tuple(shape)}, "
+            f"expected {module.param_shape} (the model's)"
         )
 
 
@@ -75,6 +77,9 @@ def correction_for(
             raise FactraceError(f"{source}: no factored (Adafactor) state for "
                                 f"{module.param_name!r}; use --second-moment factored")
         row, col = moment.row.double(), moment.col.double()  # means over last / second-to-last dim
+        _check_shape((*row.shape, col.shape[-1]), module, source)
+        if module.expert >= 0:  # [experts, ..]: this expert's
+            row, col = row[module.expert], col[module.expert]
         if module.transposed:  # parameter [d_in, d_out]: row is over d_in, col over d_out
             r, c = module.d_in * col, module.d_out * row
         else:
@@ -83,8 +88,9 @@ def correction_for(
     if moment.exp_avg_sq is None:
         raise FactraceError(f"{source}: no exp_avg_sq for {module.param_name!r}; "
                             "use --second-moment adafactor for factored optimizer state")
-    v = canonical(moment.bias_corrected(), module)
-    _check_shape(v, module, source)
+    v = moment.bias_corrected()
+    _check_shape(tuple(v.shape), module, source)
+    v = canonical(v, module)
     if mode == "factored":
         return factored_from_sums(v.sum(dim=1), v.sum(dim=0), epsilon)
     if mode == "exact":
@@ -131,13 +137,22 @@ class SquaredGradientSums:
         self.c[name] = self.c.get(name, 0) + c.cpu()
         self.examples[name] = self.examples.get(name, 0) + x.shape[0]
 
+    def add_examples(self, name: str, n: int) -> None:
+        """Count ``n`` examples whose gradient of ``name`` is zero (an expert no token of the
+        batch was routed to)."""
+        self.examples[name] = self.examples.get(name, 0) + n
+
     def corrections(self, tracked: list[TrackedModule], epsilon: float) -> dict[str, Correction]:
-        if not self.r:
+        if not self.examples:
             raise FactraceError("estimate mode saw no training examples to estimate V from")
         # Means over examples, so that V has the scale of a squared gradient and ε its meaning.
-        return {m.name: factored_from_sums(self.r[m.name] / self.examples[m.name],
-                                           self.c[m.name] / self.examples[m.name], epsilon)
-                for m in tracked}
+        out = {}
+        for m in tracked:
+            n = self.examples[m.name]
+            r = self.r.get(m.name, torch.zeros(m.d_out, dtype=torch.float64))
+            c = self.c.get(m.name, torch.zeros(m.d_in, dtype=torch.float64))
+            out[m.name] = factored_from_sums(r / n, c / n, epsilon)
+        return out
 
 
 def merge_squared_sums(parts: list[SquaredGradientSums]) -> SquaredGradientSums:
@@ -147,5 +162,6 @@ def merge_squared_sums(parts: list[SquaredGradientSums]) -> SquaredGradientSums:
         for name in part.r:
             total.r[name] = total.r.get(name, 0) + part.r[name]
             total.c[name] = total.c.get(name, 0) + part.c[name]
-            total.examples[name] = total.examples.get(name, 0) + part.examples[name]
+        for name, n in part.examples.items():
+            total.examples[name] = total.examples.get(name, 0) + n
     return total

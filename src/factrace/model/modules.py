@@ -1,9 +1,11 @@
-"""Tracked-module discovery: every linear weight inside the transformer blocks; and coverage:
-which of the model's parameters that tracks, by kind.
+"""Tracked-module discovery: every linear weight inside the transformer blocks (of the module
+kinds :mod:`factrace.model.adapters` knows); and coverage: which of the model's parameters that
+tracks, by kind.
 
 Each tracked module is described in a canonical ``(out, in)`` layout: ``nn.Linear`` stores its
 weight as ``[out, in]``; Hugging Face's ``Conv1D`` (GPT-2) stores ``[in, out]`` and is marked
-``transposed``.
+``transposed``; one expert of fused experts is its slice ``[e]`` of a ``[experts, out, in]``
+parameter (``[experts, in, out]``: transposed).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from factrace.errors import FactraceError
+from factrace.model.adapters import Conv1DAdapter, LinearAdapter, Weight, adapter_for
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,10 @@ class TrackedModule:
     """A linear map ``y = W x`` whose weight gradient is traced.
 
     ``d_out``/``d_in``: the canonical weight shape ``[d_out, d_in]``; ``layer``: index of the
-    transformer block (``-1`` outside the blocks); ``part``: ``"attention"`` or ``"mlp"``.
+    transformer block (``-1`` outside the blocks); ``part``: ``"attention"`` or ``"mlp"``;
+    ``kind``: the adapter that captures it (:mod:`factrace.model.adapters`); ``module``: the
+    module holding the weight (its ``name`` unless one module holds several, as fused experts
+    do); ``expert``: for one expert's slice of a fused ``[experts, .., ..]`` parameter, its index.
     """
 
     name: str
@@ -32,14 +38,36 @@ class TrackedModule:
     layer: int
     part: str
     transposed: bool
+    kind: str = "linear"
+    module: str = ""
+    expert: int = -1
+    experts: int = 0
+
+    @property
+    def owner(self) -> str:
+        """The name of the module holding the weight."""
+        return self.module or self.name
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """The shape of the parameter holding the weight (all experts of a fused one)."""
+        shape = (self.d_in, self.d_out) if self.transposed else (self.d_out, self.d_in)
+        return (self.experts, *shape) if self.expert >= 0 else shape
+
+    def weight_of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This weight's part of a tensor shaped like its parameter (gradient, V, ...), in the
+        canonical ``[d_out, d_in]`` layout."""
+        if self.expert >= 0:
+            tensor = tensor[self.expert]
+        return tensor.t() if self.transposed else tensor
 
 
 def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    return Conv1DAdapter().matches(module)
 
 
 def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+    return LinearAdapter().matches(module) or _is_conv1d(module)
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -70,21 +98,23 @@ def discover(
 ) -> list[TrackedModule]:
     """Tracked modules in ``model.named_modules()`` order.
 
-    Default: every ``nn.Linear``/``Conv1D`` inside the blocks. ``include`` globs add linear
-    modules outside the blocks (e.g. ``"lm_head"``); ``only`` globs restrict tracking to the
-    modules they match; ``exclude`` globs remove modules. Globs match the module name, e.g.
-    ``"*.mlp.*"``; a glob that matches nothing it could act on is an error.
+    Default: every weight inside the blocks that a module adapter knows
+    (:data:`factrace.model.adapters.ADAPTERS`: ``nn.Linear``, ``Conv1D``, routers, each expert of
+    fused experts). ``include`` globs add linear modules outside the blocks (e.g. ``"lm_head"``);
+    ``only`` globs restrict tracking to the modules they match; ``exclude`` globs remove modules.
+    Globs match the module name, e.g. ``"*.mlp.*"`` (an expert's weights are named
+    ``<experts module>.<parameter>.<expert>``, e.g. ``"*.experts.down_proj.3"``); a glob that
+    matches nothing it could act on is an error.
     """
     blocks_name, blocks = find_blocks(model)
     prefix = blocks_name + "."
-    inside, outside = {}, {}
+    found: dict[str, tuple[str, Weight]] = {}  # in named_modules() order
     for name, module in model.named_modules():
-        if not _is_linear(module):
-            continue
-        if name.startswith(prefix):
-            inside[name] = module
-        else:
-            outside[name] = module
+        adapter = adapter_for(module)
+        if adapter is not None:
+            found.update({w.name: (adapter.kind, w) for w in adapter.weights(name, module)})
+    inside = {n: w for n, w in found.items() if n.startswith(prefix)}
+    outside = {n: w for n, w in found.items() if not n.startswith(prefix)}
     selected = dict(inside)
     if include:
         matched = {n for n in outside if any(fnmatch.fnmatch(n, g) for g in include)}
@@ -104,25 +134,25 @@ def discover(
     if not selected:
         raise FactraceError("no module left to trace after --include/--only/--exclude")
     tracked = []
-    for name, module in model.named_modules():
+    for name, (kind, w) in found.items():
         if name not in selected:
             continue
-        weight: torch.Tensor = module.weight
-        if _is_conv1d(module):
-            d_in, d_out = weight.shape
-        else:
-            d_out, d_in = weight.shape
         layer = -1
         if name.startswith(prefix):
             layer = int(name[len(prefix):].split(".", 1)[0])
+        owner = w.param_name.rpartition(".")[0]
         tracked.append(TrackedModule(
             name=name,
-            param_name=f"{name}.weight",
-            d_out=int(d_out),
-            d_in=int(d_in),
+            param_name=w.param_name,
+            d_out=w.d_out,
+            d_in=w.d_in,
             layer=layer,
             part=_part(name[len(prefix):] if layer >= 0 else name),
-            transposed=_is_conv1d(module),
+            transposed=w.transposed,
+            kind=kind,
+            module="" if owner == name else owner,
+            expert=w.expert,
+            experts=w.experts,
         ))
     return tracked
 
@@ -133,10 +163,11 @@ COVERAGE_KINDS = {
     "tracked": "weights of the tracked linear modules (their gradients are traced)",
     "embeddings": "token and position embeddings (an output head tied to them included)",
     "norms": "parameters of normalisation layers",
-    "untracked_linear": "weights of linear modules left out (outside the blocks, or excluded)",
-    "biases": "1-D biases",
-    "untracked_matrix": "other weights of 2 or more dimensions (fused expert weights, routers "
-                        "kept as plain parameters, ...): no module kind discovery knows",
+    "untracked_linear": "weights of linear modules left out (outside the blocks, or excluded; "
+                        "excluded routers and experts too)",
+    "biases": "1-D biases (and fused experts' biases, one per expert)",
+    "untracked_matrix": "other weights of 2 or more dimensions, of no module kind discovery "
+                        "knows (model.adapters)",
     "other": "any other parameter (scalars, 1-D gates, ...)",
 }
 
@@ -234,6 +265,10 @@ def coverage(model: nn.Module, tracked: list[TrackedModule]) -> Coverage:
     prefix = blocks_name + "."
     tracked_params = {t.param_name for t in tracked}
     modules = dict(model.named_modules())
+    # weights of a module kind discovery knows (an excluded router or experts: left out, not
+    # unseen)
+    known = {w.param_name for name, m in modules.items() if (a := adapter_for(m)) is not None
+             for w in a.weights(name, m)}
     names: dict[int, list[str]] = {}
     params: dict[int, torch.Tensor] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -252,9 +287,10 @@ def coverage(model: nn.Module, tracked: list[TrackedModule]) -> Coverage:
             kind = "embeddings"
         elif any(_is_norm(m) for m, _ in owners):
             kind = "norms"
-        elif any(_is_linear(m) and leaf == "weight" for m, leaf in owners):
+        elif any(n in known for n in aliases):
             kind = "untracked_linear"
-        elif p.dim() == 1 and any(leaf == "bias" for _, leaf in owners):
+        elif any((p.dim() == 1 and leaf == "bias")  # experts' biases: [experts, out]
+                 or (leaf.endswith("_bias") and adapter_for(m) is not None) for m, leaf in owners):
             kind = "biases"
         elif p.dim() >= 2:
             kind = "untracked_matrix"

@@ -68,10 +68,14 @@ def _trainer_order(model: nn.Module) -> list[str]:
     return [n for n, _ in named if n in decay] + [n for n, _ in named if n not in decay]
 
 
-def _factored(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adafactor's row/column means as flat vectors (torch keeps them as ``[R, 1]``/``[1, C]``,
-    transformers as ``[R]``/``[C]``)."""
-    return row.reshape(-1), col.reshape(-1)
+def _factored(row: torch.Tensor, col: torch.Tensor,
+              torch_layout: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adafactor's row/column means as ``[.., R]``/``[.., C]`` (the leading dimensions of a
+    parameter of more than two, e.g. experts, kept): torch keeps them as ``[.., R, 1]``/
+    ``[.., 1, C]``, transformers as ``[.., R]``/``[.., C]``."""
+    if torch_layout:
+        return row.squeeze(-1), col.squeeze(-2)
+    return row, col
 
 
 def _names_by_id(groups: list[dict], model: nn.Module, source: str) -> tuple[dict, str]:
@@ -98,8 +102,8 @@ def _param_shape(moment_state: dict) -> tuple[int, ...] | None:
         return tuple(moment_state["exp_avg_sq"].shape)
     for r, c in (("exp_avg_sq_row", "exp_avg_sq_col"), ("row_var", "col_var")):
         if r in moment_state and c in moment_state:
-            row, col = _factored(moment_state[r], moment_state[c])
-            return (row.numel(), col.numel())
+            row, col = _factored(moment_state[r], moment_state[c], r == "row_var")
+            return (*row.shape, col.shape[-1])
     if "exp_avg_sq" not in moment_state and "exp_avg" in moment_state:
         return tuple(moment_state["exp_avg"].shape)
     return None
@@ -112,7 +116,7 @@ def _to_moment(s: dict, beta2: float | None) -> ParamMoment:
         return ParamMoment(exp_avg_sq=s["exp_avg_sq"], step=step, beta2=beta2)
     for r, c in (("exp_avg_sq_row", "exp_avg_sq_col"), ("row_var", "col_var")):
         if r in s and c in s:
-            row, col = _factored(s[r], s[c])
+            row, col = _factored(s[r], s[c], r == "row_var")
             return ParamMoment(row=row, col=col, step=step, beta2=beta2)
     return ParamMoment(step=step, beta2=beta2)
 

@@ -39,6 +39,7 @@ from factrace.data.tokenize import TokenizedExample
 from factrace.encode.capture import ProjectedGradients
 from factrace.encode.whitening import TaskScorer
 from factrace.errors import FactraceError
+from factrace.model.adapters import forward_ad_experts
 from factrace.model.attention import eager_attention
 from factrace.model.loss import token_logprobs
 
@@ -96,7 +97,11 @@ class TermProducts:
             if tm.name in cap.inverse:
                 h = h * cap.inverse[tm.name]
             param = params[tm.param_name]
-            out[tm.param_name] = (h.T if tm.transposed else h).to(param.device, param.dtype)
+            h = (h.T if tm.transposed else h).to(param.device, param.dtype)
+            if tm.expert >= 0:  # one expert's slice of a fused parameter
+                out.setdefault(tm.param_name, torch.zeros_like(param))[tm.expert] = h
+            else:
+                out[tm.param_name] = h
         return out
 
     def __call__(self, example: TokenizedExample, direction: torch.Tensor) -> torch.Tensor:
@@ -113,7 +118,8 @@ class TermProducts:
             out = functional_call(model, weights, (ids,), {"use_cache": False}, strict=False)
             return -token_logprobs(out.logits, ids)[0]
 
-        with eager_attention(model), torch.no_grad(), warnings.catch_warnings():
+        with eager_attention(model), forward_ad_experts(model), torch.no_grad(), \
+                warnings.catch_warnings():
             # torch registers its forward-mode decompositions with torch.jit on first use
             warnings.filterwarnings("ignore", ".*torch.jit.script.*", DeprecationWarning)
             _, derivative = jvp(losses, (primals,), (tangents,))
