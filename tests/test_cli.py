@@ -559,3 +559,23 @@ def test_gguf_model_through_build_and_trace_with_coverage_stated(world, tmp_path
     assert main(["scan", "--model", str(gguf), "--corpus", world["corpus"], "--queries",
                  world["queries"], "--out", str(tmp_path / "s.jsonl"), *estimate, "-q"]) == 0
     assert "coverage: " not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+def test_eval_tail_patch_states_the_step_it_took(world, tmp_path, capsys, with_state):
+    rankings = _rankings(tmp_path / "r.jsonl", ["q0", "q1"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "q0", "doc_id": "d1"}),
+                                              json.dumps({"query_id": "q1", "doc_id": "d0"})])
+    out = tmp_path / "metrics.json"
+    step = ["--optimizer-state", world["optimizer"]] if with_state else ["--lr", "0.01"]
+    assert main(["eval", "--rankings", str(rankings), "--qrels", str(qrels), "--tail-patch",
+                 "--model", world["model"], "--corpus", world["corpus"], "--queries",
+                 world["queries"], "--tail-patch-k", "1", "--tail-patch-queries", "2", "--out",
+                 str(out), "-q", *step]) == 0
+    written = json.loads(out.read_text())["tail_patch_step"]
+    if with_state:
+        assert written.startswith("one AdamW step, learning rate ")
+        assert written.endswith("(the saved optimizer state)")
+    else:
+        assert written == "one SGD step, learning rate 0.01 (no optimizer state)"
+    assert f"tail-patch: {written}" in capsys.readouterr().out

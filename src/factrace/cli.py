@@ -523,6 +523,10 @@ def eval_(
                                              n_queries=tail_patch_queries, progress=not quiet)
     rows = results_rows({"rankings": ranked}, gold, patched)
     print_table(rows)
+    if patched:
+        step = patched["rankings"].describe()
+        typer.echo(f"tail-patch: {step}")
+        rows[0]["tail_patch_step"] = step
     if out:
         with atomic_write(out, "w") as f:
             json.dump(rows[0], f, indent=2)

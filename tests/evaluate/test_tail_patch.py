@@ -243,5 +243,7 @@ def test_without_optimizer_state_one_sgd_step_of_lr(trained):
             param -= 0.05 * param.grad
     want = math.exp(target_logprob(model, q).item()) - before
     assert result.mean == pytest.approx(want, rel=1e-5) and abs(want) > 1e-6
+    assert result.step == "SGD" and result.lr == 0.05
+    assert result.describe() == "one SGD step, learning rate 0.05 (no optimizer state)"
     with pytest.raises(FactraceError, match="--lr"):
         tail_patch(loaded, None, [query], {query.id: ["alice"]}, TEXTS, k=1, progress=False)

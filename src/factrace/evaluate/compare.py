@@ -180,6 +180,7 @@ def union_tail_patch(loaded, cfg: CompareConfig, queries, rankings: dict, texts)
             per_query[q.id] = float(np.mean([delta[d] for d in docs])) if docs else 0.0
         stats = mean_stderr(list(per_query.values()))
         out[m] = TailPatchResult(stats.mean, stats.stderr, per_query, lr=shared.lr, k=k,
+                                 step=shared.step,
                                  seconds_per_query=shared.seconds_per_query)
     return out, shared
 
@@ -241,6 +242,7 @@ def compare(cfg: CompareConfig) -> dict:
                 "coverage": covered.line().removeprefix("coverage: "),
                 "timings": timings,
                 "tail_patch": None if shared is None else {
+                    "step": shared.describe(),
                     "lr": shared.lr, "k": cfg.tail_patch_k, "queries": shared.n_queries,
                     "seconds_per_query_union": shared.seconds_per_query}}
     paths = write_report(out, rows, found, examples, metadata)

@@ -63,6 +63,8 @@ class TailPatchResult:
         p_before: query id → ``p(target | prompt)`` at the final checkpoint.
         seconds_per_query: wall-clock seconds per query, averaged.
         lr: the learning rate of the step.
+        step: which step was taken: ``"AdamW"`` (from the saved optimizer state) or ``"SGD"``
+            (no optimizer state; one plain gradient step of ``lr``).
         k: the number of passages patched per query (fewer when a ranking is shorter).
     """
 
@@ -74,6 +76,12 @@ class TailPatchResult:
     seconds_per_query: float = 0.0
     lr: float = 0.0
     k: int = 10
+    step: str = "AdamW"
+
+    def describe(self) -> str:
+        """The step in words, for reports."""
+        source = "the saved optimizer state" if self.step == "AdamW" else "no optimizer state"
+        return f"one {self.step} step, learning rate {self.lr:g} ({source})"
 
     @property
     def n_queries(self) -> int:
@@ -259,7 +267,8 @@ def tail_patch(
     loaded.model.eval()
     snapshot = TrainingState(optimizer)
     device = loaded.device
-    result = TailPatchResult(0.0, 0.0, {}, lr=step_lr, k=k)
+    result = TailPatchResult(0.0, 0.0, {}, lr=step_lr, k=k,
+                             step="SGD" if optimizer_path is None else "AdamW")
     started = time.perf_counter()
     try:
         for query in tqdm(selected, desc="tail-patch", unit="query", disable=not progress):
