@@ -54,6 +54,43 @@ def random_state(model):
                            for n, p in model.named_parameters()}, "benchmark")
 
 
+def training_and_encoding_steps(model, capture) -> dict:
+    """Two steps on one batch each: ``train``, a plain training step (forward + backward with
+    weight gradients, no optimizer update), and ``encode``, factrace's encoding through
+    ``capture`` (a :class:`~factrace.encode.capture.ProjectedGradients`)."""
+    from factrace.model.loss import forward_logits, per_example_loss
+
+    def train_step(batch):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        logits = forward_logits(model, batch)
+        per_example_loss(logits, batch.input_ids, batch.loss_mask).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def encode_step(batch):
+        with capture:
+            capture.project(batch)
+
+    return {"train": train_step, "encode": encode_step}
+
+
+def time_alternating(steps: dict, batches, repeats: int = 1, sync=lambda: None) -> dict:
+    """Seconds each step took over ``batches`` (``repeats`` times), the steps alternating
+    batch by batch so that machine noise hits all alike; each step is run once first."""
+    seconds = dict.fromkeys(steps, 0.0)
+    for step in steps.values():  # warm-up every path
+        step(batches[0])
+    for _ in range(repeats):
+        for batch in batches:
+            for name, step in steps.items():
+                sync()
+                t = time.perf_counter()
+                step(batch)
+                sync()
+                seconds[name] += time.perf_counter() - t
+    return seconds
+
+
 class Floor(HookCollector):
     """The same activation-only backward as encoding, with nothing captured: the floor."""
 
@@ -82,7 +119,6 @@ def main():
     from factrace.encode.capture import ProjectedGradients
     from factrace.encode.encoder import Encoder
     from factrace.model.load import LoadedModel
-    from factrace.model.loss import forward_logits, per_example_loss
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer, passages = build(Path(tmp), args.passages)
@@ -98,35 +134,15 @@ def main():
     n_tokens = int(sum(b.attention_mask.sum() for b in batches))
     capture = ProjectedGradients(model, enc.tracked, enc.blocks, 0, enc._corrections, enc.device)
 
-    def train_step(batch):
-        for p in model.parameters():
-            p.requires_grad_(True)
-        logits = forward_logits(model, batch)
-        per_example_loss(logits, batch.input_ids, batch.loss_mask).sum().backward()
-        model.zero_grad(set_to_none=True)
-
-    def encode_step(batch):
-        with capture:
-            capture.project(batch)
-
+    paired = training_and_encoding_steps(model, capture)
     floor = Floor(model, enc.tracked)
 
     def floor_step(batch):
         with floor:
             floor.forward_backward(batch)
 
-    steps = {"train": train_step, "floor": floor_step, "encode": encode_step}
-    seconds = dict.fromkeys(steps, 0.0)
-    for step in steps.values():  # warm-up every path
-        step(batches[0])
-    for _ in range(args.repeats):
-        for batch in batches:
-            for name, step in steps.items():
-                sync()
-                t = time.perf_counter()
-                step(batch)
-                sync()
-                seconds[name] += time.perf_counter() - t
+    steps = {"train": paired["train"], "floor": floor_step, "encode": paired["encode"]}
+    seconds = time_alternating(steps, batches, args.repeats, sync)
     t_train, t_encode = seconds["train"], seconds["encode"]
     result = {
         "params": n_params, "passages": len(passages), "examples": sum(len(b.ids) for b in batches),

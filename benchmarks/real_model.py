@@ -166,8 +166,10 @@ def encode_over_train(gguf: Path, work: Path, n: int) -> dict:
     from factrace.encode.capture import ProjectedGradients
     from factrace.encode.encoder import Encoder
     from factrace.model.load import load_model
-    from factrace.model.loss import forward_logits, per_example_loss
     from factrace.run.process import tune_process
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from encode import time_alternating, training_and_encoding_steps
 
     tune_process()
     loaded = load_model(gguf, "cpu", "float32")
@@ -180,26 +182,7 @@ def encode_over_train(gguf: Path, work: Path, n: int) -> dict:
     batches = list(token_budget_batches(examples, tokens, loaded.pad_id))
     capture = ProjectedGradients(model, enc.tracked, enc.blocks, 0, enc._corrections, enc.device)
 
-    def train_step(batch):
-        for p in model.parameters():
-            p.requires_grad_(True)
-        logits = forward_logits(model, batch)
-        per_example_loss(logits, batch.input_ids, batch.loss_mask).sum().backward()
-        model.zero_grad(set_to_none=True)
-
-    def encode_step(batch):
-        with capture:
-            capture.project(batch)
-
-    steps = {"train": train_step, "encode": encode_step}
-    seconds = dict.fromkeys(steps, 0.0)
-    for step in steps.values():
-        step(batches[0])  # warm-up
-    for batch in batches:
-        for name, step in steps.items():
-            t = time.perf_counter()
-            step(batch)
-            seconds[name] += time.perf_counter() - t
+    seconds = time_alternating(training_and_encoding_steps(model, capture), batches)
     return {"passages": len(passages), "batches": len(batches), "batch_tokens": tokens,
             "tokens": int(sum(b.attention_mask.sum() for b in batches)), "dim": enc.dim,
             "threads": torch.get_num_threads(), "train_step_s": round(seconds["train"], 1),
