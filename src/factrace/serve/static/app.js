@@ -54,6 +54,23 @@ async function api(path, body) {
   return data;
 }
 
+// A slow request (the model answering): `status` says so until the answer or the error comes.
+async function slowApi(status, message, path, body) {
+  status.textContent = message;
+  try {
+    const data = await api(path, body);
+    clearError();
+    return data;
+  } finally {
+    status.textContent = "";
+  }
+}
+
+// START:END of the completion's characters that tokens[lo..hi] cover (at least one character).
+function charSpan(tokens, lo, hi) {
+  return `${tokens[lo].start}:${Math.max(tokens[hi].end, tokens[lo].start + 1)}`;
+}
+
 function route() {
   const hash = location.hash.replace(/^#\/?/, "");
   const [name, query] = hash.split("?");
@@ -298,14 +315,8 @@ async function renderAsk(params) {
   button.addEventListener("click", () => go("ask", {prompt: prompt.value, n: tokens.value}));
   if (!params.get("prompt")) return;
   const request = {prompt: params.get("prompt"), max_new_tokens: Number(params.get("n") || 8), span: params.get("span") || null};
-  status.textContent = "The model is answering and the answer is being traced…";
-  let answer;
-  try {
-    answer = await api("/api/ask", request);
-  } finally {
-    status.textContent = "";
-  }
-  clearError();
+  const answer = await slowApi(status, "The model is answering and the answer is being traced…",
+    "/api/ask", request);
   renderAnswer(result, answer, request);
 }
 
@@ -323,8 +334,7 @@ function renderAnswer(box, answer, request) {
   traceSpan.addEventListener("click", () => {
     let range = null;
     if (first !== null) {
-      const lo = answer.tokens[Math.min(first, last)], hi = answer.tokens[Math.max(first, last)];
-      range = `${lo.start}:${Math.max(hi.end, lo.start + 1)}`;
+      range = charSpan(answer.tokens, Math.min(first, last), Math.max(first, last));
     } else {
       range = selectionSpan(spans, answer.tokens);
     }
@@ -350,26 +360,19 @@ function selectionSpan(spans, tokens) {
   if (!selection || selection.isCollapsed) return null;
   const chosen = spans.map((s, i) => (selection.containsNode(s, true) ? i : -1)).filter((i) => i >= 0);
   if (!chosen.length) return null;
-  const lo = tokens[chosen[0]], hi = tokens[chosen[chosen.length - 1]];
-  return `${lo.start}:${Math.max(hi.end, lo.start + 1)}`;
+  return charSpan(tokens, chosen[0], chosen[chosen.length - 1]);
 }
 
 // Explain ---------------------------------------------------------------------------------------
 async function renderExplain(params) {
-  const status = el("div", {id: "explain-status", class: "status", text: "Explaining the score token by token…"});
+  const status = el("div", {id: "explain-status", class: "status"});
   const box = el("div", {id: "explanation"});
   view.replaceChildren(status, box);
   const doc = params.get("doc");
   const request = params.get("set")
     ? {set: params.get("set"), query_id: params.get("q"), doc_id: doc}
     : {prompt: params.get("prompt"), max_new_tokens: Number(params.get("n") || 8), span: params.get("span") || null, doc_id: doc};
-  let data;
-  try {
-    data = await api("/api/explain", request);
-  } finally {
-    status.textContent = "";
-  }
-  clearError();
+  const data = await slowApi(status, "Explaining the score token by token…", "/api/explain", request);
   const back = params.get("set")
     ? link("browse", {set: params.get("set"), q: params.get("q")})
     : link("ask", {prompt: params.get("prompt"), n: params.get("n"), span: params.get("span")});
