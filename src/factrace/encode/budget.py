@@ -143,7 +143,6 @@ class CpuMemory:
 
     def __init__(self, heap: Heap | None = None):
         self.heap = heap or Heap()
-        self.trims = 0
 
     @staticmethod
     def supported() -> bool:
@@ -160,7 +159,6 @@ class CpuMemory:
         _peak_before_reset = max(_peak_before_reset, _status_bytes("VmHWM"))
         if first or self.heap.free_bytes() > TRIM_SHARE * self.usable():
             self.heap.trim()
-            self.trims += 1
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # the peak resident set starts again from the present one
         return _status_bytes("VmRSS")

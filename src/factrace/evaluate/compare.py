@@ -23,7 +23,6 @@ from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
 from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder
-from factrace.encode.state import EncoderState
 from factrace.encode.whitening import TaskWhitening
 from factrace.errors import FactraceError
 from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
@@ -33,7 +32,7 @@ from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
 from factrace.model.modules import coverage, discover
 from factrace.model.optimizer_state import load_optimizer_state
-from factrace.run.index import IndexConfig, build_index
+from factrace.run.index import IndexConfig, build_index, store_state
 from factrace.run.progress import progress_step, say_coverage
 from factrace.search.topk import exact_topk
 
@@ -107,8 +106,7 @@ def _encode_corpus(cfg: CompareConfig, mode: str, loaded, state, queries, folder
                       progress=cfg.progress)
     store = build_index(job)
     encoder = Encoder(loaded, base, state)
-    encoder.set_state(EncoderState.load(store.path / store.manifest["state"]["file"],
-                                        store.manifest["state"]["sha256"]))
+    encoder.set_state(store_state(store))
     with progress_step(f"encoding {len(queries)} queries ({mode})", cfg.progress):
         _, y = encoder.query_vectors(queries)
     return store, encoder.basis, y

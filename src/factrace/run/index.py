@@ -352,6 +352,14 @@ def store_encoder_config(store: EncodingStore, device: str | None = None) -> Enc
     return enc_cfg.replace(dtype=recorded.get("dtype", enc_cfg.dtype))
 
 
+def store_state(store: EncodingStore) -> EncoderState:
+    """The encoder state saved with ``store``, checked against the manifest's checksum."""
+    state = store.manifest.get("state")
+    if state is None:
+        raise FactraceError(f"{store.path}: the store records no encoder state; rebuild it")
+    return EncoderState.load(store.path / state["file"], state["sha256"])
+
+
 def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: str | None,
                      device: str | None = None, progress: bool = False) -> Encoder:
     """The store's own encoder (its configuration and fitted state), checked against it
@@ -362,10 +370,7 @@ def open_encoder_for(store: EncodingStore, model: str | None, optimizer_state: s
                                                    "optimizer state", "--optimizer-state")
     encoder = Encoder.load(model, optimizer_state, store_encoder_config(store, device))
     say_coverage(encoder.coverage, progress)
-    state = store.manifest.get("state")
-    if state is None:
-        raise FactraceError(f"{store.path}: the store records no encoder state; rebuild it")
-    encoder.set_state(EncoderState.load(store.path / state["file"], state["sha256"]))
+    encoder.set_state(store_state(store))
     phrases = mf.fingerprint_differences(store.fingerprints, encoder.fingerprints(),
                                          FINGERPRINT_LABELS)
     if phrases:
