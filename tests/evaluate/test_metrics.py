@@ -12,6 +12,7 @@ from factrace.evaluate.metrics import (
     is_gold,
     mean_stderr,
     reciprocal_rank,
+    split_window,
 )
 
 
@@ -30,6 +31,7 @@ def test_window_ids_count_as_their_passage():
     assert bare_id("doc#3") == "doc"
     assert bare_id("doc#x") == "doc#x"
     assert bare_id("a#1#2") == "a#1"
+    assert split_window("a#1#2") == ("a#1", 2) and split_window("doc#x") == ("doc#x", None)
     assert is_gold("doc#12", {"doc"})
     assert is_gold("doc#1", {"doc#1"})
     assert not is_gold("doc#1", {"doc#2"})

@@ -17,6 +17,14 @@ from factrace.errors import FactraceError
 OVERWRITE_HINT = "pass --overwrite to replace it, or choose another path"
 
 
+META_SUFFIX = ".meta.json"
+"""Beside a rankings file ``F``: ``F.meta.json``, how the rankings were made."""
+
+
+def meta_path(out: str | os.PathLike) -> Path:
+    return Path(str(out) + META_SUFFIX)
+
+
 def check_at_least(minimum: int, **options: int | None) -> None:
     """Refuse an option below ``minimum`` (``None`` means unset and passes); keyword names are
     the options' names with ``_`` for ``-``: ``check_at_least(1, top_k=0)`` names ``--top-k``."""

@@ -22,7 +22,7 @@ from factrace.data.io import Ranking
 from factrace.errors import FactraceError, FactraceWarning
 
 RECALL_K = 10
-_WINDOW = re.compile(r"^(.*)#\d+$", re.DOTALL)
+_WINDOW = re.compile(r"^(.*)#(\d+)$", re.DOTALL)
 
 RankingsLike = Iterable[Ranking] | Mapping[str, Sequence[str]]
 
@@ -81,10 +81,15 @@ def mean_stderr(values: Sequence[float]) -> MeanSE:
     return MeanSE(float(mean), math.sqrt(var / n), n)
 
 
+def split_window(doc_id: str) -> tuple[str, int | None]:
+    """A passage id and its window: ``"doc#3"`` → ``("doc", 3)``, ``"doc"`` → ``("doc", None)``."""
+    match = _WINDOW.match(doc_id)
+    return (match.group(1), int(match.group(2))) if match else (doc_id, None)
+
+
 def bare_id(doc_id: str) -> str:
     """The passage id without a trailing window suffix: ``"doc#3"`` → ``"doc"``."""
-    match = _WINDOW.match(doc_id)
-    return match.group(1) if match else doc_id
+    return split_window(doc_id)[0]
 
 
 def is_gold(doc_id: str, gold: set[str] | frozenset[str]) -> bool:

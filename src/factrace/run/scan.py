@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
-from factrace.data.outputs import check_at_least, check_output_file
+from factrace.data.outputs import META_SUFFIX, check_at_least, check_output_file, meta_path
 from factrace.encode.budget import peak_rss
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
@@ -48,12 +47,6 @@ def write_with_metadata(out: str, rankings: list[Ranking], metadata: dict) -> No
     with atomic_write(meta_path(out), "w") as f:
         json.dump(metadata, f, indent=2, default=str)
 
-
-META_SUFFIX = ".meta.json"
-
-
-def meta_path(out: str) -> Path:
-    return Path(str(out) + META_SUFFIX)
 
 
 def scan(cfg: ScanConfig) -> ScanResult:

@@ -28,7 +28,7 @@ import torch
 
 from factrace.data.corpus import iter_corpus
 from factrace.data.io import Ranking, read_queries
-from factrace.data.outputs import check_at_least, check_output_file
+from factrace.data.outputs import META_SUFFIX, check_at_least, check_output_file
 from factrace.data.records import Query
 from factrace.data.tokenize import TokenizedExample
 from factrace.encode.whitening import TaskScorer, TaskWhitening
@@ -36,7 +36,7 @@ from factrace.errors import FactraceError
 from factrace.run import ask as asking
 from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
-from factrace.run.scan import META_SUFFIX, ScanResult, write_with_metadata
+from factrace.run.scan import ScanResult, write_with_metadata
 from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.store import EncodingStore
 from factrace.search.topk import exact_topk

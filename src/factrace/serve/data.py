@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,12 @@ from typing import Any
 from factrace.data.corpus import iter_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings
 from factrace.data.jsonl import iter_jsonl
+from factrace.data.outputs import meta_path
 from factrace.errors import FactraceError, FactraceWarning
+from factrace.evaluate.metrics import split_window
 
-META_SUFFIX = ".meta.json"
 # A metadata field becomes a filter when it takes at most this many distinct values.
 MAX_FILTER_VALUES = 50
-_WINDOW = re.compile(r"(.*)#(\d+)", flags=re.S)
 
 
 @dataclass
@@ -99,7 +98,7 @@ def method_of(path: Path, meta: dict) -> str:
 
 def read_meta(path: Path) -> dict:
     """``FILE.meta.json`` if there is one (``{}`` otherwise, or when it is not JSON)."""
-    meta_file = Path(str(path) + META_SUFFIX)
+    meta_file = meta_path(path)
     if not meta_file.is_file():
         return {}
     try:
@@ -210,9 +209,9 @@ class Passages:
         corpus has its text."""
         text, window = self.texts.get(doc_id), None
         if text is None:
-            m = _WINDOW.fullmatch(doc_id)
-            if m and m.group(1) in self.texts:
-                text, window = self.texts[m.group(1)], int(m.group(2))
+            document, number = split_window(doc_id)
+            if number is not None and document in self.texts:
+                text, window = self.texts[document], number
         missing = text is None or (self.known is not None and doc_id not in self.known)
         return {"id": doc_id, "text": text, "window": window, "missing": missing}
 
