@@ -14,6 +14,7 @@ from typing import Any
 
 from factrace.data.io import Ranking
 from factrace.errors import FactraceError
+from factrace.evaluate.metrics import hit_at, is_gold
 from factrace.serve.data import MAX_FILTER_VALUES, Passages, QueryInfo, RankingSet
 
 DEFAULT_K = 10
@@ -34,7 +35,7 @@ def is_correct(ranking: Ranking, gold: set[str] | None, k: int) -> bool | None:
     A window ``<doc>#<n>`` of a gold document counts as the document."""
     if not gold:
         return None
-    return any(d in gold or d.split("#", 1)[0] in gold for d in ranking.doc_ids[:k])
+    return hit_at(ranking.doc_ids, gold, k) == 1.0
 
 
 def filters_of(queries: Mapping[str, QueryInfo]) -> dict[str, list]:
@@ -79,7 +80,7 @@ def _entries(ids: list[str], scores: list[float], passages: Passages, gold: set[
     out = []
     for n, (doc_id, score) in enumerate(zip(ids, scores, strict=True), 1):
         entry: dict[str, Any] = {"rank": n, "score": score, **passages.get(doc_id),
-                                 "gold": doc_id in gold or doc_id.split("#", 1)[0] in gold}
+                                 "gold": is_gold(doc_id, gold)}
         if tokens is not None and n - 1 < len(tokens) and tokens[n - 1]:
             entry["top_tokens"] = tokens[n - 1]
         out.append(entry)
