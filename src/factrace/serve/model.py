@@ -81,11 +81,7 @@ class ModelSession:
 
     def explain_answer(self, answer: Answer, doc_id: str) -> dict:
         """A proponent of an answer, explained against the query exactly as it was traced."""
-        with self._lock:
-            tracer = self._open()
-            tracer.row_index(doc_id)
-            self.calls += 1
-            return tracer.explain(answer.query, doc_id)
+        return self.explain(answer.query, doc_id)
 
 
 def answer_json(answer: Answer, passages: Passages) -> dict:
