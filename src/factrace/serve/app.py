@@ -56,14 +56,18 @@ class Explorer:
         return self._queries[s.queries_path]
 
 
-def _int(request: Request, name: str, default: int) -> int:
-    value = request.query_params.get(name, "")
-    if not value:
+def _as_int(name: str, value, default: int) -> int:
+    """``value`` (a query parameter or a JSON field) as an integer; absent or empty: default."""
+    if value in (None, ""):
         return default
     try:
         return int(value)
-    except ValueError:
+    except (TypeError, ValueError):
         raise FactraceError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    return _as_int(name, request.query_params.get(name), default)
 
 
 def _handled(endpoint):
@@ -84,16 +88,6 @@ async def _body(request: Request) -> dict:
     if not isinstance(body, dict):
         raise FactraceError("the request body must be a JSON object")
     return body
-
-
-def _body_int(body: dict, name: str, default: int) -> int:
-    value = body.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise FactraceError(f"{name} must be an integer, got {value!r}") from None
 
 
 def _need_session(explorer: Explorer) -> ModelSession:
@@ -150,14 +144,14 @@ def create_app(explorer: Explorer) -> Starlette:
         return JSONResponse(explorer.passages.get(request.path_params["doc_id"]))
 
     def _ask(body: dict):
-        session = _need_session(explorer)
-        return session, session.ask(body.get("prompt", ""), body.get("span") or None,
-                                    _body_int(body, "max_new_tokens", 16),
-                                    _body_int(body, "top_k", 10))
+        return _need_session(explorer).ask(
+            body.get("prompt", ""), body.get("span") or None,
+            _as_int("max_new_tokens", body.get("max_new_tokens"), 16),
+            _as_int("top_k", body.get("top_k"), 10))
 
     async def ask(request: Request):
         body = await _body(request)
-        _, answer = await run_in_threadpool(_ask, body)
+        answer = await run_in_threadpool(_ask, body)
         return JSONResponse(answer_json(answer, explorer.passages))
 
     def _explain(body: dict) -> dict:
@@ -181,7 +175,7 @@ def create_app(explorer: Explorer) -> Starlette:
                                          explorer.queries_of(s))
             result["query"] = q.to_json()
         else:
-            _, answer = _ask(body)
+            answer = _ask(body)
             result = session.explain_answer(answer, doc_id)
             result["query"] = {"id": answer.id, "prompt": answer.prompt,
                                "completion": answer.completion, "span": answer.span}
