@@ -26,3 +26,14 @@ def test_unknown_projection_and_bad_aspect_are_refused():
         EncoderConfig(projection="sparse")
     with pytest.raises(FactraceError, match="--aspect"):
         EncoderConfig(aspect=0)
+
+
+def test_the_configuration_fingerprint_does_not_depend_on_whether_d_was_resolved():
+    # a store built at the default d records the resolved d; reopening it with that d must
+    # give the fingerprint the build had (the resolved d is fingerprinted on its own)
+    from factrace.config import variant_config
+
+    unset = variant_config("trackstar")
+    assert unset.dim is None
+    assert unset.replace(dim=16384).fingerprint() == unset.fingerprint()
+    assert unset.replace(damping=0.1).fingerprint() != unset.fingerprint()

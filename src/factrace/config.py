@@ -146,9 +146,13 @@ class EncoderConfig:
         return cls(**d)
 
     def fingerprint(self) -> str:
-        """Hash of every field that changes ψ (device, batch size and notes excluded)."""
+        """Hash of every field that changes ψ (device, batch size and notes excluded).
+
+        ``dim`` is left out: ``None`` means "the default d", resolved per model and device, so a
+        configuration that names the default and one that leaves it unset encode alike; the
+        resolved d is fingerprinted on its own (``Encoder.fingerprints()["dim"]``)."""
         d = self.to_dict()
-        for k in ("device", "batch_tokens", "extra", "variant", "dtype", "compile"):
+        for k in ("device", "batch_tokens", "extra", "variant", "dtype", "compile", "dim"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -208,12 +208,13 @@ def test_a_store_is_hashed_once_until_a_shard_changes(world, tmp_path, monkeypat
         EncodingStore.open(tmp_path / "s", verify="once")
 
 
-def test_a_store_of_the_earlier_format_is_refused_with_how_to_rebuild(world, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_store_of_an_earlier_format_is_refused_with_how_to_rebuild(world, tmp_path, version):
     _build(world, tmp_path / "s")
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    manifest["format_version"] = 1
+    manifest["format_version"] = version
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(FactraceError, match="version 1.*index build --overwrite"):
+    with pytest.raises(FactraceError, match=f"version {version}.*index build --overwrite"):
         trace(TraceConfig(index=str(tmp_path / "s"), queries=world["queries"], progress=False))
 
 

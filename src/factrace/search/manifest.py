@@ -6,10 +6,10 @@ Every file is written under a temporary name (``.NAME.tmp``) and renamed when co
 reader never sees half a file and a killed writer leaves only temporaries, which are removed
 when the build resumes.
 
-Manifest (``FORMAT_VERSION`` 2)::
+Manifest (``FORMAT_VERSION`` 3)::
 
     {
-      "format_version": 2,
+      "format_version": 3,
       "dtype": "float16",
       "dim": 65536,
       "fingerprints": {"model": "...", "projection_seed": "0", ...},
@@ -25,8 +25,11 @@ Manifest (``FORMAT_VERSION`` 2)::
       "additions": [...]             # corpora appended by `index add`
     }
 
-Version 2 stores rows in R_train's eigenbasis (query-time R); version 1 stored them whitened
-with the build-time queries' R, which cannot answer other questions exactly.
+Version 2 and later store rows in R_train's eigenbasis (query-time R); version 1 stored them
+whitened with the build-time queries' R, which cannot answer other questions exactly. Version 3
+fingerprints the encoder configuration without its ``dim`` field (the resolved d has its own
+fingerprint), so a store built at the default d opens with the default d; version 2's encoder
+fingerprints were computed otherwise.
 
 Beside it: ``.write.lock`` (held by the one process writing the store) and ``verified.json``
 (which shard files were hashed, at which size and modification time).
@@ -45,7 +48,7 @@ import numpy as np
 
 from factrace.errors import FactraceError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 LOCK = ".write.lock"
 VERIFIED = "verified.json"
@@ -187,12 +190,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path} lacks {', '.join(missing)}; it is not a factrace encoding store"
         )
     if manifest["format_version"] != FORMAT_VERSION:
-        how = ("`factrace index build --overwrite` with the same options"
-               if manifest["format_version"] == 1 else "this factrace version")
+        older = isinstance(manifest["format_version"], int) and \
+            manifest["format_version"] < FORMAT_VERSION
+        how = ("`factrace index build --overwrite` with the same options" if older
+               else "this factrace version")
         raise FactraceError(
             f"{path} has store format version {manifest['format_version']}, this factrace reads "
-            f"version {FORMAT_VERSION} (rows kept in R_train's eigenbasis, so that new queries "
-            f"get their own R); rebuild the store with {how}"
+            f"version {FORMAT_VERSION}; rebuild the store with {how}"
         )
     if manifest["dtype"] != DTYPE:
         raise FactraceError(f"{path} has dtype {manifest['dtype']!r}, expected {DTYPE!r}")
