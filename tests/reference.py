@@ -80,7 +80,7 @@ def rotate(basis, p: torch.Tensor) -> torch.Tensor:
     if basis.vectors is None:
         return p
     out = torch.empty_like(p)
-    for (off, size), u in zip(basis.spans, basis.vectors, strict=True):
+    for (off, size), u in zip(basis.spans, basis.dense_vectors(), strict=True):
         out[off:off + size] = p[off:off + size] @ u.double()
     return out
 

@@ -35,8 +35,9 @@ def _explicit(mode, train, evals, queries, rows, damping, lam=None):
 @pytest.mark.parametrize("mode", ["none", "train", "mixed"])
 @pytest.mark.parametrize("damping", [0.1, 10.0])
 @pytest.mark.parametrize("lam", [None, 0.9])
-def test_query_time_scores_equal_the_explicit_whitening(mode, damping, lam):
-    train, evals, rows = _data()
+@pytest.mark.parametrize("n_train", [60, 10])  # 10: fewer than a block's dimensions (Gram path)
+def test_query_time_scores_equal_the_explicit_whitening(mode, damping, lam, n_train):
+    train, evals, rows = _data(n_train=n_train)
     basis = TrainBasis.fit(_acc(train)) if mode != "none" else TrainBasis.identity(DIM)
     if mode == "none":
         expected = (rows / rows.norm(dim=1, keepdim=True))
@@ -85,3 +86,53 @@ def test_a_score_does_not_depend_on_the_rows_scale_or_chunk():
     parts = torch.cat([scorer(stored[:7], 0), scorer(stored[7:], 7)], 1)
     np.testing.assert_allclose(parts.numpy(), whole.numpy(), atol=1e-6)
     np.testing.assert_allclose(scorer(3.0 * stored).numpy(), whole.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_train", [3, 10, 15])
+def test_a_basis_from_fewer_examples_than_dimensions_diagonalises_r_train(n_train):
+    """The Gram-matrix path: an orthonormal basis of each block in which R_train is diagonal with
+    the basis's eigenvalues (R_train = Q diag(S) Qᵀ), R_train's rank = N."""
+    train = _data(n_train=n_train)[0]
+    acc = RAccumulator(SPANS)
+    for part in train.split(4):  # several batches, as an encoder adds them
+        acc.add(part)
+    assert acc.rows is not None
+    basis = TrainBasis.fit(acc)
+    assert not isinstance(basis.vectors[0], torch.Tensor)  # reflectors, not dense columns
+    for (off, size), q, s in zip(SPANS, basis.dense_vectors(), basis.values, strict=True):
+        q = q.double()
+        np.testing.assert_allclose((q.T @ q).numpy(), np.eye(size), atol=1e-5)
+        block = train[:, off:off + size]
+        r = (block.T @ block / n_train).numpy()
+        np.testing.assert_allclose((q * torch.from_numpy(s)) @ q.T, r, atol=1e-6 * np.abs(r).max())
+        assert (s > 0).sum() == n_train
+    # rotate and unrotate are inverse to each other, and rotate is p Q
+    x = _data(5, n_rows=7)[2].float()
+    np.testing.assert_allclose(basis.unrotate(basis.rotate(x)).numpy(), x.numpy(), atol=1e-5)
+    dense = TrainBasis(basis.spans, basis.values, basis.dense_vectors(), basis.n_train)
+    np.testing.assert_allclose(basis.rotate(x).numpy(), dense.rotate(x).numpy(), atol=1e-5)
+
+
+def test_kept_rows_merge_and_turn_into_sums_past_the_smallest_block():
+    train = _data(n_train=30)[0]
+    parts = [RAccumulator(SPANS) for _ in range(3)]
+    for acc, chunk in zip(parts, train.split(10), strict=True):
+        acc.add(chunk)
+    assert all(acc.rows is not None for acc in parts)  # 10 < 16 dimensions: rows kept
+    merged = parts[0].merge(parts[1])
+    assert merged.rows is None  # 20 examples: past the smallest block, sums formed
+    merged.merge(parts[2])
+    whole = RAccumulator(SPANS)
+    whole._form_sums()
+    whole.add(train)
+    for got, want in zip(merged.matrices(), whole.matrices(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert merged.count == whole.count == 30
+
+
+def test_the_basis_survives_its_saved_state():
+    acc = _acc(_data(n_train=8)[0])
+    basis = TrainBasis.fit(acc)
+    back = TrainBasis.from_state(basis.to_state())
+    x = _data(3, n_rows=5)[2].float()
+    assert torch.equal(back.rotate(x), basis.rotate(x))

@@ -21,26 +21,71 @@ class RAccumulator:
     """R, TrackStar's Hessian approximation, as a running ``(1/N) Σ p pᵀ`` in float64 (not V,
     the optimizer's second moment); ``spans`` are the (offset, size) of each diagonal
     block (one span covering all of d for the global matrix). Partial sums add (``merge``), so
-    workers can accumulate shards and a driver reduce them."""
+    workers can accumulate shards and a driver reduce them.
+
+    While fewer examples have been added than the smallest block has dimensions, the examples
+    themselves are kept instead of the ``size × size`` sums (:attr:`rows`): R is then of rank at
+    most N, cheaper to hold as N rows, and its eigenvectors come from the N × N Gram matrix
+    (:meth:`factrace.encode.whitening.TrainBasis.fit`). Past that the sums are formed."""
 
     def __init__(self, spans: list[tuple[int, int]]):
         self.spans = list(spans)
-        self.sums = [torch.zeros(size, size, dtype=torch.float64) for _, size in self.spans]
         self.count = 0
+        self._rows: list[torch.Tensor] | None = []
+        self._sums: list[torch.Tensor] | None = None
+
+    @property
+    def row_limit(self) -> int:
+        """The most examples kept as rows (the smallest block's size, less one)."""
+        return min(size for _, size in self.spans) - 1
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The examples added, ``[N, d]`` float64, while they are kept (else ``None``)."""
+        if self._rows is None:
+            return None
+        dim = sum(size for _, size in self.spans)
+        return torch.cat(self._rows) if self._rows else torch.zeros(0, dim, dtype=torch.float64)
+
+    @property
+    def sums(self) -> list[torch.Tensor]:
+        """``Σ p pᵀ`` per block (formed from the kept rows on first use)."""
+        self._form_sums()
+        return self._sums
+
+    def _form_sums(self) -> None:
+        if self._sums is not None:
+            return
+        self._sums = [torch.zeros(size, size, dtype=torch.float64) for _, size in self.spans]
+        rows, self._rows = self.rows, None
+        if rows is not None and rows.shape[0]:
+            self._add_to_sums(rows)
+
+    def _add_to_sums(self, p: torch.Tensor) -> None:
+        for i, (off, size) in enumerate(self.spans):
+            block = p[:, off:off + size]
+            self._sums[i].addmm_(block.T, block)
 
     def add(self, p: torch.Tensor) -> None:
         """``p``: ``[batch, d]``."""
         p = p.double().cpu()
-        for i, (off, size) in enumerate(self.spans):
-            block = p[:, off:off + size]
-            self.sums[i].addmm_(block.T, block)
+        if self._rows is not None and self.count + p.shape[0] <= self.row_limit:
+            self._rows.append(p.clone())
+        else:
+            self._form_sums()
+            self._add_to_sums(p)
         self.count += p.shape[0]
 
     def merge(self, other: RAccumulator) -> RAccumulator:
         if other.spans != self.spans:
             raise ValueError("cannot merge second-moment matrices of different structure")
-        for mine, theirs in zip(self.sums, other.sums, strict=True):
-            mine += theirs
+        theirs = other.rows
+        if self._rows is not None and theirs is not None and \
+                self.count + other.count <= self.row_limit:
+            self._rows.append(theirs)
+        else:
+            for mine, their_sum in zip(self.sums, other.sums, strict=True):
+                mine += their_sum
         self.count += other.count
         return self
 
@@ -48,6 +93,12 @@ class RAccumulator:
         if self.count == 0:
             raise FactraceError("no examples to estimate the Hessian approximation R from")
         return [(s / self.count).numpy() for s in self.sums]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if state["_rows"] is not None:  # one tensor travels faster than many
+            state["_rows"] = [self.rows]
+        return state
 
 
 def eigh_blocks(matrices: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -33,13 +33,55 @@ def _unit(p: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class Reflectors:
+    """An orthogonal ``size × size`` basis kept as ``r`` Householder reflectors (LAPACK's
+    ``geqrf`` form): ``Q = H_1 ⋯ H_r``, whose first ``r`` columns span R_train's nonzero
+    eigenvectors and whose other columns complete them to a basis (R_train is 0 there, so any
+    completion serves). ``size × r`` numbers instead of ``size × size``."""
+
+    a: torch.Tensor  # [size, r] float32, the reflectors below the diagonal
+    tau: torch.Tensor  # [r] float32
+
+    @classmethod
+    def spanning(cls, u: torch.Tensor) -> Reflectors:
+        """The reflectors whose ``Q[:, :r]`` equals ``u``'s orthonormal columns up to sign."""
+        a, tau = torch.geqrf(u)
+        return cls(a.float(), tau.float())
+
+    def apply(self, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """``x Q`` (``x Qᵀ`` with ``transpose``) for rows ``x`` ``[n, size]``."""
+        a, tau = self.a.to(x.device, x.dtype), self.tau.to(x.device, x.dtype)
+        return torch.ormqr(a, tau, x.T.contiguous(), left=True, transpose=not transpose).T
+
+    def dense(self) -> torch.Tensor:
+        """``Q`` as a ``[size, size]`` matrix (for references and small blocks)."""
+        return self.apply(torch.eye(self.a.shape[0], dtype=self.a.dtype), transpose=True).T
+
+
+def _low_rank_eigh(rows: torch.Tensor) -> tuple[np.ndarray, Reflectors]:
+    """The eigenvalues of ``rowsᵀ rows / N`` (``[N, size]``, N < size, float64) on a basis
+    (:class:`Reflectors`), from the N × N Gram matrix: ``size`` values, the nonzero ones first,
+    each in the position of its basis vector."""
+    n, size = rows.shape
+    values, v = np.linalg.eigh((rows @ rows.T).numpy() / n)
+    keep = values > max(float(values[-1]), 0.0) * 1e-12
+    values, v = values[keep], torch.from_numpy(v[:, keep])
+    u = rows.T @ v / torch.from_numpy(np.sqrt(values * n))  # [size, r], orthonormal columns
+    spectrum = np.zeros(size)
+    spectrum[:values.size] = values
+    return spectrum, Reflectors.spanning(u)
+
+
+@dataclass
 class TrainBasis:
-    """R_train per diagonal block: eigenvalues (float64, ascending) and eigenvectors (float32
-    columns). ``values is None``: no R (``--hessian none``), the basis is the identity."""
+    """R_train per diagonal block: eigenvalues (float64, in the order of the basis vectors) and
+    the basis: eigenvectors as float32 columns, or, when R_train came from fewer examples than
+    the block has dimensions, :class:`Reflectors` spanning them (rank ≤ N: what is left of the
+    block has eigenvalue 0). ``values is None``: no R (``--hessian none``), the identity."""
 
     spans: list[tuple[int, int]]
     values: list[np.ndarray] | None
-    vectors: list[torch.Tensor] | None
+    vectors: list[torch.Tensor | Reflectors] | None
     n_train: int = 0
 
     @classmethod
@@ -48,12 +90,23 @@ class TrainBasis:
 
     @classmethod
     def fit(cls, r_train: RAccumulator) -> TrainBasis:
-        """The eigendecomposition of R_train's blocks (float64, kept in float32 for rotating)."""
+        """The eigendecomposition of R_train's blocks (float64, kept in float32 for rotating):
+        from the examples' Gram matrix while they are fewer than a block's dimensions, else
+        from the accumulated ``size × size`` sums."""
+        if r_train.count == 0:
+            raise FactraceError("no examples to estimate the Hessian approximation R from")
+        rows = r_train.rows
         values, vectors = [], []
-        for m in r_train.matrices():
-            w, u = np.linalg.eigh((m + m.T) / 2)
-            values.append(np.clip(w, 0.0, None))
-            vectors.append(torch.from_numpy(u.astype(np.float32)))
+        if rows is not None:
+            for off, size in r_train.spans:
+                w, reflectors = _low_rank_eigh(rows[:, off:off + size])
+                values.append(w)
+                vectors.append(reflectors)
+        else:
+            for m in r_train.matrices():
+                w, u = np.linalg.eigh((m + m.T) / 2)
+                values.append(np.clip(w, 0.0, None))
+                vectors.append(torch.from_numpy(u.astype(np.float32)))
         return cls(list(r_train.spans), values, vectors, r_train.count)
 
     @property
@@ -64,14 +117,32 @@ class TrainBasis:
     def is_identity(self) -> bool:
         return self.values is None
 
-    def rotate(self, p: torch.Tensor) -> torch.Tensor:
-        """``[n, d] → [n, d]``: each block's coordinates in R_train's eigenbasis (``p U``)."""
+    def _apply(self, p: torch.Tensor, transpose: bool) -> torch.Tensor:
         if self.vectors is None:
             return p
         out = torch.empty_like(p)
         for (off, size), u in zip(self.spans, self.vectors, strict=True):
-            out[:, off:off + size] = p[:, off:off + size] @ u.to(p.device, p.dtype)
+            block = p[:, off:off + size]
+            if isinstance(u, Reflectors):
+                out[:, off:off + size] = u.apply(block, transpose)
+            else:
+                u = u.to(p.device, p.dtype)
+                out[:, off:off + size] = block @ (u.T if transpose else u)
         return out
+
+    def rotate(self, p: torch.Tensor) -> torch.Tensor:
+        """``[n, d] → [n, d]``: each block's coordinates in R_train's eigenbasis (``p U``)."""
+        return self._apply(p, transpose=False)
+
+    def unrotate(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`rotate` (``x Uᵀ``): rotated coordinates back to the projection's."""
+        return self._apply(x, transpose=True)
+
+    def dense_vectors(self) -> list[torch.Tensor] | None:
+        """Each block's basis as a ``[size, size]`` float32 matrix (columns: basis vectors)."""
+        if self.vectors is None:
+            return None
+        return [u.dense() if isinstance(u, Reflectors) else u for u in self.vectors]
 
     def rows(self, p: torch.Tensor) -> torch.Tensor:
         """What a store keeps of each example: ``p`` rotated, then unit norm (the scale of a
@@ -83,16 +154,20 @@ class TrainBasis:
         return np.sort(np.concatenate(self.values))[::-1]
 
     def to_state(self) -> dict:
+        vectors = None if self.vectors is None else [
+            {"a": u.a, "tau": u.tau} if isinstance(u, Reflectors) else u for u in self.vectors]
         return {"spans": [list(s) for s in self.spans], "n_train": self.n_train,
                 "values": None if self.values is None else [torch.from_numpy(v) for v in self.values],
-                "vectors": self.vectors}
+                "vectors": vectors}
 
     @classmethod
     def from_state(cls, state: dict) -> TrainBasis:
-        values = state["values"]
+        values, vectors = state["values"], state["vectors"]
+        if vectors is not None:
+            vectors = [Reflectors(u["a"], u["tau"]) if isinstance(u, dict) else u for u in vectors]
         return cls([tuple(s) for s in state["spans"]],
-                   None if values is None else [v.numpy() for v in values],
-                   state["vectors"], state["n_train"])
+                    None if values is None else [v.numpy() for v in values],
+                    vectors, state["n_train"])
 
 
 @dataclass

@@ -78,9 +78,7 @@ class TermProducts:
         cap, basis = self.capture, self.encoder.basis
         w = direction.float().cpu()
         if basis is not None and basis.vectors is not None:
-            w = w.clone()
-            for (off, size), u in zip(basis.spans, basis.vectors, strict=True):
-                w[off:off + size] = u @ w[off:off + size]
+            w = basis.unrotate(w[None])[0]
         params = dict(self.encoder.loaded.model.named_parameters())
         out = {}
         for tm in self.encoder.tracked:
