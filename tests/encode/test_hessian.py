@@ -104,10 +104,15 @@ def test_encoder_trackstar_matches_numpy_end_to_end():
     st, se = np.sort(np.linalg.eigvalsh(rt))[::-1], np.sort(np.linalg.eigvalsh(re))[::-1]
     lam = st[k] / (st[k] + se[k])
     w = _inv_sqrt(lam * re + (1 - lam) * rt, 0.1)
-    want = peval.numpy() @ w
-    want /= np.linalg.norm(want, axis=1, keepdims=True)
-    _, psi = enc.encode_queries(QUERIES)
-    np.testing.assert_allclose(psi.numpy(), want, rtol=1e-3, atol=1e-4)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    pin = raw.encode_passages(PASSAGES)[1].double().numpy()  # input order, as encode_passages
+    want_q, want_p = unit(peval.numpy() @ w), unit(pin @ w)
+    _, psi_q = enc.encode_queries(QUERIES)
+    _, psi_p = enc.encode_passages(PASSAGES)
+    # the API's promise: psi_q @ psi_p.T are the scores (ψ need not be R^{-1/2} p itself)
+    np.testing.assert_allclose(psi_q.numpy() @ psi_p.numpy().T, want_q @ want_p.T, atol=2e-4)
+    np.testing.assert_allclose(psi_q.numpy() @ psi_q.numpy().T, want_q @ want_q.T, atol=2e-4)
+    assert enc.whitening.lam == pytest.approx(lam, rel=1e-6)
 
 
 def test_whitening_is_kept_in_the_precision_it_is_applied_in():

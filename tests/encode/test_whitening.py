@@ -136,3 +136,16 @@ def test_the_basis_survives_its_saved_state():
     back = TrainBasis.from_state(basis.to_state())
     x = _data(3, n_rows=5)[2].float()
     assert torch.equal(back.rotate(x), basis.rotate(x))
+
+
+@pytest.mark.parametrize("mode", ["train", "mixed"])
+@pytest.mark.parametrize("n_train", [60, 10])
+def test_the_explicit_factor_gives_r_inverse(mode, n_train):
+    """F with FᵀF = R⁻¹: factor(x)·factor(z) = xᵀR⁻¹z, so explicit encodings score as stores do."""
+    train, evals, rows = _data(4, n_train=n_train)
+    basis = TrainBasis.fit(_acc(train))
+    task = TaskWhitening.fit(basis, mode, basis.rotate(evals.float()), 0.1)
+    x = basis.rotate(rows.float())
+    fx = task.factor(x).double()
+    np.testing.assert_allclose((fx @ fx.T).numpy(), (x.double() @ task.apply_inverse(x).double().T)
+                               .numpy(), rtol=1e-4, atol=1e-6 * float((fx @ fx.T).abs().max()))

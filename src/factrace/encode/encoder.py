@@ -1,8 +1,8 @@
 """The Encoder: training passages and queries → TrackStar encodings ψ(z).
 
 Stages, in the order of DESIGN.md §1: gradient capture (hooks) → optimizer correction →
-projection (:class:`ProjectedGradients` does these three in one backward) → R^{-1/2}
-(:class:`Whitening`) → unit norm.
+projection (:class:`ProjectedGradients` does these three in one backward) → R_train's basis and
+the query-time R (:class:`~factrace.encode.whitening.TaskWhitening`) → unit norm.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from factrace.data.records import Passage, Query
 from factrace.data.tokenize import TokenizedExample, tokenize_passages, tokenize_queries
 from factrace.encode.budget import TokenBudget
 from factrace.encode.capture import GradientSquares, ProjectedGradients
-from factrace.encode.hessian import RAccumulator, Whitening, fit_whitening
+from factrace.encode.hessian import RAccumulator
 from factrace.encode.projection import CPU_MAX_BLOCK, exact_blocks, plan_blocks
 from factrace.encode.second_moment import SquaredGradientSums, corrections_from_state
 from factrace.encode.state import EncoderState
@@ -93,12 +93,12 @@ class Encoder:
         if self.config.second_moment != "estimate":
             self._corrections = corrections_from_state(
                 self.tracked, optimizer_state, self.config.second_moment, self.config.epsilon)
-        self.whitening: Whitening | None = None
+        #: R of the explicit encodings (:meth:`fit_hessian`)
+        self.whitening: TaskWhitening | None = None
         # R_train's eigenbasis, which stores and scans score in (query-time R); fitted by
         # fit_basis, or the identity without R
         self.basis: TrainBasis | None = None
         if self.config.hessian == "none":
-            self.whitening = Whitening.identity()
             self.basis = TrainBasis.identity(self.dim)
         self.max_length = self.config.max_length or loaded.max_length
         # one token budget per pass: the V estimate, R and the encodings take different
@@ -237,23 +237,25 @@ class Encoder:
             acc.add(p)
         return acc
 
-    def fit_whitening(self, r_train: RAccumulator | None,
-                      r_eval: RAccumulator | None) -> Whitening:
-        """R^{-1/2} from accumulated R_train / R_eval, for the configured mode."""
+    def fit_hessian(self, train: Iterable[Passage] | None, queries: Iterable[Query] | None
+                    ) -> TaskWhitening:
+        """R for the explicit encodings of :meth:`encode_passages` / :meth:`encode_queries`:
+        R_train's basis from ``train`` (passages), R_eval from ``queries`` — the same basis and
+        query-time R that stores, scans and traces use, so ``psi_q @ psi.T`` are their scores."""
         c = self.config
-        self.whitening = fit_whitening(c.hessian, r_train, r_eval, c.damping, c.lambda_,
-                                       c.lambda_k)
+        if c.hessian == "none":
+            self.whitening = self.task(None)
+            return self.whitening
+        if train is None:
+            raise FactraceError(f"--hessian {c.hessian} needs training passages for R_train")
+        self.fit_basis(self.accumulate(self.tokenize_passages(train)))
+        y = None
+        if c.hessian == "mixed":
+            if queries is None:
+                raise FactraceError("--hessian mixed needs queries for R_eval")
+            y = self.query_vectors(queries)[1]
+        self.whitening = self.task(y)
         return self.whitening
-
-    def fit_hessian(self, train: Iterable[Passage] | None, queries: Iterable[Query] | None):
-        """Convenience: accumulate R_train over passages and R_eval over queries, then fit."""
-        if self.config.hessian == "none":
-            return self.fit_whitening(None, None)
-        r_train = self.accumulate(self.tokenize_passages(train)) if train is not None else None
-        r_eval = None
-        if self.config.hessian == "mixed" and queries is not None:
-            r_eval = self.accumulate(self.tokenize_queries(queries))
-        return self.fit_whitening(r_train, r_eval)
 
     # query-time R (what stores and scans use) ------------------------------------------------
     def fit_basis(self, r_train: RAccumulator) -> TrainBasis:
@@ -329,8 +331,10 @@ class Encoder:
     def whiten_and_normalize(self, p: torch.Tensor) -> torch.Tensor:
         """R^{-1/2}, then unit norm (unless the configuration says not): ``[batch, d]``."""
         if self.whitening is None:
-            raise RuntimeError(f"--hessian {self.config.hessian}: call fit_hessian() first")
-        psi = self.whitening.apply(p)
+            if self.config.hessian != "none":
+                raise RuntimeError(f"--hessian {self.config.hessian}: call fit_hessian() first")
+            self.whitening = self.task(None)
+        psi = self.whitening.factor(self._basis().rotate(p))
         return unit_normalize(psi) if self.config.normalize else psi
 
     def encode(self, examples: Iterable[TokenizedExample]) -> Iterator[tuple[list[str], torch.Tensor]]:

@@ -180,6 +180,7 @@ class _Block:
     yw: torch.Tensor | None = None  # [T, size] float32, Y W
     m_inv: torch.Tensor | None = None  # [T, T] float32
     scale: float = 0.0  # T / λ
+    factor: tuple[torch.Tensor, torch.Tensor] | None = None  # (V, coefficients), see factor()
 
 
 @dataclass
@@ -289,6 +290,35 @@ class TaskWhitening:
                 sq -= (z * mz).sum(0)
                 products.append((b, mz))
         return sq.clamp(min=0).sqrt(), products
+
+    def factor(self, x: torch.Tensor) -> torch.Tensor:
+        """``x Fᵀ`` for rows ``x`` ``[n, d]`` (rotated coordinates), with ``FᵀF = R⁻¹``: explicit
+        encodings whose dot products are ``qᵀR⁻¹p`` (and whose norms are ``‖R^{-1/2}p‖``).
+
+        Per block R = D + (λ/T) YᵀY with D = W⁻¹ diagonal, and F = (I + ZᵀZ)^{-1/2} D^{-1/2}
+        with Z = √(λ/T) Y D^{-1/2} (rank ≤ T): from the T × T matrix Z Zᵀ = V' diag(μ) V'ᵀ,
+        (I + ZᵀZ)^{-1/2} = I + V diag((1 + μ)^{-1/2} − 1) Vᵀ with V = Zᵀ V' μ^{-1/2}. F is not
+        the symmetric R^{-1/2}, but no score can tell them apart."""
+        x = x.float()
+        out = torch.empty_like(x)
+        for b in self.blocks:
+            xw = x[:, b.off:b.off + b.size] * b.w.sqrt()
+            if b.yw is not None:
+                v, coef = self._factor_parts(b)
+                xw = xw + ((xw @ v) * coef) @ v.T
+            out[:, b.off:b.off + b.size] = xw
+        return out
+
+    @staticmethod
+    def _factor_parts(b: _Block) -> tuple[torch.Tensor, torch.Tensor]:
+        if b.factor is None:
+            z = b.yw.double() / b.w.double().sqrt() / np.sqrt(b.scale)  # √(λ/T) Y W^{1/2}
+            mu, vecs = torch.linalg.eigh(z @ z.T)
+            keep = mu > mu.max().clamp(min=0) * 1e-12
+            mu, vecs = mu[keep], vecs[:, keep]
+            v = z.T @ vecs / mu.sqrt()
+            b.factor = (v.float(), ((1 + mu) ** -0.5 - 1).float())
+        return b.factor
 
     # scoring ----------------------------------------------------------------------------------
     def scorer(self, queries: torch.Tensor, own: bool = False,
