@@ -1,6 +1,7 @@
 """Inputs of ``factrace serve`` made once from the shared tiny world and store: a TrackStar
 rankings file (``trace``), a BM25 one (``baseline``), qrels, queries with a metadata field, a
-rankings file naming passages the store lacks, and a malformed one."""
+rankings file naming passages the store lacks, and a malformed one; and a ``compare`` output
+directory."""
 
 import json
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from factrace.cli import main
+from factrace.evaluate.compare import CompareConfig, compare
 
 TOP_K = 5
 
@@ -52,6 +54,29 @@ def serve_inputs(world, store, tmp_path_factory):
     return {"root": root, "queries": queries, "trackstar": str(trackstar), "bm25": str(bm25),
             "qrels": qrels_path, "ghost": ghost, "broken": str(broken), "index": store.out,
             "texts": texts}
+
+
+@pytest.fixture(scope="session")
+def compare_out(world, serve_inputs, tmp_path_factory):
+    """A real ``compare`` output directory over the world (as ``demo`` writes one; two rungs
+    and two baselines, to be quick): its queries sit in a fact world's folder, beside a
+    ``facts.jsonl`` (the per-query record)."""
+    root = tmp_path_factory.mktemp("compared")
+    facts_dir = root / "world"
+    facts_dir.mkdir()
+    queries = facts_dir / "queries.jsonl"
+    queries.write_text(Path(world["queries"]).read_text())
+    _write(facts_dir / "facts.jsonl", [
+        {"query_id": q["id"], "relation": "born_in" if n < 4 else "lives_in",
+         "subject": q["prompt"].split()[0], "n_gold": 1 + n % 2}
+        for n, q in enumerate(_rows(queries))])
+    out = root / "compare_out"
+    compare(CompareConfig(world["model"], world["optimizer"], world["corpus"], str(queries),
+                          serve_inputs["qrels"], str(out), top_k=TOP_K,
+                          variants=("trackstar", "trackstar-paper"),
+                          baselines=("bm25", "bm25+target"), tail_patch=False, progress=False,
+                          encoder_options={"dim": 64, "train_examples": 16}))
+    return out
 
 
 @pytest.fixture(scope="session")

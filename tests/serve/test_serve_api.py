@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -237,3 +238,32 @@ def test_an_ask_rankings_file_is_browsed_with_its_prompts_and_explained(store, w
     e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
                                           "doc_id": row["doc_ids"][0]}).json()
     assert e["query"]["completion"] == row["completion"] and e["passage_tokens"]
+
+
+def test_a_compare_output_directory_opens_on_its_own(compare_out, serve_inputs, world):
+    """No --queries, --qrels or --corpus: compare's rankings name their queries (with the
+    facts.jsonl beside them), qrels and corpus."""
+    metas = sorted((compare_out / "rankings").glob("*.jsonl.meta.json"))
+    assert {m.name.removesuffix(".jsonl.meta.json") for m in metas} >= {"trackstar", "bm25",
+                                                                      "bm25+target"}
+    explorer = load_explorer(ServeConfig(rankings=[str(compare_out)]))
+    client = TestClient(create_app(explorer))
+    info = _get(client, "/api/info")
+    sets = {s["name"]: s for s in info["sets"]}
+    assert sets["bm25+target"]["method"] == "bm25+target"
+    assert sets["trackstar"]["method"] == "trackstar"
+    assert sets["trackstar-paper"]["method"] == "trackstar-paper"
+    assert info["has_qrels"] and info["qrels"] == str(Path(serve_inputs["qrels"]).resolve())
+    assert info["corpora"] == [str(Path(world["corpus"]).resolve())]
+    for name in ("bm25", "trackstar"):
+        listed = _get(client, f"/api/sets/{name}/queries")
+        assert [q["prompt"] for q in listed["queries"]] == [
+            json.loads(line)["prompt"] for line in open(world["queries"])]
+        assert listed["filters"] == {"n_gold": [1, 2], "relation": ["born_in", "lives_in"],
+                                     "subject": sorted(q["prompt"].split()[0] for q in
+                                                       listed["queries"])}
+        assert all(q["correct"] is not None for q in listed["queries"])
+    born = _get(client, "/api/sets/bm25/queries?field.relation=lives_in")
+    assert [q["id"] for q in born["queries"]] == ["q4", "q5"]
+    d = _get(client, "/api/sets/bm25/queries/q0")
+    assert d["query"]["target"] and all(p["text"] for p in d["proponents"])

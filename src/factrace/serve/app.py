@@ -4,8 +4,8 @@ Every API answer is JSON; a user error (a :class:`~factrace.errors.FactraceError
 set or query, a prompt the model cannot answer) is ``{"error": message}`` with status 400, which
 the page shows as one message. Routes:
 
-- ``GET /api/info``: the sets (with their load errors), whether qrels, a store and a model
-  are there.
+- ``GET /api/info``: the sets (with their load errors), the qrels file, whether a store and
+  a model are there.
 - ``GET /api/sets/{name}/queries?search=&correct=yes|no&k=&field.<name>=<value>``
 - ``GET /api/sets/{name}/queries/{query_id}?k=``
 - ``GET /api/compare?a=&b=&q=&k=`` (``q`` empty: the first query both sets rank)
@@ -45,6 +45,7 @@ class Explorer:
     passages: Passages
     session: ModelSession | None = None
     index: str | None = None
+    qrels_path: str | None = None
     _queries: dict[str, list[Query]] = field(default_factory=dict)
 
     def queries_of(self, s: RankingSet) -> list[Query] | None:
@@ -107,7 +108,8 @@ def create_app(explorer: Explorer) -> Starlette:
     async def info(request: Request):
         return JSONResponse({
             "sets": [s.summary() for s in explorer.sets],
-            "has_qrels": bool(explorer.qrels), "index": explorer.index,
+            "has_qrels": bool(explorer.qrels), "qrels": explorer.qrels_path,
+            "index": explorer.index,
             "can_ask": explorer.session is not None,
             "corpora": explorer.passages.corpora,
         })
