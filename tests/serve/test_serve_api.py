@@ -149,6 +149,9 @@ def test_explain_a_ranked_pair_and_a_proponent_of_an_answer(client, serve_inputs
     assert e["score"] == pytest.approx(score, rel=1e-4)  # with the queries it was traced with
     assert sum(t["contribution"] for t in e["passage_tokens"]) == pytest.approx(score, rel=1e-3)
     assert e["query"]["id"] == "q2" and e["passage"]["id"] == doc
+    assert e["method"] == "trackstar"
+    assert e["listed"] == {"set": "trackstar", "method": "trackstar", "list": "proponents",
+                           "rank": 2, "score": score}
 
     answer = client.post("/api/ask", json={"prompt": "Corin was born in", "max_new_tokens": 3,
                                            "top_k": 2}).json()
@@ -157,6 +160,29 @@ def test_explain_a_ranked_pair_and_a_proponent_of_an_answer(client, serve_inputs
                                           "top_k": 2, "doc_id": best["id"]}).json()
     assert e["score"] == pytest.approx(best["score"], rel=1e-4)
     assert e["query"]["completion"] == answer["completion"]
+    assert e["listed"] == {"set": None, "method": "ask (trackstar)", "list": "proponents",
+                           "rank": 1, "score": best["score"]}
+
+
+def test_explain_names_the_method_whose_score_it_splits(client, explorer, serve_inputs):
+    """A BM25 row's listed score is BM25's; the split one is the store's TrackStar score."""
+    row = _rankings(serve_inputs["bm25"])["q2"]
+    n = next(i for i, d in enumerate(row["doc_ids"]) if d in explorer.passages.known)
+    e = client.post("/api/explain", json={"set": "bm25", "query_id": "q2",
+                                          "doc_id": row["doc_ids"][n]}).json()
+    assert e["method"] == "trackstar"
+    assert e["listed"] == {"set": "bm25", "method": "bm25", "list": "proponents", "rank": n + 1,
+                           "score": row["scores"][n]}
+    assert e["score"] != pytest.approx(row["scores"][n], rel=1e-2)
+    assert sum(t["contribution"] for t in e["passage_tokens"]) == pytest.approx(e["score"],
+                                                                                rel=1e-3)
+    # a passage the set does not list for the query: no listed rank or score
+    other = next(d for d in sorted(explorer.passages.known) if d not in row["doc_ids"]
+                 and d not in row.get("opponent_ids", []))
+    e = client.post("/api/explain", json={"set": "bm25", "query_id": "q2",
+                                          "doc_id": other}).json()
+    assert e["listed"] == {"set": "bm25", "method": "bm25", "list": None, "rank": None,
+                           "score": None}
 
 
 @pytest.mark.parametrize("body, message", [

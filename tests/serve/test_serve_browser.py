@@ -205,7 +205,8 @@ def test_ask_trace_a_span_and_explain_a_proponent(page):
 
     page.css("#proponents li")[0].click()
     page.until(lambda d: page.css("#passage-tokens .tok"))
-    assert page.texts("#explain-score") == [f"score {score}"]
+    assert page.texts("#explain-score") == [score] == page.texts("#listed-score")
+    assert page.texts("#explain-listed th") == ["listed by ask (trackstar) · proponent 1"]
     assert page.route()[1]["doc"] == doc and page.route()[1]["span"] == params["span"]
     kinds = {t.get_attribute("class") for t in page.css("#passage-tokens .tok")}
     assert kinds <= {"tok pos", "tok neg"} and "tok pos" in kinds
@@ -223,10 +224,32 @@ def test_explain_a_ranked_passage_from_browse(page, serve_inputs):
     assert page.route() == ("/explain", {"set": "trackstar", "q": "q2", "doc": row["doc_ids"][n]})
     text = "".join(t.get_attribute("textContent") for t in page.css("#passage-tokens .tok"))
     assert text == serve_inputs["texts"][row["doc_ids"][n]]
-    assert page.texts("#explain-score") == [f"score {row['scores'][n]:+.4f}"]
+    assert page.texts("#explain-score") == [f"{row['scores'][n]:+.4f}"]
+    assert page.texts("#listed-score") == [f"{row['scores'][n]:+.4f}"]
     page.shot("explain")
     page.css("#back")[0].click()
     page.until(lambda d: _ids(page, "#proponents li") == row["doc_ids"])
+
+
+def test_explain_from_a_bm25_row_shows_both_scores_and_whose_they_are(page, serve_inputs,
+                                                                      explorer):
+    from starlette.testclient import TestClient
+
+    from factrace.serve.app import create_app
+
+    row = _rows(serve_inputs["bm25"])["q2"]
+    n = next(i for i, d in enumerate(row["doc_ids"]) if d in explorer.passages.known)
+    doc = row["doc_ids"][n]
+    split = TestClient(create_app(explorer)).post("/api/explain", json={
+        "set": "bm25", "query_id": "q2", "doc_id": doc}).json()["score"]
+    page.open("#/browse?set=bm25&q=q2")
+    page.css("#proponents li")[n].click()
+    page.until(lambda d: page.css("#passage-tokens .tok"))
+    assert page.texts("#explain-listed th") == [f"listed by bm25 · proponent {n + 1}"]
+    assert page.texts("#listed-score") == [f"{row['scores'][n]:+.4f}"]
+    assert page.texts("#explain-split th") == ["split below: the store's trackstar score"]
+    assert page.texts("#explain-score") == [f"{split:+.4f}"]
+    page.shot("explain-bm25")
 
 
 @pytest.mark.parametrize("route, message", [

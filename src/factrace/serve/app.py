@@ -12,7 +12,9 @@ the page shows as one message. Routes:
 - ``GET /api/passages/{doc_id}``
 - ``POST /api/ask`` ``{"prompt", "span", "max_new_tokens", "top_k"}``
 - ``POST /api/explain`` ``{"set", "query_id", "doc_id"}`` or ``{"prompt", "span",
-  "max_new_tokens", "top_k", "doc_id"}`` (a proponent of an answer)
+  "max_new_tokens", "top_k", "doc_id"}`` (a proponent of an answer): the store's score of the
+  pair split over tokens (``method``: the store's variant), and ``listed``: the rank and score
+  the set (or the answer) lists the passage with, which may be another method's.
 """
 
 from __future__ import annotations
@@ -176,11 +178,14 @@ def create_app(explorer: Explorer) -> Starlette:
                 result = session.explain(Query(qid, q.prompt, q.target), doc_id,
                                          explorer.queries_of(s))
             result["query"] = q.to_json()
+            result["listed"] = views.listed(s.rankings[qid], doc_id, s.method, s.name)
         else:
             answer = _ask(body)
             result = session.explain_answer(answer, doc_id)
             result["query"] = {"id": answer.id, "prompt": answer.prompt,
                                "completion": answer.completion, "span": answer.span}
+            result["listed"] = views.listed(answer.ranking, doc_id, f"ask ({session.method})")
+        result["method"] = session.method
         result["passage"] = explorer.passages.get(doc_id)
         return result
 

@@ -5,6 +5,8 @@
 - :func:`query_detail`: one query's proponents and opponents, each with its passage text and
   marked gold or missing.
 - :func:`comparison`: one query's proponents in two sets side by side, the shared ones marked.
+- :func:`listed`: where a set lists a passage for a query, and with what score (the score an
+  explanation of the pair is set beside).
 """
 
 from __future__ import annotations
@@ -120,6 +122,21 @@ def comparison(a: RankingSet, b: RankingSet, qid: str, qrels: Mapping[str, set[s
             e["shared"] = e["id"] in shared
     return {"query": left["query"], "a": left, "b": right,
             "shared": [e["id"] for e in left["proponents"] if e["id"] in shared]}
+
+
+def listed(ranking: Ranking, doc_id: str, method: str, set_name: str | None = None) -> dict:
+    """Where ``ranking`` (of ``method``; of set ``set_name``, or of an answer) lists
+    ``doc_id``: ``{"set", "method", "list", "rank", "score"}``, ``list`` being ``proponents``
+    or ``opponents`` (``None``, with no rank or score, when it lists it in neither)."""
+    out: dict[str, Any] = {"set": set_name, "method": method, "list": None, "rank": None,
+                           "score": None}
+    for name, ids, scores in (("proponents", ranking.doc_ids, ranking.scores),
+                              ("opponents", ranking.opponent_ids or [],
+                               ranking.opponent_scores or [])):
+        if doc_id in ids:
+            n = ids.index(doc_id)
+            return {**out, "list": name, "rank": n + 1, "score": scores[n]}
+    return out
 
 
 def common_queries(a: RankingSet, b: RankingSet) -> list[str]:

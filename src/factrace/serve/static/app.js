@@ -380,8 +380,9 @@ async function renderExplain(params) {
   box.replaceChildren(
     el("div", {class: "card", id: "explain-head"},
       el("h2", {}, "passage ", el("span", {class: "doc", text: data.doc_id}), " for query ",
-        el("span", {class: "qid", text: data.query_id}), el("span", {class: "score", id: "explain-score", text: ` score ${fmt(data.score)}`})),
+        el("span", {class: "qid", text: data.query_id})),
       el("div", {}, queryLine(data.query)),
+      scoreTable(data),
       el("a", {href: back, id: "back"}, "back")),
     legend(),
     el("div", {class: "card"}, el("h3", {text: `passage tokens (they sum to ${fmt(sum(data.passage_tokens))})`}),
@@ -389,6 +390,19 @@ async function renderExplain(params) {
     el("div", {class: "card"}, el("h3", {text: `query tokens (they sum to ${fmt(sum(data.query_tokens))})`}),
       shadedTokens(data.query_tokens, {id: "query-tokens"})),
     el("p", {class: "muted", text: `R_eval: ${(data.whitening || {}).r_eval || "?"} · per-token products: ${data.per_token}`}));
+}
+
+// The score the ranking lists the pair with (its method's: BM25's is no TrackStar score) and
+// the store's score, the one split over tokens below.
+function scoreTable(data) {
+  const l = data.listed;
+  const where = l.rank ? `${l.list === "opponents" ? "opponent" : "proponent"} ${l.rank}` : "not in its list";
+  const named = l.set && l.set !== l.method ? `${l.method} (${l.set})` : l.method;
+  return el("table", {class: "scores", id: "explain-scores"},
+    el("tr", {id: "explain-listed"}, el("th", {}, "listed by ", el("strong", {text: named}), ` · ${where}`),
+      el("td", {class: "score", id: "listed-score", text: l.rank ? fmt(l.score) : "—"})),
+    el("tr", {id: "explain-split"}, el("th", {}, "split below: the store's ", el("strong", {text: data.method}), " score"),
+      el("td", {class: "score", id: "explain-score", text: fmt(data.score)})));
 }
 
 // main ------------------------------------------------------------------------------------------
