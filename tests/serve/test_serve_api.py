@@ -293,3 +293,12 @@ def test_a_compare_output_directory_opens_on_its_own(compare_out, serve_inputs, 
     assert [q["id"] for q in born["queries"]] == ["q4", "q5"]
     d = _get(client, "/api/sets/bm25/queries/q0")
     assert d["query"]["target"] and all(p["text"] for p in d["proponents"])
+
+
+def test_the_icon_is_served(client):
+    for url in ("/favicon.ico", "/static/favicon.svg"):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert response.headers["content-type"].startswith("image/svg+xml")
+        assert response.text.startswith("<svg")
+    assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/").text

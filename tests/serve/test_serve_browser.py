@@ -31,6 +31,7 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1400,1000", "--no-proxy-server"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
@@ -262,3 +263,26 @@ def test_errors_show_as_one_message_in_the_page(page, route, message):
     page.until(lambda d: page.css("#error:not([hidden])"))
     (box,) = page.css("#error")
     assert message in box.text and len(box.text.splitlines()) == 1
+
+
+def test_search_placeholders_fit_and_the_icon_is_served(page):
+    fits = """
+        const input = document.querySelector(arguments[0]);
+        const style = getComputedStyle(input);
+        const context = document.createElement("canvas").getContext("2d");
+        context.font = `${style.fontSize} ${style.fontFamily}`;
+        const room = input.clientWidth - parseFloat(style.paddingLeft)
+            - parseFloat(style.paddingRight) - 16;  // the clear button of a search field
+        return [context.measureText(input.placeholder).width, room];"""
+    for route, selector in (("#/browse", "#search"),):
+        page.open(route)
+        text, room = page.driver.execute_script(fits, selector)
+        assert 0 < text <= room, (selector, text, room)
+    status = """
+        const done = arguments[arguments.length - 1];
+        const icon = document.querySelector("link[rel=icon]").href;
+        Promise.all([fetch("/favicon.ico"), fetch(icon)]).then(
+            (answers) => done(answers.map((a) => [a.status, a.headers.get("content-type")])));"""
+    assert page.driver.execute_async_script(status) == [[200, "image/svg+xml"]] * 2
+    missing = [e for e in page.driver.get_log("browser") if "404" in e["message"]]
+    assert not missing, missing

@@ -1,4 +1,5 @@
-"""The web app: the page (``/``, ``/static/...``) and its JSON API (``/api/...``).
+"""The web app: the page (``/``, ``/static/...``, ``/favicon.ico``) and its JSON API
+(``/api/...``).
 
 Every API answer is JSON; a user error (a :class:`~factrace.errors.FactraceError`: an unknown
 set or query, a prompt the model cannot answer) is ``{"error": message}`` with status 400, which
@@ -107,6 +108,9 @@ def create_app(explorer: Explorer) -> Starlette:
     async def page(request: Request):
         return FileResponse(STATIC / "index.html")
 
+    async def favicon(request: Request):
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     async def info(request: Request):
         return JSONResponse({
             "sets": [s.summary() for s in explorer.sets],
@@ -195,6 +199,7 @@ def create_app(explorer: Explorer) -> Starlette:
 
     routes = [
         Route("/", page),
+        Route("/favicon.ico", favicon),
         Route("/api/info", _handled(info)),
         Route("/api/sets/{name}/queries", _handled(query_list)),
         Route("/api/sets/{name}/queries/{query_id:path}", _handled(query_detail)),
