@@ -260,6 +260,7 @@ def test_an_ask_rankings_file_is_browsed_with_its_prompts_and_explained(store, w
     (q,) = _get(client, "/api/sets/asked/queries?search=alba")["queries"]
     assert q["prompt"] == "Alba was born in" and q["completion"] == row["completion"]
     d = _get(client, "/api/sets/asked/queries/ask-1")
+    assert d["query"]["span"] is None and d["span"] is None
     assert [p["top_tokens"] for p in d["proponents"]] == row["proponent_tokens"]
     e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
                                           "doc_id": row["doc_ids"][0]}).json()
@@ -302,3 +303,18 @@ def test_the_icon_is_served(client):
         assert response.headers["content-type"].startswith("image/svg+xml")
         assert response.text.startswith("<svg")
     assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/").text
+
+
+def test_a_traced_span_of_an_ask_row_reaches_the_page(store, tmp_path):
+    from factrace.cli import main
+
+    asked = tmp_path / "asked.jsonl"
+    assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "3",
+                 "--span", "0:2", "--top-k", "2", "--out", str(asked), "-q"]) == 0
+    explorer = load_explorer(ServeConfig(index=store.out, rankings=[str(asked)]))
+    client = TestClient(create_app(explorer))
+    d = _get(client, "/api/sets/asked/queries/ask-1")
+    assert d["query"]["span"] == [0, 2] == d["span"]
+    e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
+                                          "doc_id": d["proponents"][0]["id"]}).json()
+    assert e["query"]["span"] == [0, 2]

@@ -192,16 +192,19 @@ def test_ask_trace_a_span_and_explain_a_proponent(page):
     assert shaded and any("rgba" in (t.get_attribute("style") or "") for t in shaded)
     page.shot("answer")
 
-    # choose the last token and trace it alone
-    tokens[-1].click()
+    # choose the last token that is not blank and trace it alone
+    words = [t.get_attribute("textContent") for t in tokens]
+    chosen = max(i for i, w in enumerate(words) if w.strip())
+    tokens[chosen].click()
     page.css("#trace-span")[0].click()
     page.until(lambda d: page.texts("#traced") and "characters" in page.texts("#traced")[0])
     name, params = page.route()
     assert name == "/ask" and params["prompt"] == "Alba was born in" and ":" in params["span"]
     traced = ["traced" in t.get_attribute("class").split() for t in page.css("#completion .tok")]
-    assert traced[-1] and not any(traced[:-1])
+    assert [i for i, t in enumerate(traced) if t] == [chosen]
     score = page.texts("#proponents li .score")[0]
     doc = page.css("#proponents li")[0].get_attribute("data-doc")
+    completion = "".join(words)
     page.shot("span")
 
     page.css("#proponents li")[0].click()
@@ -212,6 +215,12 @@ def test_ask_trace_a_span_and_explain_a_proponent(page):
     kinds = {t.get_attribute("class") for t in page.css("#passage-tokens .tok")}
     assert kinds <= {"tok pos", "tok neg"} and "tok pos" in kinds
     assert page.css("#query-tokens .tok")
+    # only the traced span of the completion is bold
+    (line,) = page.css("#explain-head .completion-text")
+    assert line.get_attribute("textContent") == completion
+    assert [b.get_attribute("textContent") for b in page.css("#explain-head .completion-text "
+                                                             "strong")] == [words[chosen]]
+    assert words[chosen] != completion
     page.shot("explain-answer")
 
 
@@ -263,6 +272,16 @@ def test_errors_show_as_one_message_in_the_page(page, route, message):
     page.until(lambda d: page.css("#error:not([hidden])"))
     (box,) = page.css("#error")
     assert message in box.text and len(box.text.splitlines()) == 1
+
+
+def test_ask_with_an_empty_prompt_says_why(page):
+    page.open("#/ask")
+    page.css("#ask-go")[0].click()
+    page.until(lambda d: page.css("#error:not([hidden])"))
+    assert page.texts("#error") == ["Type a prompt first: the model completes it, and the "
+                                    "completion is traced."]
+    assert page.route() == ("/ask", {})
+    page.shot("empty-prompt")
 
 
 def test_search_placeholders_fit_and_the_icon_is_served(page):

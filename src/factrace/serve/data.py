@@ -35,17 +35,19 @@ MAX_FILTER_VALUES = 50
 @dataclass
 class QueryInfo:
     """A query as the page shows it: prompt, target (``None`` for an ``ask`` row, which has a
-    completion instead) and metadata fields."""
+    completion instead, and the span of it traced) and metadata fields."""
 
     id: str
     prompt: str | None = None
     target: str | None = None
     completion: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    span: list[int] | None = None
+    """An ``ask`` row's traced characters of the completion, ``[start, end]``."""
 
     def to_json(self) -> dict:
         return {"id": self.id, "prompt": self.prompt, "target": self.target,
-                "completion": self.completion, "fields": self.fields}
+                "completion": self.completion, "fields": self.fields, "span": self.span}
 
 
 @dataclass
@@ -174,8 +176,10 @@ def load_set(path: Path, name: str, queries_override: str | None,
         if info is None:
             info = QueryInfo(r.query_id)
         if "prompt" in r.extra:  # an ask row: its own prompt and completion
+            span = r.extra.get("span")
             info = QueryInfo(r.query_id, str(r.extra["prompt"]), None,
-                             str(r.extra.get("completion", "")), dict(info.fields))
+                             str(r.extra.get("completion", "")), dict(info.fields),
+                             list(span) if isinstance(span, list) else None)
         found.queries[r.query_id] = info
     return found
 

@@ -86,7 +86,12 @@ function link(name, params) {
   return `#/${name}${text ? "?" + text : ""}`;
 }
 
-function go(name, params) { location.hash = link(name, params); }
+// Open a view; the one already open (the same URL: Ask again) is rendered again.
+function go(name, params) {
+  const target = link(name, params);
+  if (location.hash === target) render();
+  else location.hash = target;
+}
 
 // Replace the URL without a new history entry or a re-render (filters as they are typed).
 function remember(name, params) { history.replaceState(null, "", link(name, params)); }
@@ -130,10 +135,15 @@ function legend() {
     " raises the score, ", el("span", {class: "neg-sample", text: "red"}), " lowers it");
 }
 
+// A query's prompt and target; or an answer's prompt and completion, its traced span in bold.
 function queryLine(q) {
   const line = el("span", {class: "query-text"}, el("span", {class: "prompt", text: q.prompt || ""}));
   if (q.target) line.append(el("span", {class: "target", text: q.target}));
-  if (q.completion) line.append(el("strong", {class: "completion-text", text: q.completion}));
+  if (q.completion) {
+    const [start, end] = q.span || [0, q.completion.length];
+    line.append(el("span", {class: "completion-text"}, q.completion.slice(0, start),
+      el("strong", {text: q.completion.slice(start, end)}), q.completion.slice(end)));
+  }
   if (!q.prompt && !q.target && !q.completion) line.append(el("span", {class: "muted", text: "(text unknown)"}));
   return line;
 }
@@ -312,7 +322,14 @@ async function renderAsk(params) {
   view.replaceChildren(el("div", {class: "card"}, prompt,
     el("div", {class: "controls"}, el("label", {for: "max-new-tokens"}, "new tokens at most"), tokens, button)),
     status, result);
-  button.addEventListener("click", () => go("ask", {prompt: prompt.value, n: tokens.value}));
+  button.addEventListener("click", () => {
+    if (!prompt.value.trim()) {
+      showError("Type a prompt first: the model completes it, and the completion is traced.");
+      prompt.focus();
+      return;
+    }
+    go("ask", {prompt: prompt.value, n: tokens.value});
+  });
   if (!params.get("prompt")) return;
   const request = {prompt: params.get("prompt"), max_new_tokens: Number(params.get("n") || 8), span: params.get("span") || null};
   const answer = await slowApi(status, "The model is answering and the answer is being traced…",
