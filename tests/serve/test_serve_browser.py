@@ -71,6 +71,9 @@ def page(browser, live_server, tmp_path):
             return name, {k: v[0] for k, v in parse_qs(query).items()}
 
         def shot(self, name):
+            """Save a screenshot, after checking the page shows no JavaScript null."""
+            shown = browser.find_element("id", "view").text
+            assert not {"null", "undefined"} & set(shown.split()), shown
             assert browser.save_screenshot(str(tmp_path / f"{name}.png"))
 
     return Page()
@@ -272,6 +275,35 @@ def test_errors_show_as_one_message_in_the_page(page, route, message):
     page.until(lambda d: page.css("#error:not([hidden])"))
     (box,) = page.css("#error")
     assert message in box.text and len(box.text.splitlines()) == 1
+
+
+def test_query_rows_and_passages_are_links(page, serve_inputs):
+    """Real links: a new tab, a copied link or a middle click opens the same view."""
+    page.open("#/browse?set=trackstar&f.relation=birthplace")
+    rows = page.css("li.query > a.row-link")
+    assert [r.find_element("css selector", ".qid").text for r in rows] == ["q0", "q2", "q4"]
+    assert not page.css("li[onclick], li.query[onclick]")
+    href = rows[1].get_attribute("href")
+    assert urlparse(href).fragment.partition("?")[0] == "/browse"
+    assert parse_qs(urlparse(href).fragment.partition("?")[2]) == {
+        "set": ["trackstar"], "q": ["q2"], "f.relation": ["birthplace"]}
+
+    ranked = _rows(serve_inputs["trackstar"])["q2"]
+    first = page.driver.current_window_handle
+    page.driver.switch_to.new_window("tab")
+    try:
+        page.driver.get(href)
+        page.until(lambda d: _ids(page, "#proponents li") == ranked["doc_ids"])
+        assert page.css("li.query.selected")[0].get_attribute("data-id") == "q2"
+        links = [a.get_attribute("href") for a in page.css("#proponents li > a.row-link")]
+        assert len(links) == len(ranked["doc_ids"])
+        assert [parse_qs(urlparse(h).fragment.partition("?")[2]) for h in links] == [
+            {"set": ["trackstar"], "q": ["q2"], "doc": [d]} for d in ranked["doc_ids"]]
+        assert all(urlparse(h).fragment.startswith("/explain?") for h in links)
+        page.shot("links")
+    finally:
+        page.driver.close()
+        page.driver.switch_to.window(first)
 
 
 def test_ask_with_an_empty_prompt_says_why(page):

@@ -148,34 +148,38 @@ function queryLine(q) {
   return line;
 }
 
-// One passage of a ranking: rank, score, id, marks (gold, missing, shared) and text.
-function passageItem(p, target, onclick) {
+// One passage of a ranking: score, id, marks (gold, missing, shared) and text; with `href` (its
+// explanation) all of it is one link.
+function passageItem(p, target, href) {
   const classes = ["passage"];
   if (p.gold) classes.push("gold");
   if (p.missing) classes.push("missing");
   if (p.shared) classes.push("shared");
-  if (onclick) classes.push("clickable");
-  const item = el("li", {class: classes.join(" "), dataset: {doc: p.id}, onclick},
-    el("span", {class: "score", text: fmt(p.score)}), el("span", {class: "doc", text: p.id}),
+  if (href) classes.push("clickable");
+  const body = [
+    el("span", {class: "score", text: fmt(p.score)}),
+    el("span", {class: "doc", text: p.id}),
     p.gold ? el("span", {class: "badge gold", text: "gold"}) : null,
     p.missing ? el("span", {class: "badge missing", text: "missing"}) : null,
     p.shared ? el("span", {class: "badge shared", text: "both"}) : null,
-    p.window !== null && p.window !== undefined ? el("span", {class: "muted", text: ` window ${p.window}`}) : null);
+    p.window !== null && p.window !== undefined ? el("span", {class: "muted", text: ` window ${p.window}`}) : null];
   if (p.text === null || p.text === undefined) {
-    item.append(el("span", {class: "text", text: "not in the store or its corpus"}));
+    body.push(el("span", {class: "text", text: "not in the store or its corpus"}));
   } else if (p.tokens) {
-    item.append(shadedTokens(p.tokens));
+    body.push(shadedTokens(p.tokens));
   } else {
-    item.append(highlighted(p.text, target));
+    body.push(highlighted(p.text, target));
   }
-  return item;
+  return el("li", {class: classes.join(" "), dataset: {doc: p.id}},
+    href ? el("a", {class: "row-link", href, title: "explain this score token by token"}, body) : body);
 }
 
-function passageList(title, passages, target, onclick, id) {
+// `hrefOf(p)`: the link of a passage (its explanation), or null: plain items.
+function passageList(title, passages, target, hrefOf, id) {
   const card = el("div", {class: "card", id});
   card.append(el("h3", {text: `${title} (${passages.length})`}));
   if (!passages.length) card.append(el("p", {class: "muted", text: "none"}));
-  card.append(el("ol", {class: "passages"}, passages.map((p) => passageItem(p, target, onclick ? () => onclick(p) : null))));
+  card.append(el("ol", {class: "passages"}, passages.map((p) => passageItem(p, target, hrefOf ? hrefOf(p) : null))));
   return card;
 }
 
@@ -241,9 +245,9 @@ async function renderBrowse(params) {
     count.textContent = `${data.queries.length} of ${data.total} queries`;
     list.replaceChildren(...data.queries.map((q) => {
       const badge = q.correct === null ? null : el("span", {class: `badge ${q.correct ? "correct" : "incorrect"}`, text: q.correct ? "correct" : "incorrect"});
-      return el("li", {class: "query" + (q.id === state.q ? " selected" : ""), dataset: {id: q.id},
-                       onclick: () => { state.q = q.id; go("browse", save()); }},
-        el("span", {class: "qid", text: q.id}), queryLine(q), badge);
+      return el("li", {class: "query" + (q.id === state.q ? " selected" : ""), dataset: {id: q.id}},
+        el("a", {class: "row-link", href: link("browse", Object.assign(save(), {q: q.id}))},
+          el("span", {class: "qid", text: q.id}), queryLine(q), badge));
     }));
   };
   select.addEventListener("change", () => { state.set = select.value; state.fields = {}; filters.replaceChildren(); refresh(); });
@@ -257,7 +261,7 @@ async function renderDetail(box, setName, qid, k) {
   const data = await api(`/api/sets/${encodeURIComponent(setName)}/queries/${encodeURIComponent(qid)}?k=${k || ""}`);
   const q = data.query;
   const target = q.target || q.completion;
-  const explain = info.can_ask ? (p) => go("explain", {set: setName, q: qid, doc: p.id}) : null;
+  const explain = info.can_ask ? (p) => link("explain", {set: setName, q: qid, doc: p.id}) : null;
   const head = el("div", {class: "card", id: "query-head"},
     el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q),
       data.correct === null ? null : el("span", {class: `badge ${data.correct ? "correct" : "incorrect"}`, text: data.correct ? "correct" : "incorrect"})),
@@ -300,7 +304,7 @@ async function renderCompare(params) {
   summary.textContent = `${data.shared.length} passages in both top lists (marked "both")`;
   const target = q.target || q.completion;
   for (const [id, side] of [["side-a", data.a], ["side-b", data.b]]) {
-    const explain = info.can_ask ? (p) => go("explain", {set: side.set.name, q: q.id, doc: p.id}) : null;
+    const explain = info.can_ask ? (p) => link("explain", {set: side.set.name, q: q.id, doc: p.id}) : null;
     const column = el("section", {id}, el("h3", {text: `${side.set.name} (${side.set.method})`}),
       passageList("proponents", side.proponents, target, explain));
     columns.append(column);
@@ -360,7 +364,7 @@ function renderAnswer(box, answer, request) {
   });
   traceAll.addEventListener("click", () => go("ask", {prompt: request.prompt, n: request.max_new_tokens}));
   const traced = answer.span ? `characters ${answer.span[0]}:${answer.span[1]} of the completion` : "the whole completion";
-  const explain = (p) => go("explain", {prompt: request.prompt, n: request.max_new_tokens, span: request.span, doc: p.id});
+  const explain = (p) => link("explain", {prompt: request.prompt, n: request.max_new_tokens, span: request.span, doc: p.id});
   box.replaceChildren(
     el("div", {class: "card", id: "answer-head"}, completion,
       el("div", {class: "muted", id: "traced", text: `traced: ${traced} · R_eval: ${(answer.whitening || {}).r_eval || "?"}`}),
