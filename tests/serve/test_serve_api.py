@@ -71,7 +71,13 @@ def test_a_query_shows_its_proponents_and_opponents_with_texts_and_gold(client, 
         assert [p["id"] for p in d["proponents"]] == row["doc_ids"]
         assert [p["score"] for p in d["proponents"]] == pytest.approx(row["scores"])
         assert [p["id"] for p in d["opponents"]] == row["opponent_ids"]
-        assert d["query"]["target"] and d["gold"] == sorted(explorer.qrels[qid])
+        assert d["query"]["target"] and d["ranked"] == len(row["doc_ids"])
+        # every gold passage with its text and its rank in this ranking (None: not in it)
+        assert [g["id"] for g in d["gold"]] == sorted(explorer.qrels[qid])
+        for g in d["gold"]:
+            ranks = [n for n, doc in enumerate(row["doc_ids"], 1) if doc.split("#")[0] == g["id"]]
+            assert g["rank"] == (ranks[0] if ranks else None)
+            assert g["text"] == texts[g["id"]] and not g["missing"]
         for p in d["proponents"] + d["opponents"]:
             doc = p["id"].split("#")[0]
             assert p["text"] == texts[doc] and not p["missing"]

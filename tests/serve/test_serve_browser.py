@@ -108,9 +108,11 @@ def test_browse_filter_and_open_a_query(page, serve_inputs, explorer):
 
     ranked = _rows(serve_inputs["trackstar"])
     wrong = [q for q, r in ranked.items() if not explorer.qrels[q] & set(r["doc_ids"])]
+    assert [o.text for o in Select(page.css("#correct")[0]).options] == [
+        "any gold rank", "gold in top 10", "no gold in top 10"]
     Select(page.css("#correct")[0]).select_by_value("no")
     page.until(lambda d: _ids(page, "li.query") == wrong)
-    assert all(b.text == "incorrect" for b in page.css("li.query .badge"))
+    assert all(b.text == "no gold in top 10" for b in page.css("li.query .badge"))
     Select(page.css("#correct")[0]).select_by_value("")
     Select(page.css("#filter-relation")[0]).select_by_value("hometown")
     page.until(lambda d: _ids(page, "li.query") == ["q1", "q3", "q5"])
@@ -304,6 +306,36 @@ def test_query_rows_and_passages_are_links(page, serve_inputs):
     finally:
         page.driver.close()
         page.driver.switch_to.window(first)
+
+
+def test_gold_passages_outside_the_list_show_text_and_rank(page, serve_inputs, explorer):
+    ranked = _rows(serve_inputs["trackstar"])
+    qid = next(q for q, r in ranked.items()
+               if explorer.qrels[q] - {d.split("#")[0] for d in r["doc_ids"]})
+    outside = sorted(explorer.qrels[qid] - {d.split("#")[0] for d in ranked[qid]["doc_ids"]})
+    page.open(f"#/browse?set=trackstar&q={qid}")
+    page.until(lambda d: page.css("#gold-outside li"))
+    assert page.texts("#gold-outside h3") == [f"gold passages not in the top 5 ({len(outside)})"]
+    assert _ids(page, "#gold-outside li") == outside
+    texts = serve_inputs["texts"]
+    assert page.texts("#gold-outside li .text") == [texts[d] for d in outside]
+    for item, doc in zip(page.css("#gold-outside li"), outside, strict=True):
+        note = item.find_element("css selector", ".note").text
+        assert note.startswith("not in the top 5")
+        if doc in ranked[qid]["opponent_ids"]:
+            assert note.endswith(f"opponent {ranked[qid]['opponent_ids'].index(doc) + 1}")
+        assert item.find_element("css selector", "a").get_attribute("href").endswith(
+            f"doc={doc}")
+    (line,) = page.texts("#gold-ranks")
+    assert all(f"{d} (not in the top 5" in line for d in outside)
+    page.shot("gold-outside")
+
+    # a query whose gold is listed: its rank, and no card
+    hit, rank = next((q, n + 1) for q, r in ranked.items()
+                     for n, d in enumerate(r["doc_ids"]) if d.split("#")[0] in explorer.qrels[q])
+    page.open(f"#/browse?set=trackstar&q={hit}")
+    assert f"(rank {rank}" in page.texts("#gold-ranks")[0]
+    assert page.texts("#query-head h2 .badge") == ["gold in top 10"]
 
 
 def test_ask_with_an_empty_prompt_says_why(page):

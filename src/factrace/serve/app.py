@@ -113,7 +113,7 @@ def create_app(explorer: Explorer) -> Starlette:
 
     async def info(request: Request):
         return JSONResponse({
-            "sets": [s.summary() for s in explorer.sets],
+            "sets": [s.summary() for s in explorer.sets], "default_k": views.DEFAULT_K,
             "has_qrels": bool(explorer.qrels), "qrels": explorer.qrels_path,
             "index": explorer.index,
             "can_ask": explorer.session is not None,

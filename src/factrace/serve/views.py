@@ -3,7 +3,7 @@
 - :func:`query_list`: a set's queries, searched and filtered (metadata fields, and correct /
   incorrect: whether a gold passage is among the top k, when qrels are given).
 - :func:`query_detail`: one query's proponents and opponents, each with its passage text and
-  marked gold or missing.
+  marked gold or missing, and its gold passages with their texts and ranks.
 - :func:`comparison`: one query's proponents in two sets side by side, the shared ones marked.
 - :func:`listed`: where a set lists a passage for a query, and with what score (the score an
   explanation of the pair is set beside).
@@ -89,10 +89,26 @@ def _entries(ids: list[str], scores: list[float], passages: Passages, gold: set[
     return out
 
 
+def rank_of(doc_id: str, ids: list[str]) -> int | None:
+    """The 1-based rank of passage ``doc_id`` (or of a window of it) among ``ids``."""
+    for n, ranked in enumerate(ids, 1):
+        if is_gold(ranked, {doc_id}):
+            return n
+    return None
+
+
+def gold_entries(ranking: Ranking, gold: set[str], passages: Passages) -> list[dict]:
+    """The gold passages of a query, each with its text and its rank in ``ranking``
+    (``None``: not among its ``len(ranking.doc_ids)``) and among the opponents."""
+    return [{**passages.get(g), "rank": rank_of(g, ranking.doc_ids),
+             "opponent_rank": rank_of(g, ranking.opponent_ids or [])} for g in sorted(gold)]
+
+
 def query_detail(s: RankingSet, qid: str, qrels: Mapping[str, set[str]], passages: Passages,
                  k: int = DEFAULT_K) -> dict:
     """One query of ``s``: the query, its proponents and opponents (with texts, gold and
-    missing marks) and its gold passages."""
+    missing marks) and its gold passages (with texts and their ranks: ``ranked`` are
+    listed)."""
     if qid not in s.rankings:
         raise FactraceError(f"rankings set {s.name!r} has no query {qid!r}")
     r = s.rankings[qid]
@@ -104,7 +120,8 @@ def query_detail(s: RankingSet, qid: str, qrels: Mapping[str, set[str]], passage
         "proponents": _entries(r.doc_ids, r.scores, passages, gold,
                                tokens if isinstance(tokens, list) else None),
         "opponents": _entries(r.opponent_ids or [], r.opponent_scores or [], passages, gold),
-        "gold": sorted(gold), "span": r.extra.get("span"),
+        "gold": gold_entries(r, gold, passages), "ranked": len(r.doc_ids),
+        "span": r.extra.get("span"),
     }
 
 

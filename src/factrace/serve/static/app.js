@@ -148,8 +148,8 @@ function queryLine(q) {
   return line;
 }
 
-// One passage of a ranking: score, id, marks (gold, missing, shared) and text; with `href` (its
-// explanation) all of it is one link.
+// One passage of a ranking: score (or, for a gold passage not listed, where it is), id, marks
+// (gold, missing, shared) and text; with `href` (its explanation) all of it is one link.
 function passageItem(p, target, href) {
   const classes = ["passage"];
   if (p.gold) classes.push("gold");
@@ -157,7 +157,7 @@ function passageItem(p, target, href) {
   if (p.shared) classes.push("shared");
   if (href) classes.push("clickable");
   const body = [
-    el("span", {class: "score", text: fmt(p.score)}),
+    p.note ? el("span", {class: "note", text: p.note}) : el("span", {class: "score", text: fmt(p.score)}),
     el("span", {class: "doc", text: p.id}),
     p.gold ? el("span", {class: "badge gold", text: "gold"}) : null,
     p.missing ? el("span", {class: "badge missing", text: "missing"}) : null,
@@ -190,6 +190,13 @@ function setOptions(select, chosen) {
   }
 }
 
+// Whether a gold passage is among the method's top k (null: the query has no qrels).
+function goldBadge(hit, k) {
+  if (hit === null || hit === undefined) return null;
+  return el("span", {class: `badge ${hit ? "hit" : "miss"}`, title: `whether a gold passage is among this method's top ${k}`},
+    hit ? `gold in top ${k}` : `no gold in top ${k}`);
+}
+
 function loadedSets() { return info.sets.filter((s) => !s.error); }
 
 // Browse ----------------------------------------------------------------------------------------
@@ -212,8 +219,9 @@ async function renderBrowse(params) {
   const select = el("select", {id: "set"});
   setOptions(select, state.set);
   const search = el("input", {id: "search", type: "search", placeholder: "search id, prompt, target", value: state.search});
-  const correct = el("select", {id: "correct"}, el("option", {value: ""}, "all"),
-    el("option", {value: "yes"}, "correct (gold in top k)"), el("option", {value: "no"}, "incorrect"));
+  const k = state.k || info.default_k;
+  const correct = el("select", {id: "correct", "aria-label": `gold in top ${k}`}, el("option", {value: ""}, "any gold rank"),
+    el("option", {value: "yes"}, `gold in top ${k}`), el("option", {value: "no"}, `no gold in top ${k}`));
   correct.value = state.correct;
   const filters = el("span", {id: "filters"});
   const count = el("div", {id: "count", class: "muted"});
@@ -221,8 +229,7 @@ async function renderBrowse(params) {
   const detail = el("div", {id: "detail"}, el("p", {class: "muted", text: "Choose a query."}));
   view.replaceChildren(el("div", {class: "panes"},
     el("section", {}, el("div", {class: "controls"},
-      el("label", {for: "set"}, "method"), select, search,
-      info.has_qrels ? el("label", {for: "correct"}, "gold") : null, info.has_qrels ? correct : null,
+      el("label", {for: "set"}, "method"), select, search, info.has_qrels ? correct : null,
       filters), count, list),
     el("section", {}, detail)));
 
@@ -236,19 +243,16 @@ async function renderBrowse(params) {
     if (!filters.childElementCount) {
       for (const [name, values] of Object.entries(data.filters)) {
         const f = el("select", {id: `filter-${name}`, dataset: {field: name}},
-          el("option", {value: ""}, `${name}: all`), values.map((v) => el("option", {value: String(v)}, String(v))));
+          el("option", {value: ""}, `${name}: all`), values.map((v) => el("option", {value: String(v)}, `${name}: ${v}`)));
         f.value = state.fields[name] || "";
         f.addEventListener("change", () => { state.fields[name] = f.value; if (!f.value) delete state.fields[name]; refresh(); });
         filters.append(f);
       }
     }
     count.textContent = `${data.queries.length} of ${data.total} queries`;
-    list.replaceChildren(...data.queries.map((q) => {
-      const badge = q.correct === null ? null : el("span", {class: `badge ${q.correct ? "correct" : "incorrect"}`, text: q.correct ? "correct" : "incorrect"});
-      return el("li", {class: "query" + (q.id === state.q ? " selected" : ""), dataset: {id: q.id}},
-        el("a", {class: "row-link", href: link("browse", Object.assign(save(), {q: q.id}))},
-          el("span", {class: "qid", text: q.id}), queryLine(q), badge));
-    }));
+    list.replaceChildren(...data.queries.map((q) => el("li", {class: "query" + (q.id === state.q ? " selected" : ""), dataset: {id: q.id}},
+      el("a", {class: "row-link", href: link("browse", Object.assign(save(), {q: q.id}))},
+        el("span", {class: "qid", text: q.id}), queryLine(q), goldBadge(q.correct, data.k)))));
   };
   select.addEventListener("change", () => { state.set = select.value; state.fields = {}; filters.replaceChildren(); refresh(); });
   search.addEventListener("input", () => { state.search = search.value; clearTimeout(timer); timer = setTimeout(refresh, 150); });
@@ -262,16 +266,19 @@ async function renderDetail(box, setName, qid, k) {
   const q = data.query;
   const target = q.target || q.completion;
   const explain = info.can_ask ? (p) => link("explain", {set: setName, q: qid, doc: p.id}) : null;
+  const where = (g) => (g.rank ? `rank ${g.rank}` : `not in the top ${data.ranked}`) + (g.opponent_rank ? `, opponent ${g.opponent_rank}` : "");
   const head = el("div", {class: "card", id: "query-head"},
-    el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q),
-      data.correct === null ? null : el("span", {class: `badge ${data.correct ? "correct" : "incorrect"}`, text: data.correct ? "correct" : "incorrect"})),
+    el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q), goldBadge(data.correct, data.k)),
     el("div", {class: "muted"}, `method ${data.set.method} · ${data.set.name}`,
-      Object.entries(q.fields).map(([key, value]) => ` · ${key}: ${value}`),
-      data.gold.length ? ` · gold: ${data.gold.join(", ")}` : ""),
+      Object.entries(q.fields).map(([key, value]) => ` · ${key}: ${value}`)),
+    data.gold.length ? el("div", {class: "muted", id: "gold-ranks"}, "gold: " + data.gold.map((g) => `${g.id} (${where(g)})`).join(", ")) : null,
     explain ? el("div", {class: "muted", text: "Click a passage to explain its score token by token."}) : null,
     el("a", {href: link("compare", {a: setName, q: qid}), id: "compare-link"}, "compare with another method"));
-  box.replaceChildren(head, passageList("proponents", data.proponents, target, explain, "proponents"),
-    passageList("opponents", data.opponents, target, explain, "opponents"));
+  // gold passages the list leaves out: their text, and where the method ranks them
+  const outside = data.gold.filter((g) => !g.rank).map((g) => Object.assign({}, g, {gold: true, note: where(g)}));
+  box.replaceChildren(...[head, passageList("proponents", data.proponents, target, explain, "proponents"),
+    outside.length ? passageList(`gold passages not in the top ${data.ranked}`, outside, target, explain, "gold-outside") : null,
+    passageList("opponents", data.opponents, target, explain, "opponents")].filter(Boolean));
 }
 
 // Compare ---------------------------------------------------------------------------------------
