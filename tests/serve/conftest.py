@@ -6,6 +6,7 @@ directory."""
 import json
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,15 @@ def explorer(serve_inputs):
 
 
 @pytest.fixture(scope="session")
-def live_server(explorer):
+def compare_explorer(compare_out, serve_inputs):
+    """The explorer of the ``compare`` output directory alone (and the store, to explain)."""
+    from factrace.serve import ServeConfig, load_explorer
+
+    return load_explorer(ServeConfig(index=serve_inputs["index"], rankings=[str(compare_out)]))
+
+
+@contextmanager
+def _served(explorer):
     """The app on a free loopback port, served by uvicorn in a thread: its URL."""
     import uvicorn
 
@@ -112,3 +121,15 @@ def live_server(explorer):
     server.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(explorer):
+    with _served(explorer) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def compare_server(compare_explorer):
+    with _served(compare_explorer) as url:
+        yield url

@@ -35,6 +35,7 @@ def test_info_lists_the_sets_and_the_one_that_did_not_load(client):
     assert sets["bm25"]["method"] == "bm25" and sets["bm25"]["error"] is None
     assert sets["broken"]["error"].startswith(sets["broken"]["path"] + ":2: not valid JSON")
     assert info["has_qrels"] and info["can_ask"]
+    assert info["default_set"] == "trackstar" and info["default_k"] == 10
 
 
 def test_queries_are_searched_and_filtered(client, explorer, serve_inputs):
@@ -287,6 +288,10 @@ def test_a_compare_output_directory_opens_on_its_own(compare_out, serve_inputs, 
     assert sets["trackstar"]["method"] == "trackstar"
     assert sets["trackstar-paper"]["method"] == "trackstar-paper"
     assert info["has_qrels"] and info["qrels"] == str(Path(serve_inputs["qrels"]).resolve())
+    # TrackStar's rankings open first, although the files' order puts them last
+    assert [s["name"] for s in info["sets"]] == ["bm25+target", "bm25", "trackstar-paper",
+                                                  "trackstar"]
+    assert info["default_set"] == "trackstar"
     assert info["corpora"] == [str(Path(world["corpus"]).resolve())]
     for name in ("bm25", "trackstar"):
         listed = _get(client, f"/api/sets/{name}/queries")
@@ -300,6 +305,20 @@ def test_a_compare_output_directory_opens_on_its_own(compare_out, serve_inputs, 
     assert [q["id"] for q in born["queries"]] == ["q4", "q5"]
     d = _get(client, "/api/sets/bm25/queries/q0")
     assert d["query"]["target"] and all(p["text"] for p in d["proponents"])
+
+
+def test_the_default_set_is_trackstar_else_the_first_loaded():
+    from factrace.serve.data import RankingSet
+    from factrace.serve.views import default_set
+
+    broken = RankingSet("broken", "b.jsonl", "trackstar", error="not JSON")
+    assert default_set([broken, RankingSet("bm25", "x", "bm25"),
+                        RankingSet("run", "y", "trackstar")]) == "run"
+    assert default_set([RankingSet("other", "x", "trackstar"),
+                        RankingSet("trackstar", "y", "grad-cos")]) == "trackstar"
+    assert default_set([broken, RankingSet("bm25", "x", "bm25"),
+                        RankingSet("dense", "y", "dense")]) == "bm25"
+    assert default_set([broken]) is None
 
 
 def test_the_icon_is_served(client):

@@ -48,9 +48,10 @@ def page(browser, live_server, tmp_path):
         driver = browser
         url = live_server
 
-        def open(self, route):
+        def open(self, route, at=None):
+            """``at``: the server's URL (default: the explorer of every input)."""
             browser.get("about:blank")
-            browser.get(live_server + route)
+            browser.get((at or live_server) + route)
             self.until(lambda d: d.execute_script(
                 "return document.getElementById('view').dataset.ready === '1'"))
 
@@ -306,6 +307,37 @@ def test_query_rows_and_passages_are_links(page, serve_inputs):
     finally:
         page.driver.close()
         page.driver.switch_to.window(first)
+
+
+def test_a_compare_directory_opens_on_trackstar_with_texts_and_filters(page, compare_server,
+                                                                     compare_out):
+    """``serve --rankings COMPARE_OUT`` alone: query texts, the facts' filters, gold marks, and
+    TrackStar's rankings first, each method named once."""
+    from selenium.webdriver.support.ui import Select
+
+    page.open("#/browse", at=compare_server)
+    select = Select(page.css("#set")[0])
+    assert select.first_selected_option.get_attribute("value") == "trackstar"
+    # the files' order; TrackStar chosen although it comes last
+    assert [o.text for o in select.options] == ["bm25+target", "bm25", "trackstar-paper",
+                                                "trackstar"]
+    assert "(text unknown)" not in page.css("#queries")[0].text
+    assert page.texts("li.query .query-text")[0] == "Alba was born in Orvane"
+    assert {f.get_attribute("data-field") for f in page.css("#filters select")} == {
+        "n_gold", "relation", "subject"}
+    assert len(page.css("li.query .badge")) == 6
+    Select(page.css("#filter-relation")[0]).select_by_value("lives_in")
+    page.until(lambda d: _ids(page, "li.query") == ["q4", "q5"])
+    page.shot("compare-dir-browse")
+    page.css("li.query[data-id='q4']")[0].click()
+    page.until(lambda d: page.css("#proponents li"))
+    assert page.texts("#query-head .muted")[0].startswith("method trackstar · ")
+
+    page.open("#/compare", at=compare_server)
+    assert page.texts("#side-a h3") == ["trackstar", "proponents (5)"]
+    assert page.texts("#side-b h3") == ["bm25+target", "proponents (5)"]
+    assert page.texts("#compare-head .query-text") == ["Alba was born in Orvane"]
+    page.shot("compare-dir-compare")
 
 
 def test_gold_passages_outside_the_list_show_text_and_rank(page, serve_inputs, explorer):

@@ -5,8 +5,8 @@ Every API answer is JSON; a user error (a :class:`~factrace.errors.FactraceError
 set or query, a prompt the model cannot answer) is ``{"error": message}`` with status 400, which
 the page shows as one message. Routes:
 
-- ``GET /api/info``: the sets (with their load errors), the qrels file, whether a store and
-  a model are there.
+- ``GET /api/info``: the sets (with their load errors; ``default_set``: TrackStar's when
+  loaded), the qrels file, whether a store and a model are there.
 - ``GET /api/sets/{name}/queries?search=&correct=yes|no&k=&field.<name>=<value>``
 - ``GET /api/sets/{name}/queries/{query_id}?k=``
 - ``GET /api/compare?a=&b=&q=&k=`` (``q`` empty: the first query both sets rank)
@@ -113,7 +113,8 @@ def create_app(explorer: Explorer) -> Starlette:
 
     async def info(request: Request):
         return JSONResponse({
-            "sets": [s.summary() for s in explorer.sets], "default_k": views.DEFAULT_K,
+            "sets": [s.summary() for s in explorer.sets],
+            "default_set": views.default_set(explorer.sets), "default_k": views.DEFAULT_K,
             "has_qrels": bool(explorer.qrels), "qrels": explorer.qrels_path,
             "index": explorer.index,
             "can_ask": explorer.session is not None,

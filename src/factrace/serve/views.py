@@ -31,6 +31,17 @@ def find_set(sets: list[RankingSet], name: str) -> RankingSet:
     raise FactraceError(f"no rankings set {name!r} (sets: {', '.join(s.name for s in sets)})")
 
 
+def default_set(sets: list[RankingSet]) -> str | None:
+    """The set the page opens on: TrackStar's (named so, else of that method) when loaded,
+    else the first loaded one."""
+    loaded = [s for s in sets if not s.error]
+    for chosen in ([s for s in loaded if s.name == "trackstar"],
+                   [s for s in loaded if s.method == "trackstar"], loaded):
+        if chosen:
+            return chosen[0].name
+    return None
+
+
 def is_correct(ranking: Ranking, gold: set[str] | None, k: int) -> bool | None:
     """Whether a gold passage is among the top ``k`` (``None``: the query has no qrels).
 

@@ -183,10 +183,13 @@ function passageList(title, passages, target, hrefOf, id) {
   return card;
 }
 
+// A set as the page names it: its name, and its method when that differs.
+function setLabel(s) { return s.method && s.method !== s.name ? `${s.name} (${s.method})` : s.name; }
+
 function setOptions(select, chosen) {
   for (const s of info.sets) {
     select.append(el("option", {value: s.name, selected: s.name === chosen, disabled: !!s.error},
-      `${s.name} (${s.method}${s.error ? ", not loaded" : ""})`));
+      setLabel(s) + (s.error ? " (not loaded)" : "")));
   }
 }
 
@@ -206,7 +209,7 @@ async function renderBrowse(params) {
     view.replaceChildren(el("p", {class: "muted", text: "No rankings loaded: start factrace serve with --rankings FILE."}));
     return;
   }
-  const state = {set: params.get("set") || sets[0].name, search: params.get("search") || "",
+  const state = {set: params.get("set") || info.default_set, search: params.get("search") || "",
                  correct: params.get("correct") || "", k: params.get("k") || "", q: params.get("q") || "",
                  fields: {}};
   for (const [key, value] of params) if (key.startsWith("f.")) state.fields[key.slice(2)] = value;
@@ -269,7 +272,7 @@ async function renderDetail(box, setName, qid, k) {
   const where = (g) => (g.rank ? `rank ${g.rank}` : `not in the top ${data.ranked}`) + (g.opponent_rank ? `, opponent ${g.opponent_rank}` : "");
   const head = el("div", {class: "card", id: "query-head"},
     el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q), goldBadge(data.correct, data.k)),
-    el("div", {class: "muted"}, `method ${data.set.method} · ${data.set.name}`,
+    el("div", {class: "muted"}, `method ${setLabel(data.set)}`,
       Object.entries(q.fields).map(([key, value]) => ` · ${key}: ${value}`)),
     data.gold.length ? el("div", {class: "muted", id: "gold-ranks"}, "gold: " + data.gold.map((g) => `${g.id} (${where(g)})`).join(", ")) : null,
     explain ? el("div", {class: "muted", text: "Click a passage to explain its score token by token."}) : null,
@@ -288,7 +291,7 @@ async function renderCompare(params) {
     view.replaceChildren(el("p", {class: "muted", text: "Comparing needs two rankings sets: give --rankings twice (or a compare output directory)."}));
     return;
   }
-  const a = params.get("a") || sets[0].name;
+  const a = params.get("a") || info.default_set;
   const b = params.get("b") || (sets.find((s) => s.name !== a) || sets[1]).name;
   const selectA = el("select", {id: "set-a"}), selectB = el("select", {id: "set-b"});
   setOptions(selectA, a);
@@ -312,7 +315,7 @@ async function renderCompare(params) {
   const target = q.target || q.completion;
   for (const [id, side] of [["side-a", data.a], ["side-b", data.b]]) {
     const explain = info.can_ask ? (p) => link("explain", {set: side.set.name, q: q.id, doc: p.id}) : null;
-    const column = el("section", {id}, el("h3", {text: `${side.set.name} (${side.set.method})`}),
+    const column = el("section", {id}, el("h3", {text: setLabel(side.set)}),
       passageList("proponents", side.proponents, target, explain));
     columns.append(column);
   }
