@@ -108,7 +108,10 @@ def test_compare_marks_the_passages_both_methods_rank(client, serve_inputs):
         for side in (d["a"], d["b"]):
             assert {p["id"] for p in side["proponents"] if p["shared"]} == both
     first = _get(client, "/api/compare?a=trackstar&b=bm25")
-    assert first["query"]["id"] == "q0" and first["common"] == list(a)
+    assert first["query"]["id"] == "q0" and [q["id"] for q in first["common"]] == list(a)
+    queries = {q["id"]: q for q in map(json.loads, open(serve_inputs["queries"]))}
+    assert first["common"][2] == {"id": "q2", "prompt": queries["q2"]["prompt"],
+                                  "target": queries["q2"]["target"], "completion": None}
 
 
 @pytest.mark.parametrize("url, message", [

@@ -161,7 +161,7 @@ def test_passages_the_store_lacks_are_marked_missing(page, serve_inputs):
 
 
 def test_compare_two_methods_marks_the_overlap(page, serve_inputs):
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.common.keys import Keys
 
     a, b = _rows(serve_inputs["trackstar"]), _rows(serve_inputs["bm25"])
     qid = next(q for q in a if set(a[q]["doc_ids"]) & set(b[q]["doc_ids"]))
@@ -175,12 +175,38 @@ def test_compare_two_methods_marks_the_overlap(page, serve_inputs):
     assert page.texts("#overlap") == [f"{len(both)} passages in both top lists (marked \"both\")"]
     page.shot("compare")
 
+    # the query is found by its text: a name of its prompt, then a place of its target
     other = next(q for q in a if q != qid)
-    Select(page.css("#compare-query")[0]).select_by_value(other)
+    queries = {q["id"]: q for q in map(json.loads, open(serve_inputs["queries"]))}
+    assert not page.css("#compare-matches li") or not page.css("#compare-matches")[0].is_displayed()
+    search = page.css("#compare-search")[0]
+    search.send_keys(queries[other]["prompt"].split()[0].upper())
+    page.until(lambda d: _ids(page, "#compare-matches li") == [other])
+    assert page.texts("#compare-matches li .query-text") == [
+        queries[other]["prompt"] + queries[other]["target"]]
+    page.shot("compare-search")
+    search.clear()
+    search.send_keys("born in" + queries[other]["target"])
+    page.until(lambda d: other in _ids(page, "#compare-matches li"))
+    search.clear()
+    search.send_keys("no such text")
+    page.until(lambda d: page.texts("#compare-matches li") == ["no query matches"])
+    search.clear()
+    search.send_keys(queries[other]["prompt"])
+    page.until(lambda d: _ids(page, "#compare-matches li") == [other])
+    page.css(f"#compare-matches li[data-id='{other}'] a")[0].click()
     page.until(lambda d: _ids(page, "#side-a li") == a[other]["doc_ids"])
     assert page.route() == ("/compare", {"a": "trackstar", "b": "bm25", "q": other})
     assert set(_ids(page, "#side-b li.shared")) == set(a[other]["doc_ids"]) & \
         set(b[other]["doc_ids"])
+    # Enter opens the first match; previous and next step through the queries
+    search = page.css("#compare-search")[0]
+    search.send_keys("q5", Keys.ENTER)
+    page.until(lambda d: page.route()[1].get("q") == "q5")
+    page.until(lambda d: _ids(page, "#side-a li") == a["q5"]["doc_ids"])
+    assert page.texts(".steps") == ["‹ previous query 6 of 6"]
+    page.css("#compare-prev")[0].click()
+    page.until(lambda d: _ids(page, "#side-a li") == a["q4"]["doc_ids"])
 
 
 def test_ask_trace_a_span_and_explain_a_proponent(page):
@@ -337,6 +363,7 @@ def test_a_compare_directory_opens_on_trackstar_with_texts_and_filters(page, com
     assert page.texts("#side-a h3") == ["trackstar", "proponents (5)"]
     assert page.texts("#side-b h3") == ["bm25+target", "proponents (5)"]
     assert page.texts("#compare-head .query-text") == ["Alba was born in Orvane"]
+    assert page.texts(".steps") == ["query 1 of 6 next ›"]
     page.shot("compare-dir-compare")
 
 
@@ -389,7 +416,7 @@ def test_search_placeholders_fit_and_the_icon_is_served(page):
         const room = input.clientWidth - parseFloat(style.paddingLeft)
             - parseFloat(style.paddingRight) - 16;  // the clear button of a search field
         return [context.measureText(input.placeholder).width, room];"""
-    for route, selector in (("#/browse", "#search"),):
+    for route, selector in (("#/browse", "#search"), ("#/compare", "#compare-search")):
         page.open(route)
         text, room = page.driver.execute_script(fits, selector)
         assert 0 < text <= room, (selector, text, room)

@@ -9,7 +9,8 @@ the page shows as one message. Routes:
   loaded), the qrels file, whether a store and a model are there.
 - ``GET /api/sets/{name}/queries?search=&correct=yes|no&k=&field.<name>=<value>``
 - ``GET /api/sets/{name}/queries/{query_id}?k=``
-- ``GET /api/compare?a=&b=&q=&k=`` (``q`` empty: the first query both sets rank)
+- ``GET /api/compare?a=&b=&q=&k=`` (``q`` empty: the first query both sets rank; ``common``:
+  the queries both rank, with their texts, for the page's search)
 - ``GET /api/passages/{doc_id}``
 - ``POST /api/ask`` ``{"prompt", "span", "max_new_tokens", "top_k"}``
 - ``POST /api/explain`` ``{"set", "query_id", "doc_id"}`` or ``{"prompt", "span",
@@ -146,7 +147,8 @@ def create_app(explorer: Explorer) -> Starlette:
         qid = p.get("q") or common[0]
         out = views.comparison(a, b, qid, explorer.qrels, explorer.passages,
                                _int(request, "k", views.DEFAULT_K))
-        out["common"] = common
+        out["common"] = [{"id": q.id, "prompt": q.prompt, "target": q.target,
+                          "completion": q.completion} for q in map(a.queries.get, common)]
         return JSONResponse(out)
 
     async def passage(request: Request):

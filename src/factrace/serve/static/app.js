@@ -296,20 +296,29 @@ async function renderCompare(params) {
   const selectA = el("select", {id: "set-a"}), selectB = el("select", {id: "set-b"});
   setOptions(selectA, a);
   setOptions(selectB, b);
-  const chooser = el("select", {id: "compare-query"});
+  const search = el("input", {id: "compare-search", type: "search", autocomplete: "off",
+                              placeholder: "find a query by id, prompt or target"});
+  const matches = el("ul", {id: "compare-matches", class: "matches", hidden: true});
+  const steps = el("span", {class: "steps"});
   const summary = el("div", {id: "overlap", class: "muted"});
   const columns = el("div", {class: "columns"});
   view.replaceChildren(el("div", {class: "controls"}, el("label", {for: "set-a"}, "left"), selectA,
-    el("label", {for: "set-b"}, "right"), selectB, el("label", {for: "compare-query"}, "query"), chooser),
+    el("label", {for: "set-b"}, "right"), selectB, el("label", {for: "compare-search"}, "query"),
+    el("span", {class: "chooser"}, search, matches), steps),
     el("div", {class: "card", id: "compare-head"}), summary, columns);
   const data = await api(`/api/compare?${new URLSearchParams({a, b, q: params.get("q") || ""})}`);
   clearError();
-  for (const qid of data.common) chooser.append(el("option", {value: qid, selected: qid === data.query.id}, qid));
-  const reopen = () => go("compare", {a: selectA.value, b: selectB.value, q: chooser.value});
+  const q = data.query;
+  const open = (qid) => link("compare", {a, b, q: qid});
+  const reopen = () => go("compare", {a: selectA.value, b: selectB.value, q: q.id});
   selectA.addEventListener("change", reopen);
   selectB.addEventListener("change", reopen);
-  chooser.addEventListener("change", reopen);
-  const q = data.query;
+  chooseQuery(search, matches, data.common, open);
+  const at = data.common.findIndex((c) => c.id === q.id);
+  steps.replaceChildren(el("span", {},
+    at > 0 ? el("a", {id: "compare-prev", href: open(data.common[at - 1].id)}, "‹ previous") : null,
+    el("span", {class: "muted", text: ` query ${at + 1} of ${data.common.length} `}),
+    at + 1 < data.common.length ? el("a", {id: "compare-next", href: open(data.common[at + 1].id)}, "next ›") : null));
   document.getElementById("compare-head").append(el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q)));
   summary.textContent = `${data.shared.length} passages in both top lists (marked "both")`;
   const target = q.target || q.completion;
@@ -319,6 +328,29 @@ async function renderCompare(params) {
       passageList("proponents", side.proponents, target, explain));
     columns.append(column);
   }
+}
+
+// The queries (`choices`: id, prompt, target, completion) whose text holds what `search` says,
+// listed under it as links (`open(id)`); Enter opens the first, Escape clears.
+const MAX_MATCHES = 50;
+function chooseQuery(search, matches, choices, open) {
+  const text = (c) => `${c.id} ${c.prompt || ""}${c.target || ""}${c.completion || ""}`.toLowerCase();
+  const show = () => {
+    const needle = search.value.trim().toLowerCase();
+    matches.hidden = !needle;
+    if (!needle) return;
+    const found = choices.filter((c) => text(c).includes(needle));
+    matches.replaceChildren(...found.slice(0, MAX_MATCHES).map((c) => el("li", {dataset: {id: c.id}},
+      el("a", {href: open(c.id)}, el("span", {class: "qid", text: c.id}), queryLine(c)))));
+    if (!found.length) matches.append(el("li", {class: "muted", text: "no query matches"}));
+    if (found.length > MAX_MATCHES) matches.append(el("li", {class: "muted", text: `${found.length - MAX_MATCHES} more: search for more of the text`}));
+  };
+  search.addEventListener("input", show);
+  search.addEventListener("keydown", (event) => {
+    const first = matches.querySelector("a");
+    if (event.key === "Enter" && first) location.hash = first.getAttribute("href");
+    if (event.key === "Escape") { search.value = ""; show(); }
+  });
 }
 
 // Ask -------------------------------------------------------------------------------------------
