@@ -1,15 +1,18 @@
 """Inputs of ``factrace serve`` made once from the shared tiny world and store: a TrackStar
 rankings file (``trace``), a BM25 one (``baseline``), qrels, queries with a metadata field, a
-rankings file naming passages the store lacks, and a malformed one."""
+rankings file naming passages the store lacks, and a malformed one; and a ``compare`` output
+directory."""
 
 import json
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from factrace.cli import main
+from factrace.evaluate.compare import CompareConfig, compare
 
 TOP_K = 5
 
@@ -55,6 +58,29 @@ def serve_inputs(world, store, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def compare_out(world, serve_inputs, tmp_path_factory):
+    """A real ``compare`` output directory over the world (as ``demo`` writes one; two rungs
+    and two baselines, to be quick): its queries sit in a fact world's folder, beside a
+    ``facts.jsonl`` (the per-query record)."""
+    root = tmp_path_factory.mktemp("compared")
+    facts_dir = root / "world"
+    facts_dir.mkdir()
+    queries = facts_dir / "queries.jsonl"
+    queries.write_text(Path(world["queries"]).read_text())
+    _write(facts_dir / "facts.jsonl", [
+        {"query_id": q["id"], "relation": "born_in" if n < 4 else "lives_in",
+         "subject": q["prompt"].split()[0], "n_gold": 1 + n % 2}
+        for n, q in enumerate(_rows(queries))])
+    out = root / "compare_out"
+    compare(CompareConfig(world["model"], world["optimizer"], world["corpus"], str(queries),
+                          serve_inputs["qrels"], str(out), top_k=TOP_K,
+                          variants=("trackstar", "trackstar-paper"),
+                          baselines=("bm25", "bm25+target"), tail_patch=False, progress=False,
+                          encoder_options={"dim": 64, "train_examples": 16}))
+    return out
+
+
+@pytest.fixture(scope="session")
 def explorer(serve_inputs):
     """The explorer of every input (the broken file's warning caught here)."""
     from factrace.errors import FactraceWarning
@@ -68,7 +94,15 @@ def explorer(serve_inputs):
 
 
 @pytest.fixture(scope="session")
-def live_server(explorer):
+def compare_explorer(compare_out, serve_inputs):
+    """The explorer of the ``compare`` output directory alone (and the store, to explain)."""
+    from factrace.serve import ServeConfig, load_explorer
+
+    return load_explorer(ServeConfig(index=serve_inputs["index"], rankings=[str(compare_out)]))
+
+
+@contextmanager
+def _served(explorer):
     """The app on a free loopback port, served by uvicorn in a thread: its URL."""
     import uvicorn
 
@@ -87,3 +121,15 @@ def live_server(explorer):
     server.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(explorer):
+    with _served(explorer) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def compare_server(compare_explorer):
+    with _served(compare_explorer) as url:
+        yield url

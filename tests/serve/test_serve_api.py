@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -34,6 +35,7 @@ def test_info_lists_the_sets_and_the_one_that_did_not_load(client):
     assert sets["bm25"]["method"] == "bm25" and sets["bm25"]["error"] is None
     assert sets["broken"]["error"].startswith(sets["broken"]["path"] + ":2: not valid JSON")
     assert info["has_qrels"] and info["can_ask"]
+    assert info["default_set"] == "trackstar" and info["default_k"] == 10
 
 
 def test_queries_are_searched_and_filtered(client, explorer, serve_inputs):
@@ -70,7 +72,13 @@ def test_a_query_shows_its_proponents_and_opponents_with_texts_and_gold(client, 
         assert [p["id"] for p in d["proponents"]] == row["doc_ids"]
         assert [p["score"] for p in d["proponents"]] == pytest.approx(row["scores"])
         assert [p["id"] for p in d["opponents"]] == row["opponent_ids"]
-        assert d["query"]["target"] and d["gold"] == sorted(explorer.qrels[qid])
+        assert d["query"]["target"] and d["ranked"] == len(row["doc_ids"])
+        # every gold passage with its text and its rank in this ranking (None: not in it)
+        assert [g["id"] for g in d["gold"]] == sorted(explorer.qrels[qid])
+        for g in d["gold"]:
+            ranks = [n for n, doc in enumerate(row["doc_ids"], 1) if doc.split("#")[0] == g["id"]]
+            assert g["rank"] == (ranks[0] if ranks else None)
+            assert g["text"] == texts[g["id"]] and not g["missing"]
         for p in d["proponents"] + d["opponents"]:
             doc = p["id"].split("#")[0]
             assert p["text"] == texts[doc] and not p["missing"]
@@ -100,7 +108,10 @@ def test_compare_marks_the_passages_both_methods_rank(client, serve_inputs):
         for side in (d["a"], d["b"]):
             assert {p["id"] for p in side["proponents"] if p["shared"]} == both
     first = _get(client, "/api/compare?a=trackstar&b=bm25")
-    assert first["query"]["id"] == "q0" and first["common"] == list(a)
+    assert first["query"]["id"] == "q0" and [q["id"] for q in first["common"]] == list(a)
+    queries = {q["id"]: q for q in map(json.loads, open(serve_inputs["queries"]))}
+    assert first["common"][2] == {"id": "q2", "prompt": queries["q2"]["prompt"],
+                                  "target": queries["q2"]["target"], "completion": None}
 
 
 @pytest.mark.parametrize("url, message", [
@@ -148,6 +159,9 @@ def test_explain_a_ranked_pair_and_a_proponent_of_an_answer(client, serve_inputs
     assert e["score"] == pytest.approx(score, rel=1e-4)  # with the queries it was traced with
     assert sum(t["contribution"] for t in e["passage_tokens"]) == pytest.approx(score, rel=1e-3)
     assert e["query"]["id"] == "q2" and e["passage"]["id"] == doc
+    assert e["method"] == "trackstar"
+    assert e["listed"] == {"set": "trackstar", "method": "trackstar", "list": "proponents",
+                           "rank": 2, "score": score}
 
     answer = client.post("/api/ask", json={"prompt": "Corin was born in", "max_new_tokens": 3,
                                            "top_k": 2}).json()
@@ -156,6 +170,29 @@ def test_explain_a_ranked_pair_and_a_proponent_of_an_answer(client, serve_inputs
                                           "top_k": 2, "doc_id": best["id"]}).json()
     assert e["score"] == pytest.approx(best["score"], rel=1e-4)
     assert e["query"]["completion"] == answer["completion"]
+    assert e["listed"] == {"set": None, "method": "ask (trackstar)", "list": "proponents",
+                           "rank": 1, "score": best["score"]}
+
+
+def test_explain_names_the_method_whose_score_it_splits(client, explorer, serve_inputs):
+    """A BM25 row's listed score is BM25's; the split one is the store's TrackStar score."""
+    row = _rankings(serve_inputs["bm25"])["q2"]
+    n = next(i for i, d in enumerate(row["doc_ids"]) if d in explorer.passages.known)
+    e = client.post("/api/explain", json={"set": "bm25", "query_id": "q2",
+                                          "doc_id": row["doc_ids"][n]}).json()
+    assert e["method"] == "trackstar"
+    assert e["listed"] == {"set": "bm25", "method": "bm25", "list": "proponents", "rank": n + 1,
+                           "score": row["scores"][n]}
+    assert e["score"] != pytest.approx(row["scores"][n], rel=1e-2)
+    assert sum(t["contribution"] for t in e["passage_tokens"]) == pytest.approx(e["score"],
+                                                                                rel=1e-3)
+    # a passage the set does not list for the query: no listed rank or score
+    other = next(d for d in sorted(explorer.passages.known) if d not in row["doc_ids"]
+                 and d not in row.get("opponent_ids", []))
+    e = client.post("/api/explain", json={"set": "bm25", "query_id": "q2",
+                                          "doc_id": other}).json()
+    assert e["listed"] == {"set": "bm25", "method": "bm25", "list": None, "rank": None,
+                           "score": None}
 
 
 @pytest.mark.parametrize("body, message", [
@@ -233,7 +270,79 @@ def test_an_ask_rankings_file_is_browsed_with_its_prompts_and_explained(store, w
     (q,) = _get(client, "/api/sets/asked/queries?search=alba")["queries"]
     assert q["prompt"] == "Alba was born in" and q["completion"] == row["completion"]
     d = _get(client, "/api/sets/asked/queries/ask-1")
+    assert d["query"]["span"] is None and d["span"] is None
     assert [p["top_tokens"] for p in d["proponents"]] == row["proponent_tokens"]
     e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
                                           "doc_id": row["doc_ids"][0]}).json()
     assert e["query"]["completion"] == row["completion"] and e["passage_tokens"]
+
+
+def test_a_compare_output_directory_opens_on_its_own(compare_out, serve_inputs, world):
+    """No --queries, --qrels or --corpus: compare's rankings name their queries (with the
+    facts.jsonl beside them), qrels and corpus."""
+    metas = sorted((compare_out / "rankings").glob("*.jsonl.meta.json"))
+    assert {m.name.removesuffix(".jsonl.meta.json") for m in metas} >= {"trackstar", "bm25",
+                                                                      "bm25+target"}
+    explorer = load_explorer(ServeConfig(rankings=[str(compare_out)]))
+    client = TestClient(create_app(explorer))
+    info = _get(client, "/api/info")
+    sets = {s["name"]: s for s in info["sets"]}
+    assert sets["bm25+target"]["method"] == "bm25+target"
+    assert sets["trackstar"]["method"] == "trackstar"
+    assert sets["trackstar-paper"]["method"] == "trackstar-paper"
+    assert info["has_qrels"] and info["qrels"] == str(Path(serve_inputs["qrels"]).resolve())
+    # TrackStar's rankings open first, although the files' order puts them last
+    assert [s["name"] for s in info["sets"]] == ["bm25+target", "bm25", "trackstar-paper",
+                                                  "trackstar"]
+    assert info["default_set"] == "trackstar"
+    assert info["corpora"] == [str(Path(world["corpus"]).resolve())]
+    for name in ("bm25", "trackstar"):
+        listed = _get(client, f"/api/sets/{name}/queries")
+        assert [q["prompt"] for q in listed["queries"]] == [
+            json.loads(line)["prompt"] for line in open(world["queries"])]
+        assert listed["filters"] == {"n_gold": [1, 2], "relation": ["born_in", "lives_in"],
+                                     "subject": sorted(q["prompt"].split()[0] for q in
+                                                       listed["queries"])}
+        assert all(q["correct"] is not None for q in listed["queries"])
+    born = _get(client, "/api/sets/bm25/queries?field.relation=lives_in")
+    assert [q["id"] for q in born["queries"]] == ["q4", "q5"]
+    d = _get(client, "/api/sets/bm25/queries/q0")
+    assert d["query"]["target"] and all(p["text"] for p in d["proponents"])
+
+
+def test_the_default_set_is_trackstar_else_the_first_loaded():
+    from factrace.serve.data import RankingSet
+    from factrace.serve.views import default_set
+
+    broken = RankingSet("broken", "b.jsonl", "trackstar", error="not JSON")
+    assert default_set([broken, RankingSet("bm25", "x", "bm25"),
+                        RankingSet("run", "y", "trackstar")]) == "run"
+    assert default_set([RankingSet("other", "x", "trackstar"),
+                        RankingSet("trackstar", "y", "grad-cos")]) == "trackstar"
+    assert default_set([broken, RankingSet("bm25", "x", "bm25"),
+                        RankingSet("dense", "y", "dense")]) == "bm25"
+    assert default_set([broken]) is None
+
+
+def test_the_icon_is_served(client):
+    for url in ("/favicon.ico", "/static/favicon.svg"):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert response.headers["content-type"].startswith("image/svg+xml")
+        assert response.text.startswith("<svg")
+    assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/").text
+
+
+def test_a_traced_span_of_an_ask_row_reaches_the_page(store, tmp_path):
+    from factrace.cli import main
+
+    asked = tmp_path / "asked.jsonl"
+    assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "3",
+                 "--span", "0:2", "--top-k", "2", "--out", str(asked), "-q"]) == 0
+    explorer = load_explorer(ServeConfig(index=store.out, rankings=[str(asked)]))
+    client = TestClient(create_app(explorer))
+    d = _get(client, "/api/sets/asked/queries/ask-1")
+    assert d["query"]["span"] == [0, 2] == d["span"]
+    e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
+                                          "doc_id": d["proponents"][0]["id"]}).json()
+    assert e["query"]["span"] == [0, 2]

@@ -31,6 +31,7 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1400,1000", "--no-proxy-server"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
@@ -47,9 +48,10 @@ def page(browser, live_server, tmp_path):
         driver = browser
         url = live_server
 
-        def open(self, route):
+        def open(self, route, at=None):
+            """``at``: the server's URL (default: the explorer of every input)."""
             browser.get("about:blank")
-            browser.get(live_server + route)
+            browser.get((at or live_server) + route)
             self.until(lambda d: d.execute_script(
                 "return document.getElementById('view').dataset.ready === '1'"))
 
@@ -70,6 +72,9 @@ def page(browser, live_server, tmp_path):
             return name, {k: v[0] for k, v in parse_qs(query).items()}
 
         def shot(self, name):
+            """Save a screenshot, after checking the page shows no JavaScript null."""
+            shown = browser.find_element("id", "view").text
+            assert not {"null", "undefined"} & set(shown.split()), shown
             assert browser.save_screenshot(str(tmp_path / f"{name}.png"))
 
     return Page()
@@ -104,9 +109,11 @@ def test_browse_filter_and_open_a_query(page, serve_inputs, explorer):
 
     ranked = _rows(serve_inputs["trackstar"])
     wrong = [q for q, r in ranked.items() if not explorer.qrels[q] & set(r["doc_ids"])]
+    assert [o.text for o in Select(page.css("#correct")[0]).options] == [
+        "any gold rank", "gold in top 10", "no gold in top 10"]
     Select(page.css("#correct")[0]).select_by_value("no")
     page.until(lambda d: _ids(page, "li.query") == wrong)
-    assert all(b.text == "incorrect" for b in page.css("li.query .badge"))
+    assert all(b.text == "no gold in top 10" for b in page.css("li.query .badge"))
     Select(page.css("#correct")[0]).select_by_value("")
     Select(page.css("#filter-relation")[0]).select_by_value("hometown")
     page.until(lambda d: _ids(page, "li.query") == ["q1", "q3", "q5"])
@@ -154,7 +161,7 @@ def test_passages_the_store_lacks_are_marked_missing(page, serve_inputs):
 
 
 def test_compare_two_methods_marks_the_overlap(page, serve_inputs):
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.common.keys import Keys
 
     a, b = _rows(serve_inputs["trackstar"]), _rows(serve_inputs["bm25"])
     qid = next(q for q in a if set(a[q]["doc_ids"]) & set(b[q]["doc_ids"]))
@@ -168,12 +175,38 @@ def test_compare_two_methods_marks_the_overlap(page, serve_inputs):
     assert page.texts("#overlap") == [f"{len(both)} passages in both top lists (marked \"both\")"]
     page.shot("compare")
 
+    # the query is found by its text: a name of its prompt, then a place of its target
     other = next(q for q in a if q != qid)
-    Select(page.css("#compare-query")[0]).select_by_value(other)
+    queries = {q["id"]: q for q in map(json.loads, open(serve_inputs["queries"]))}
+    assert not page.css("#compare-matches li") or not page.css("#compare-matches")[0].is_displayed()
+    search = page.css("#compare-search")[0]
+    search.send_keys(queries[other]["prompt"].split()[0].upper())
+    page.until(lambda d: _ids(page, "#compare-matches li") == [other])
+    assert page.texts("#compare-matches li .query-text") == [
+        queries[other]["prompt"] + queries[other]["target"]]
+    page.shot("compare-search")
+    search.clear()
+    search.send_keys("born in" + queries[other]["target"])
+    page.until(lambda d: other in _ids(page, "#compare-matches li"))
+    search.clear()
+    search.send_keys("no such text")
+    page.until(lambda d: page.texts("#compare-matches li") == ["no query matches"])
+    search.clear()
+    search.send_keys(queries[other]["prompt"])
+    page.until(lambda d: _ids(page, "#compare-matches li") == [other])
+    page.css(f"#compare-matches li[data-id='{other}'] a")[0].click()
     page.until(lambda d: _ids(page, "#side-a li") == a[other]["doc_ids"])
     assert page.route() == ("/compare", {"a": "trackstar", "b": "bm25", "q": other})
     assert set(_ids(page, "#side-b li.shared")) == set(a[other]["doc_ids"]) & \
         set(b[other]["doc_ids"])
+    # Enter opens the first match; previous and next step through the queries
+    search = page.css("#compare-search")[0]
+    search.send_keys("q5", Keys.ENTER)
+    page.until(lambda d: page.route()[1].get("q") == "q5")
+    page.until(lambda d: _ids(page, "#side-a li") == a["q5"]["doc_ids"])
+    assert page.texts(".steps") == ["‹ previous query 6 of 6"]
+    page.css("#compare-prev")[0].click()
+    page.until(lambda d: _ids(page, "#side-a li") == a["q4"]["doc_ids"])
 
 
 def test_ask_trace_a_span_and_explain_a_proponent(page):
@@ -191,25 +224,35 @@ def test_ask_trace_a_span_and_explain_a_proponent(page):
     assert shaded and any("rgba" in (t.get_attribute("style") or "") for t in shaded)
     page.shot("answer")
 
-    # choose the last token and trace it alone
-    tokens[-1].click()
+    # choose the last token that is not blank and trace it alone
+    words = [t.get_attribute("textContent") for t in tokens]
+    chosen = max(i for i, w in enumerate(words) if w.strip())
+    tokens[chosen].click()
     page.css("#trace-span")[0].click()
     page.until(lambda d: page.texts("#traced") and "characters" in page.texts("#traced")[0])
     name, params = page.route()
     assert name == "/ask" and params["prompt"] == "Alba was born in" and ":" in params["span"]
     traced = ["traced" in t.get_attribute("class").split() for t in page.css("#completion .tok")]
-    assert traced[-1] and not any(traced[:-1])
+    assert [i for i, t in enumerate(traced) if t] == [chosen]
     score = page.texts("#proponents li .score")[0]
     doc = page.css("#proponents li")[0].get_attribute("data-doc")
+    completion = "".join(words)
     page.shot("span")
 
     page.css("#proponents li")[0].click()
     page.until(lambda d: page.css("#passage-tokens .tok"))
-    assert page.texts("#explain-score") == [f"score {score}"]
+    assert page.texts("#explain-score") == [score] == page.texts("#listed-score")
+    assert page.texts("#explain-listed th") == ["listed by ask (trackstar) · proponent 1"]
     assert page.route()[1]["doc"] == doc and page.route()[1]["span"] == params["span"]
     kinds = {t.get_attribute("class") for t in page.css("#passage-tokens .tok")}
     assert kinds <= {"tok pos", "tok neg"} and "tok pos" in kinds
     assert page.css("#query-tokens .tok")
+    # only the traced span of the completion is bold
+    (line,) = page.css("#explain-head .completion-text")
+    assert line.get_attribute("textContent") == completion
+    assert [b.get_attribute("textContent") for b in page.css("#explain-head .completion-text "
+                                                             "strong")] == [words[chosen]]
+    assert words[chosen] != completion
     page.shot("explain-answer")
 
 
@@ -223,10 +266,32 @@ def test_explain_a_ranked_passage_from_browse(page, serve_inputs):
     assert page.route() == ("/explain", {"set": "trackstar", "q": "q2", "doc": row["doc_ids"][n]})
     text = "".join(t.get_attribute("textContent") for t in page.css("#passage-tokens .tok"))
     assert text == serve_inputs["texts"][row["doc_ids"][n]]
-    assert page.texts("#explain-score") == [f"score {row['scores'][n]:+.4f}"]
+    assert page.texts("#explain-score") == [f"{row['scores'][n]:+.4f}"]
+    assert page.texts("#listed-score") == [f"{row['scores'][n]:+.4f}"]
     page.shot("explain")
     page.css("#back")[0].click()
     page.until(lambda d: _ids(page, "#proponents li") == row["doc_ids"])
+
+
+def test_explain_from_a_bm25_row_shows_both_scores_and_whose_they_are(page, serve_inputs,
+                                                                      explorer):
+    from starlette.testclient import TestClient
+
+    from factrace.serve.app import create_app
+
+    row = _rows(serve_inputs["bm25"])["q2"]
+    n = next(i for i, d in enumerate(row["doc_ids"]) if d in explorer.passages.known)
+    doc = row["doc_ids"][n]
+    split = TestClient(create_app(explorer)).post("/api/explain", json={
+        "set": "bm25", "query_id": "q2", "doc_id": doc}).json()["score"]
+    page.open("#/browse?set=bm25&q=q2")
+    page.css("#proponents li")[n].click()
+    page.until(lambda d: page.css("#passage-tokens .tok"))
+    assert page.texts("#explain-listed th") == [f"listed by bm25 · proponent {n + 1}"]
+    assert page.texts("#listed-score") == [f"{row['scores'][n]:+.4f}"]
+    assert page.texts("#explain-split th") == ["split below: the store's trackstar score"]
+    assert page.texts("#explain-score") == [f"{split:+.4f}"]
+    page.shot("explain-bm25")
 
 
 @pytest.mark.parametrize("route, message", [
@@ -239,3 +304,127 @@ def test_errors_show_as_one_message_in_the_page(page, route, message):
     page.until(lambda d: page.css("#error:not([hidden])"))
     (box,) = page.css("#error")
     assert message in box.text and len(box.text.splitlines()) == 1
+
+
+def test_query_rows_and_passages_are_links(page, serve_inputs):
+    """Real links: a new tab, a copied link or a middle click opens the same view."""
+    page.open("#/browse?set=trackstar&f.relation=birthplace")
+    rows = page.css("li.query > a.row-link")
+    assert [r.find_element("css selector", ".qid").text for r in rows] == ["q0", "q2", "q4"]
+    assert not page.css("li[onclick], li.query[onclick]")
+    href = rows[1].get_attribute("href")
+    assert urlparse(href).fragment.partition("?")[0] == "/browse"
+    assert parse_qs(urlparse(href).fragment.partition("?")[2]) == {
+        "set": ["trackstar"], "q": ["q2"], "f.relation": ["birthplace"]}
+
+    ranked = _rows(serve_inputs["trackstar"])["q2"]
+    first = page.driver.current_window_handle
+    page.driver.switch_to.new_window("tab")
+    try:
+        page.driver.get(href)
+        page.until(lambda d: _ids(page, "#proponents li") == ranked["doc_ids"])
+        assert page.css("li.query.selected")[0].get_attribute("data-id") == "q2"
+        links = [a.get_attribute("href") for a in page.css("#proponents li > a.row-link")]
+        assert len(links) == len(ranked["doc_ids"])
+        assert [parse_qs(urlparse(h).fragment.partition("?")[2]) for h in links] == [
+            {"set": ["trackstar"], "q": ["q2"], "doc": [d]} for d in ranked["doc_ids"]]
+        assert all(urlparse(h).fragment.startswith("/explain?") for h in links)
+        page.shot("links")
+    finally:
+        page.driver.close()
+        page.driver.switch_to.window(first)
+
+
+def test_a_compare_directory_opens_on_trackstar_with_texts_and_filters(page, compare_server,
+                                                                     compare_out):
+    """``serve --rankings COMPARE_OUT`` alone: query texts, the facts' filters, gold marks, and
+    TrackStar's rankings first, each method named once."""
+    from selenium.webdriver.support.ui import Select
+
+    page.open("#/browse", at=compare_server)
+    select = Select(page.css("#set")[0])
+    assert select.first_selected_option.get_attribute("value") == "trackstar"
+    # the files' order; TrackStar chosen although it comes last
+    assert [o.text for o in select.options] == ["bm25+target", "bm25", "trackstar-paper",
+                                                "trackstar"]
+    assert "(text unknown)" not in page.css("#queries")[0].text
+    assert page.texts("li.query .query-text")[0] == "Alba was born in Orvane"
+    assert {f.get_attribute("data-field") for f in page.css("#filters select")} == {
+        "n_gold", "relation", "subject"}
+    assert len(page.css("li.query .badge")) == 6
+    Select(page.css("#filter-relation")[0]).select_by_value("lives_in")
+    page.until(lambda d: _ids(page, "li.query") == ["q4", "q5"])
+    page.shot("compare-dir-browse")
+    page.css("li.query[data-id='q4']")[0].click()
+    page.until(lambda d: page.css("#proponents li"))
+    assert page.texts("#query-head .muted")[0].startswith("method trackstar · ")
+
+    page.open("#/compare", at=compare_server)
+    assert page.texts("#side-a h3") == ["trackstar", "proponents (5)"]
+    assert page.texts("#side-b h3") == ["bm25+target", "proponents (5)"]
+    assert page.texts("#compare-head .query-text") == ["Alba was born in Orvane"]
+    assert page.texts(".steps") == ["query 1 of 6 next ›"]
+    page.shot("compare-dir-compare")
+
+
+def test_gold_passages_outside_the_list_show_text_and_rank(page, serve_inputs, explorer):
+    ranked = _rows(serve_inputs["trackstar"])
+    qid = next(q for q, r in ranked.items()
+               if explorer.qrels[q] - {d.split("#")[0] for d in r["doc_ids"]})
+    outside = sorted(explorer.qrels[qid] - {d.split("#")[0] for d in ranked[qid]["doc_ids"]})
+    page.open(f"#/browse?set=trackstar&q={qid}")
+    page.until(lambda d: page.css("#gold-outside li"))
+    assert page.texts("#gold-outside h3") == [f"gold passages not in the top 5 ({len(outside)})"]
+    assert _ids(page, "#gold-outside li") == outside
+    texts = serve_inputs["texts"]
+    assert page.texts("#gold-outside li .text") == [texts[d] for d in outside]
+    for item, doc in zip(page.css("#gold-outside li"), outside, strict=True):
+        note = item.find_element("css selector", ".note").text
+        assert note.startswith("not in the top 5")
+        if doc in ranked[qid]["opponent_ids"]:
+            assert note.endswith(f"opponent {ranked[qid]['opponent_ids'].index(doc) + 1}")
+        assert item.find_element("css selector", "a").get_attribute("href").endswith(
+            f"doc={doc}")
+    (line,) = page.texts("#gold-ranks")
+    assert all(f"{d} (not in the top 5" in line for d in outside)
+    page.shot("gold-outside")
+
+    # a query whose gold is listed: its rank, and no card
+    hit, rank = next((q, n + 1) for q, r in ranked.items()
+                     for n, d in enumerate(r["doc_ids"]) if d.split("#")[0] in explorer.qrels[q])
+    page.open(f"#/browse?set=trackstar&q={hit}")
+    assert f"(rank {rank}" in page.texts("#gold-ranks")[0]
+    assert page.texts("#query-head h2 .badge") == ["gold in top 10"]
+
+
+def test_ask_with_an_empty_prompt_says_why(page):
+    page.open("#/ask")
+    page.css("#ask-go")[0].click()
+    page.until(lambda d: page.css("#error:not([hidden])"))
+    assert page.texts("#error") == ["Type a prompt first: the model completes it, and the "
+                                    "completion is traced."]
+    assert page.route() == ("/ask", {})
+    page.shot("empty-prompt")
+
+
+def test_search_placeholders_fit_and_the_icon_is_served(page):
+    fits = """
+        const input = document.querySelector(arguments[0]);
+        const style = getComputedStyle(input);
+        const context = document.createElement("canvas").getContext("2d");
+        context.font = `${style.fontSize} ${style.fontFamily}`;
+        const room = input.clientWidth - parseFloat(style.paddingLeft)
+            - parseFloat(style.paddingRight) - 16;  // the clear button of a search field
+        return [context.measureText(input.placeholder).width, room];"""
+    for route, selector in (("#/browse", "#search"), ("#/compare", "#compare-search")):
+        page.open(route)
+        text, room = page.driver.execute_script(fits, selector)
+        assert 0 < text <= room, (selector, text, room)
+    status = """
+        const done = arguments[arguments.length - 1];
+        const icon = document.querySelector("link[rel=icon]").href;
+        Promise.all([fetch("/favicon.ico"), fetch(icon)]).then(
+            (answers) => done(answers.map((a) => [a.status, a.headers.get("content-type")])));"""
+    assert page.driver.execute_async_script(status) == [[200, "image/svg+xml"]] * 2
+    missing = [e for e in page.driver.get_log("browser") if "404" in e["message"]]
+    assert not missing, missing

@@ -20,7 +20,7 @@ import numpy as np
 from factrace.config import EncoderConfig, variant_config
 from factrace.data.atomic import atomic_write
 from factrace.data.corpus import iter_corpus, validate_corpus
-from factrace.data.io import Ranking, read_qrels, read_queries, write_rankings
+from factrace.data.io import Ranking, read_qrels, read_queries
 from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder
 from factrace.encode.whitening import TaskWhitening
@@ -32,8 +32,9 @@ from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
 from factrace.model.modules import coverage, discover
 from factrace.model.optimizer_state import load_optimizer_state
-from factrace.run.index import IndexConfig, build_index, store_state
+from factrace.run.index import IndexConfig, absolute, build_index, store_state
 from factrace.run.progress import progress_step, say_coverage
+from factrace.run.scan import write_with_metadata
 from factrace.search.topk import exact_topk
 
 BASELINES = ("bm25", "bm25+target", "dense", "random")
@@ -156,6 +157,18 @@ def _baseline(name: str, cfg: CompareConfig, passages, queries) -> list[Ranking]
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def rankings_metadata(cfg: CompareConfig, method: str) -> dict:
+    """What ``rankings/<method>.jsonl.meta.json`` records: the method and, as absolute paths,
+    the queries, qrels and corpus it ranked (so that the file opens on its own, as those of
+    ``scan`` and ``trace`` do)."""
+    meta = {"command": "compare", "method": method, "queries": absolute(cfg.queries),
+            "qrels": absolute(cfg.qrels), "corpus": absolute(cfg.corpus),
+            "model": cfg.model, "top_k": cfg.top_k}
+    if method not in cfg.baselines:
+        meta["encoder"] = {"config": _variant(cfg, method).to_dict()}
+    return meta
+
+
 def union_tail_patch(loaded, cfg: CompareConfig, queries, rankings: dict, texts) -> dict:
     """Tail-patch every method from one pass over the union of their top-k passages."""
     k = cfg.tail_patch_k
@@ -223,7 +236,8 @@ def compare(cfg: CompareConfig) -> dict:
     rankings.update(baseline_rankings(cfg, passages, queries))
     timings["baselines_s"] = time.perf_counter() - t
     for name, ranked in rankings.items():
-        write_rankings(out / "rankings" / f"{name}.jsonl", ranked)
+        write_with_metadata(str(out / "rankings" / f"{name}.jsonl"), ranked,
+                            rankings_metadata(cfg, name))
     patched, shared = {}, None
     if cfg.tail_patch:
         t = time.perf_counter()

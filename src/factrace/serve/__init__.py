@@ -26,10 +26,12 @@ class ServeConfig:
     rankings: list[str] = field(default_factory=list)
     """Rankings files, or directories of them (a ``compare`` output directory)."""
     qrels: str | None = None
+    """Gold passages (default: the qrels the rankings' metadata name, as ``compare``'s do)."""
     queries: str | None = None
     """Queries for every rankings file (default: each file's own, from its metadata)."""
     corpus: list[str] = field(default_factory=list)
-    """Corpora for passage texts (default: the store's)."""
+    """Corpora for passage texts (default: the store's, else the one the rankings' metadata
+    name, as ``compare``'s do)."""
     model: str | None = None
     optimizer_state: str | None = None
     device: str | None = None
@@ -46,7 +48,7 @@ def load_explorer(cfg: ServeConfig):
             its set carries the message, for the page to show (and a warning says it).
     """
     from factrace.serve.app import Explorer
-    from factrace.serve.data import Passages, load_qrels, load_sets
+    from factrace.serve.data import Passages, load_qrels, load_sets, named_in_metadata, qrels_named
     from factrace.serve.model import ModelSession
 
     if cfg.index is None and not cfg.rankings:
@@ -62,12 +64,14 @@ def load_explorer(cfg: ServeConfig):
         if not corpora:
             corpora = [c for c in store.corpora if c is not None]
         session = ModelSession(store, cfg.model, cfg.optimizer_state, cfg.device)
+    sets = load_sets(cfg.rankings, cfg.queries) if cfg.rankings else []
+    if not corpora:
+        corpora = named_in_metadata(sets, "corpus")
     if not corpora:
         raise FactraceError("give --corpus FILE (or --index STORE) for the passages' text")
-    sets = load_sets(cfg.rankings, cfg.queries) if cfg.rankings else []
-    qrels = load_qrels(cfg.qrels)
-    return Explorer(sets=sets, qrels=qrels, passages=Passages(corpora, known),
-                    session=session, index=cfg.index)
+    qrels_path = cfg.qrels or qrels_named(sets)
+    return Explorer(sets=sets, qrels=load_qrels(qrels_path), passages=Passages(corpora, known),
+                    session=session, index=cfg.index, qrels_path=qrels_path)
 
 
 def bind(host: str, port: int) -> socket.socket:

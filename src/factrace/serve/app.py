@@ -1,18 +1,22 @@
-"""The web app: the page (``/``, ``/static/...``) and its JSON API (``/api/...``).
+"""The web app: the page (``/``, ``/static/...``, ``/favicon.ico``) and its JSON API
+(``/api/...``).
 
 Every API answer is JSON; a user error (a :class:`~factrace.errors.FactraceError`: an unknown
 set or query, a prompt the model cannot answer) is ``{"error": message}`` with status 400, which
 the page shows as one message. Routes:
 
-- ``GET /api/info``: the sets (with their load errors), whether qrels, a store and a model
-  are there.
+- ``GET /api/info``: the sets (with their load errors; ``default_set``: TrackStar's when
+  loaded), the qrels file, whether a store and a model are there.
 - ``GET /api/sets/{name}/queries?search=&correct=yes|no&k=&field.<name>=<value>``
 - ``GET /api/sets/{name}/queries/{query_id}?k=``
-- ``GET /api/compare?a=&b=&q=&k=`` (``q`` empty: the first query both sets rank)
+- ``GET /api/compare?a=&b=&q=&k=`` (``q`` empty: the first query both sets rank; ``common``:
+  the queries both rank, with their texts, for the page's search)
 - ``GET /api/passages/{doc_id}``
 - ``POST /api/ask`` ``{"prompt", "span", "max_new_tokens", "top_k"}``
 - ``POST /api/explain`` ``{"set", "query_id", "doc_id"}`` or ``{"prompt", "span",
-  "max_new_tokens", "top_k", "doc_id"}`` (a proponent of an answer)
+  "max_new_tokens", "top_k", "doc_id"}`` (a proponent of an answer): the store's score of the
+  pair split over tokens (``method``: the store's variant), and ``listed``: the rank and score
+  the set (or the answer) lists the passage with, which may be another method's.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Explorer:
     passages: Passages
     session: ModelSession | None = None
     index: str | None = None
+    qrels_path: str | None = None
     _queries: dict[str, list[Query]] = field(default_factory=dict)
 
     def queries_of(self, s: RankingSet) -> list[Query] | None:
@@ -104,10 +109,15 @@ def create_app(explorer: Explorer) -> Starlette:
     async def page(request: Request):
         return FileResponse(STATIC / "index.html")
 
+    async def favicon(request: Request):
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     async def info(request: Request):
         return JSONResponse({
             "sets": [s.summary() for s in explorer.sets],
-            "has_qrels": bool(explorer.qrels), "index": explorer.index,
+            "default_set": views.default_set(explorer.sets), "default_k": views.DEFAULT_K,
+            "has_qrels": bool(explorer.qrels), "qrels": explorer.qrels_path,
+            "index": explorer.index,
             "can_ask": explorer.session is not None,
             "corpora": explorer.passages.corpora,
         })
@@ -137,7 +147,8 @@ def create_app(explorer: Explorer) -> Starlette:
         qid = p.get("q") or common[0]
         out = views.comparison(a, b, qid, explorer.qrels, explorer.passages,
                                _int(request, "k", views.DEFAULT_K))
-        out["common"] = common
+        out["common"] = [{"id": q.id, "prompt": q.prompt, "target": q.target,
+                          "completion": q.completion} for q in map(a.queries.get, common)]
         return JSONResponse(out)
 
     async def passage(request: Request):
@@ -174,11 +185,14 @@ def create_app(explorer: Explorer) -> Starlette:
                 result = session.explain(Query(qid, q.prompt, q.target), doc_id,
                                          explorer.queries_of(s))
             result["query"] = q.to_json()
+            result["listed"] = views.listed(s.rankings[qid], doc_id, s.method, s.name)
         else:
             answer = _ask(body)
             result = session.explain_answer(answer, doc_id)
             result["query"] = {"id": answer.id, "prompt": answer.prompt,
                                "completion": answer.completion, "span": answer.span}
+            result["listed"] = views.listed(answer.ranking, doc_id, f"ask ({session.method})")
+        result["method"] = session.method
         result["passage"] = explorer.passages.get(doc_id)
         return result
 
@@ -188,6 +202,7 @@ def create_app(explorer: Explorer) -> Starlette:
 
     routes = [
         Route("/", page),
+        Route("/favicon.ico", favicon),
         Route("/api/info", _handled(info)),
         Route("/api/sets/{name}/queries", _handled(query_list)),
         Route("/api/sets/{name}/queries/{query_id:path}", _handled(query_detail)),

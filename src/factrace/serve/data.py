@@ -4,12 +4,13 @@
   ``compare``'s ``rankings/`` directory, named by its file). A directory given as rankings
   stands for its ``*.jsonl`` files (``compare``'s output directory for its ``rankings/``). A file
   that cannot be read becomes a set holding only its error: the page shows it, the rest works.
-- Queries come from the set's ``.meta.json`` (the ``queries`` path ``scan`` and ``trace``
-  record), or from ``--queries``; their other fields (relation, ...) become filters, as do the
+- Queries come from the set's ``.meta.json`` (the ``queries`` path ``scan``, ``trace`` and
+  ``compare`` record), or from ``--queries``; their other fields (relation, ...) become filters, as do the
   fields of a ``facts.jsonl`` beside them (the fact world's per-query record). ``ask`` rows carry
-  their own prompt and completion.
+  their own prompt and completion. Qrels come from ``--qrels``, else from the file the sets'
+  metadata name (``compare``'s).
 - Passage texts are read once into an id → text map from the store's corpora (or
-  ``--corpus``); an id that is neither in the store nor in the corpora is *missing*, and shown so.
+  ``--corpus``, or the corpus the sets' metadata name); an id that is neither in the store nor in the corpora is *missing*, and shown so.
 """
 
 from __future__ import annotations
@@ -34,17 +35,19 @@ MAX_FILTER_VALUES = 50
 @dataclass
 class QueryInfo:
     """A query as the page shows it: prompt, target (``None`` for an ``ask`` row, which has a
-    completion instead) and metadata fields."""
+    completion instead, and the span of it traced) and metadata fields."""
 
     id: str
     prompt: str | None = None
     target: str | None = None
     completion: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    span: list[int] | None = None
+    """An ``ask`` row's traced characters of the completion, ``[start, end]``."""
 
     def to_json(self) -> dict:
         return {"id": self.id, "prompt": self.prompt, "target": self.target,
-                "completion": self.completion, "fields": self.fields}
+                "completion": self.completion, "fields": self.fields, "span": self.span}
 
 
 @dataclass
@@ -85,8 +88,10 @@ def rankings_files(paths: list[str]) -> list[Path]:
 
 
 def method_of(path: Path, meta: dict) -> str:
-    """A set's method: ``compare``'s file name, else the variant in its metadata, else the
-    command that wrote it."""
+    """A set's method: the one its metadata names (``compare``'s), else the variant in its
+    metadata, else the command that wrote it, else the file's name."""
+    if isinstance(meta.get("method"), str) and meta["method"]:
+        return meta["method"]
     variant = (meta.get("encoder") or {}).get("config", {}).get("variant")
     command = meta.get("command")
     if command == "ask":
@@ -171,8 +176,10 @@ def load_set(path: Path, name: str, queries_override: str | None,
         if info is None:
             info = QueryInfo(r.query_id)
         if "prompt" in r.extra:  # an ask row: its own prompt and completion
+            span = r.extra.get("span")
             info = QueryInfo(r.query_id, str(r.extra["prompt"]), None,
-                             str(r.extra.get("completion", "")), dict(info.fields))
+                             str(r.extra.get("completion", "")), dict(info.fields),
+                             list(span) if isinstance(span, list) else None)
         found.queries[r.query_id] = info
     return found
 
@@ -218,3 +225,27 @@ class Passages:
 
 def load_qrels(path: str | None) -> dict[str, set[str]]:
     return read_qrels(path) if path else {}
+
+
+def named_in_metadata(sets: list[RankingSet], key: str) -> list[str]:
+    """The files the loaded sets' metadata name under ``key`` (``compare`` records its
+    ``corpus`` and ``qrels``), each once; one that is not there is left out, with a warning."""
+    named = dict.fromkeys(s.meta[key] for s in sets
+                          if not s.error and isinstance(s.meta.get(key), str))
+    found = [path for path in named if Path(path).is_file()]
+    for path in named:
+        if path not in found:
+            warnings.warn(f"the rankings' metadata name the {key} {path}, which is not there "
+                          f"(give --{key} FILE)", FactraceWarning, stacklevel=2)
+    return found
+
+
+def qrels_named(sets: list[RankingSet]) -> str | None:
+    """The qrels file the sets' metadata name, when they name one; several different ones:
+    none (a warning says to choose with ``--qrels``)."""
+    named = named_in_metadata(sets, "qrels")
+    if len(named) > 1:
+        warnings.warn(f"the rankings name different qrels ({', '.join(named)}); give --qrels "
+                      "FILE to mark gold passages", FactraceWarning, stacklevel=2)
+        return None
+    return named[0] if named else None

@@ -36,6 +36,12 @@ class ModelSession:
         self.calls = 0  # model calls made (the tests check the Tracer is reused)
         self.opened = 0
 
+    @property
+    def method(self) -> str:
+        """The method whose scores the store's model gives: the store's variant."""
+        config = (self.store.config.get("encoder") or {}).get("config") or {}
+        return str(config.get("variant") or "the store's encoding")
+
     def _open(self):
         if self._tracer is None:
             from factrace.run.index import open_encoder_for

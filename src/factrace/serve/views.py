@@ -3,8 +3,10 @@
 - :func:`query_list`: a set's queries, searched and filtered (metadata fields, and correct /
   incorrect: whether a gold passage is among the top k, when qrels are given).
 - :func:`query_detail`: one query's proponents and opponents, each with its passage text and
-  marked gold or missing.
+  marked gold or missing, and its gold passages with their texts and ranks.
 - :func:`comparison`: one query's proponents in two sets side by side, the shared ones marked.
+- :func:`listed`: where a set lists a passage for a query, and with what score (the score an
+  explanation of the pair is set beside).
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ def find_set(sets: list[RankingSet], name: str) -> RankingSet:
                 raise FactraceError(f"rankings set {name!r} did not load: {s.error}")
             return s
     raise FactraceError(f"no rankings set {name!r} (sets: {', '.join(s.name for s in sets)})")
+
+
+def default_set(sets: list[RankingSet]) -> str | None:
+    """The set the page opens on: TrackStar's (named so, else of that method) when loaded,
+    else the first loaded one."""
+    loaded = [s for s in sets if not s.error]
+    for chosen in ([s for s in loaded if s.name == "trackstar"],
+                   [s for s in loaded if s.method == "trackstar"], loaded):
+        if chosen:
+            return chosen[0].name
+    return None
 
 
 def is_correct(ranking: Ranking, gold: set[str] | None, k: int) -> bool | None:
@@ -87,10 +100,26 @@ def _entries(ids: list[str], scores: list[float], passages: Passages, gold: set[
     return out
 
 
+def rank_of(doc_id: str, ids: list[str]) -> int | None:
+    """The 1-based rank of passage ``doc_id`` (or of a window of it) among ``ids``."""
+    for n, ranked in enumerate(ids, 1):
+        if is_gold(ranked, {doc_id}):
+            return n
+    return None
+
+
+def gold_entries(ranking: Ranking, gold: set[str], passages: Passages) -> list[dict]:
+    """The gold passages of a query, each with its text and its rank in ``ranking``
+    (``None``: not among its ``len(ranking.doc_ids)``) and among the opponents."""
+    return [{**passages.get(g), "rank": rank_of(g, ranking.doc_ids),
+             "opponent_rank": rank_of(g, ranking.opponent_ids or [])} for g in sorted(gold)]
+
+
 def query_detail(s: RankingSet, qid: str, qrels: Mapping[str, set[str]], passages: Passages,
                  k: int = DEFAULT_K) -> dict:
     """One query of ``s``: the query, its proponents and opponents (with texts, gold and
-    missing marks) and its gold passages."""
+    missing marks) and its gold passages (with texts and their ranks: ``ranked`` are
+    listed)."""
     if qid not in s.rankings:
         raise FactraceError(f"rankings set {s.name!r} has no query {qid!r}")
     r = s.rankings[qid]
@@ -102,7 +131,8 @@ def query_detail(s: RankingSet, qid: str, qrels: Mapping[str, set[str]], passage
         "proponents": _entries(r.doc_ids, r.scores, passages, gold,
                                tokens if isinstance(tokens, list) else None),
         "opponents": _entries(r.opponent_ids or [], r.opponent_scores or [], passages, gold),
-        "gold": sorted(gold), "span": r.extra.get("span"),
+        "gold": gold_entries(r, gold, passages), "ranked": len(r.doc_ids),
+        "span": r.extra.get("span"),
     }
 
 
@@ -120,6 +150,21 @@ def comparison(a: RankingSet, b: RankingSet, qid: str, qrels: Mapping[str, set[s
             e["shared"] = e["id"] in shared
     return {"query": left["query"], "a": left, "b": right,
             "shared": [e["id"] for e in left["proponents"] if e["id"] in shared]}
+
+
+def listed(ranking: Ranking, doc_id: str, method: str, set_name: str | None = None) -> dict:
+    """Where ``ranking`` (of ``method``; of set ``set_name``, or of an answer) lists
+    ``doc_id``: ``{"set", "method", "list", "rank", "score"}``, ``list`` being ``proponents``
+    or ``opponents`` (``None``, with no rank or score, when it lists it in neither)."""
+    out: dict[str, Any] = {"set": set_name, "method": method, "list": None, "rank": None,
+                           "score": None}
+    for name, ids, scores in (("proponents", ranking.doc_ids, ranking.scores),
+                              ("opponents", ranking.opponent_ids or [],
+                               ranking.opponent_scores or [])):
+        if doc_id in ids:
+            n = ids.index(doc_id)
+            return {**out, "list": name, "rank": n + 1, "score": scores[n]}
+    return out
 
 
 def common_queries(a: RankingSet, b: RankingSet) -> list[str]:

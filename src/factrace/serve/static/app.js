@@ -86,7 +86,12 @@ function link(name, params) {
   return `#/${name}${text ? "?" + text : ""}`;
 }
 
-function go(name, params) { location.hash = link(name, params); }
+// Open a view; the one already open (the same URL: Ask again) is rendered again.
+function go(name, params) {
+  const target = link(name, params);
+  if (location.hash === target) render();
+  else location.hash = target;
+}
 
 // Replace the URL without a new history entry or a re-render (filters as they are typed).
 function remember(name, params) { history.replaceState(null, "", link(name, params)); }
@@ -130,50 +135,69 @@ function legend() {
     " raises the score, ", el("span", {class: "neg-sample", text: "red"}), " lowers it");
 }
 
+// A query's prompt and target; or an answer's prompt and completion, its traced span in bold.
 function queryLine(q) {
   const line = el("span", {class: "query-text"}, el("span", {class: "prompt", text: q.prompt || ""}));
   if (q.target) line.append(el("span", {class: "target", text: q.target}));
-  if (q.completion) line.append(el("strong", {class: "completion-text", text: q.completion}));
+  if (q.completion) {
+    const [start, end] = q.span || [0, q.completion.length];
+    line.append(el("span", {class: "completion-text"}, q.completion.slice(0, start),
+      el("strong", {text: q.completion.slice(start, end)}), q.completion.slice(end)));
+  }
   if (!q.prompt && !q.target && !q.completion) line.append(el("span", {class: "muted", text: "(text unknown)"}));
   return line;
 }
 
-// One passage of a ranking: rank, score, id, marks (gold, missing, shared) and text.
-function passageItem(p, target, onclick) {
+// One passage of a ranking: score (or, for a gold passage not listed, where it is), id, marks
+// (gold, missing, shared) and text; with `href` (its explanation) all of it is one link.
+function passageItem(p, target, href) {
   const classes = ["passage"];
   if (p.gold) classes.push("gold");
   if (p.missing) classes.push("missing");
   if (p.shared) classes.push("shared");
-  if (onclick) classes.push("clickable");
-  const item = el("li", {class: classes.join(" "), dataset: {doc: p.id}, onclick},
-    el("span", {class: "score", text: fmt(p.score)}), el("span", {class: "doc", text: p.id}),
+  if (href) classes.push("clickable");
+  const body = [
+    p.note ? el("span", {class: "note", text: p.note}) : el("span", {class: "score", text: fmt(p.score)}),
+    el("span", {class: "doc", text: p.id}),
     p.gold ? el("span", {class: "badge gold", text: "gold"}) : null,
     p.missing ? el("span", {class: "badge missing", text: "missing"}) : null,
     p.shared ? el("span", {class: "badge shared", text: "both"}) : null,
-    p.window !== null && p.window !== undefined ? el("span", {class: "muted", text: ` window ${p.window}`}) : null);
+    p.window !== null && p.window !== undefined ? el("span", {class: "muted", text: ` window ${p.window}`}) : null];
   if (p.text === null || p.text === undefined) {
-    item.append(el("span", {class: "text", text: "not in the store or its corpus"}));
+    body.push(el("span", {class: "text", text: "not in the store or its corpus"}));
   } else if (p.tokens) {
-    item.append(shadedTokens(p.tokens));
+    body.push(shadedTokens(p.tokens));
   } else {
-    item.append(highlighted(p.text, target));
+    body.push(highlighted(p.text, target));
   }
-  return item;
+  return el("li", {class: classes.join(" "), dataset: {doc: p.id}},
+    href ? el("a", {class: "row-link", href, title: "explain this score token by token"}, body) : body);
 }
 
-function passageList(title, passages, target, onclick, id) {
+// `hrefOf(p)`: the link of a passage (its explanation), or null: plain items.
+function passageList(title, passages, target, hrefOf, id) {
   const card = el("div", {class: "card", id});
   card.append(el("h3", {text: `${title} (${passages.length})`}));
   if (!passages.length) card.append(el("p", {class: "muted", text: "none"}));
-  card.append(el("ol", {class: "passages"}, passages.map((p) => passageItem(p, target, onclick ? () => onclick(p) : null))));
+  card.append(el("ol", {class: "passages"}, passages.map((p) => passageItem(p, target, hrefOf ? hrefOf(p) : null))));
   return card;
 }
+
+// A set as the page names it: its name, and its method when that differs.
+function setLabel(s) { return s.method && s.method !== s.name ? `${s.name} (${s.method})` : s.name; }
 
 function setOptions(select, chosen) {
   for (const s of info.sets) {
     select.append(el("option", {value: s.name, selected: s.name === chosen, disabled: !!s.error},
-      `${s.name} (${s.method}${s.error ? ", not loaded" : ""})`));
+      setLabel(s) + (s.error ? " (not loaded)" : "")));
   }
+}
+
+// Whether a gold passage is among the method's top k (null: the query has no qrels).
+function goldBadge(hit, k) {
+  if (hit === null || hit === undefined) return null;
+  return el("span", {class: `badge ${hit ? "hit" : "miss"}`, title: `whether a gold passage is among this method's top ${k}`},
+    hit ? `gold in top ${k}` : `no gold in top ${k}`);
 }
 
 function loadedSets() { return info.sets.filter((s) => !s.error); }
@@ -185,7 +209,7 @@ async function renderBrowse(params) {
     view.replaceChildren(el("p", {class: "muted", text: "No rankings loaded: start factrace serve with --rankings FILE."}));
     return;
   }
-  const state = {set: params.get("set") || sets[0].name, search: params.get("search") || "",
+  const state = {set: params.get("set") || info.default_set, search: params.get("search") || "",
                  correct: params.get("correct") || "", k: params.get("k") || "", q: params.get("q") || "",
                  fields: {}};
   for (const [key, value] of params) if (key.startsWith("f.")) state.fields[key.slice(2)] = value;
@@ -198,8 +222,9 @@ async function renderBrowse(params) {
   const select = el("select", {id: "set"});
   setOptions(select, state.set);
   const search = el("input", {id: "search", type: "search", placeholder: "search id, prompt, target", value: state.search});
-  const correct = el("select", {id: "correct"}, el("option", {value: ""}, "all"),
-    el("option", {value: "yes"}, "correct (gold in top k)"), el("option", {value: "no"}, "incorrect"));
+  const k = state.k || info.default_k;
+  const correct = el("select", {id: "correct", "aria-label": `gold in top ${k}`}, el("option", {value: ""}, "any gold rank"),
+    el("option", {value: "yes"}, `gold in top ${k}`), el("option", {value: "no"}, `no gold in top ${k}`));
   correct.value = state.correct;
   const filters = el("span", {id: "filters"});
   const count = el("div", {id: "count", class: "muted"});
@@ -207,8 +232,7 @@ async function renderBrowse(params) {
   const detail = el("div", {id: "detail"}, el("p", {class: "muted", text: "Choose a query."}));
   view.replaceChildren(el("div", {class: "panes"},
     el("section", {}, el("div", {class: "controls"},
-      el("label", {for: "set"}, "method"), select, search,
-      info.has_qrels ? el("label", {for: "correct"}, "gold") : null, info.has_qrels ? correct : null,
+      el("label", {for: "set"}, "method"), select, search, info.has_qrels ? correct : null,
       filters), count, list),
     el("section", {}, detail)));
 
@@ -222,19 +246,16 @@ async function renderBrowse(params) {
     if (!filters.childElementCount) {
       for (const [name, values] of Object.entries(data.filters)) {
         const f = el("select", {id: `filter-${name}`, dataset: {field: name}},
-          el("option", {value: ""}, `${name}: all`), values.map((v) => el("option", {value: String(v)}, String(v))));
+          el("option", {value: ""}, `${name}: all`), values.map((v) => el("option", {value: String(v)}, `${name}: ${v}`)));
         f.value = state.fields[name] || "";
         f.addEventListener("change", () => { state.fields[name] = f.value; if (!f.value) delete state.fields[name]; refresh(); });
         filters.append(f);
       }
     }
     count.textContent = `${data.queries.length} of ${data.total} queries`;
-    list.replaceChildren(...data.queries.map((q) => {
-      const badge = q.correct === null ? null : el("span", {class: `badge ${q.correct ? "correct" : "incorrect"}`, text: q.correct ? "correct" : "incorrect"});
-      return el("li", {class: "query" + (q.id === state.q ? " selected" : ""), dataset: {id: q.id},
-                       onclick: () => { state.q = q.id; go("browse", save()); }},
-        el("span", {class: "qid", text: q.id}), queryLine(q), badge);
-    }));
+    list.replaceChildren(...data.queries.map((q) => el("li", {class: "query" + (q.id === state.q ? " selected" : ""), dataset: {id: q.id}},
+      el("a", {class: "row-link", href: link("browse", Object.assign(save(), {q: q.id}))},
+        el("span", {class: "qid", text: q.id}), queryLine(q), goldBadge(q.correct, data.k)))));
   };
   select.addEventListener("change", () => { state.set = select.value; state.fields = {}; filters.replaceChildren(); refresh(); });
   search.addEventListener("input", () => { state.search = search.value; clearTimeout(timer); timer = setTimeout(refresh, 150); });
@@ -247,17 +268,20 @@ async function renderDetail(box, setName, qid, k) {
   const data = await api(`/api/sets/${encodeURIComponent(setName)}/queries/${encodeURIComponent(qid)}?k=${k || ""}`);
   const q = data.query;
   const target = q.target || q.completion;
-  const explain = info.can_ask ? (p) => go("explain", {set: setName, q: qid, doc: p.id}) : null;
+  const explain = info.can_ask ? (p) => link("explain", {set: setName, q: qid, doc: p.id}) : null;
+  const where = (g) => (g.rank ? `rank ${g.rank}` : `not in the top ${data.ranked}`) + (g.opponent_rank ? `, opponent ${g.opponent_rank}` : "");
   const head = el("div", {class: "card", id: "query-head"},
-    el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q),
-      data.correct === null ? null : el("span", {class: `badge ${data.correct ? "correct" : "incorrect"}`, text: data.correct ? "correct" : "incorrect"})),
-    el("div", {class: "muted"}, `method ${data.set.method} · ${data.set.name}`,
-      Object.entries(q.fields).map(([key, value]) => ` · ${key}: ${value}`),
-      data.gold.length ? ` · gold: ${data.gold.join(", ")}` : ""),
+    el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q), goldBadge(data.correct, data.k)),
+    el("div", {class: "muted"}, `method ${setLabel(data.set)}`,
+      Object.entries(q.fields).map(([key, value]) => ` · ${key}: ${value}`)),
+    data.gold.length ? el("div", {class: "muted", id: "gold-ranks"}, "gold: " + data.gold.map((g) => `${g.id} (${where(g)})`).join(", ")) : null,
     explain ? el("div", {class: "muted", text: "Click a passage to explain its score token by token."}) : null,
     el("a", {href: link("compare", {a: setName, q: qid}), id: "compare-link"}, "compare with another method"));
-  box.replaceChildren(head, passageList("proponents", data.proponents, target, explain, "proponents"),
-    passageList("opponents", data.opponents, target, explain, "opponents"));
+  // gold passages the list leaves out: their text, and where the method ranks them
+  const outside = data.gold.filter((g) => !g.rank).map((g) => Object.assign({}, g, {gold: true, note: where(g)}));
+  box.replaceChildren(...[head, passageList("proponents", data.proponents, target, explain, "proponents"),
+    outside.length ? passageList(`gold passages not in the top ${data.ranked}`, outside, target, explain, "gold-outside") : null,
+    passageList("opponents", data.opponents, target, explain, "opponents")].filter(Boolean));
 }
 
 // Compare ---------------------------------------------------------------------------------------
@@ -267,34 +291,66 @@ async function renderCompare(params) {
     view.replaceChildren(el("p", {class: "muted", text: "Comparing needs two rankings sets: give --rankings twice (or a compare output directory)."}));
     return;
   }
-  const a = params.get("a") || sets[0].name;
+  const a = params.get("a") || info.default_set;
   const b = params.get("b") || (sets.find((s) => s.name !== a) || sets[1]).name;
   const selectA = el("select", {id: "set-a"}), selectB = el("select", {id: "set-b"});
   setOptions(selectA, a);
   setOptions(selectB, b);
-  const chooser = el("select", {id: "compare-query"});
+  const search = el("input", {id: "compare-search", type: "search", autocomplete: "off",
+                              placeholder: "find a query by id, prompt or target"});
+  const matches = el("ul", {id: "compare-matches", class: "matches", hidden: true});
+  const steps = el("span", {class: "steps"});
   const summary = el("div", {id: "overlap", class: "muted"});
   const columns = el("div", {class: "columns"});
   view.replaceChildren(el("div", {class: "controls"}, el("label", {for: "set-a"}, "left"), selectA,
-    el("label", {for: "set-b"}, "right"), selectB, el("label", {for: "compare-query"}, "query"), chooser),
+    el("label", {for: "set-b"}, "right"), selectB, el("label", {for: "compare-search"}, "query"),
+    el("span", {class: "chooser"}, search, matches), steps),
     el("div", {class: "card", id: "compare-head"}), summary, columns);
   const data = await api(`/api/compare?${new URLSearchParams({a, b, q: params.get("q") || ""})}`);
   clearError();
-  for (const qid of data.common) chooser.append(el("option", {value: qid, selected: qid === data.query.id}, qid));
-  const reopen = () => go("compare", {a: selectA.value, b: selectB.value, q: chooser.value});
+  const q = data.query;
+  const open = (qid) => link("compare", {a, b, q: qid});
+  const reopen = () => go("compare", {a: selectA.value, b: selectB.value, q: q.id});
   selectA.addEventListener("change", reopen);
   selectB.addEventListener("change", reopen);
-  chooser.addEventListener("change", reopen);
-  const q = data.query;
+  chooseQuery(search, matches, data.common, open);
+  const at = data.common.findIndex((c) => c.id === q.id);
+  steps.replaceChildren(el("span", {},
+    at > 0 ? el("a", {id: "compare-prev", href: open(data.common[at - 1].id)}, "‹ previous") : null,
+    el("span", {class: "muted", text: ` query ${at + 1} of ${data.common.length} `}),
+    at + 1 < data.common.length ? el("a", {id: "compare-next", href: open(data.common[at + 1].id)}, "next ›") : null));
   document.getElementById("compare-head").append(el("h2", {}, el("span", {class: "qid", text: q.id}), queryLine(q)));
   summary.textContent = `${data.shared.length} passages in both top lists (marked "both")`;
   const target = q.target || q.completion;
   for (const [id, side] of [["side-a", data.a], ["side-b", data.b]]) {
-    const explain = info.can_ask ? (p) => go("explain", {set: side.set.name, q: q.id, doc: p.id}) : null;
-    const column = el("section", {id}, el("h3", {text: `${side.set.name} (${side.set.method})`}),
+    const explain = info.can_ask ? (p) => link("explain", {set: side.set.name, q: q.id, doc: p.id}) : null;
+    const column = el("section", {id}, el("h3", {text: setLabel(side.set)}),
       passageList("proponents", side.proponents, target, explain));
     columns.append(column);
   }
+}
+
+// The queries (`choices`: id, prompt, target, completion) whose text holds what `search` says,
+// listed under it as links (`open(id)`); Enter opens the first, Escape clears.
+const MAX_MATCHES = 50;
+function chooseQuery(search, matches, choices, open) {
+  const text = (c) => `${c.id} ${c.prompt || ""}${c.target || ""}${c.completion || ""}`.toLowerCase();
+  const show = () => {
+    const needle = search.value.trim().toLowerCase();
+    matches.hidden = !needle;
+    if (!needle) return;
+    const found = choices.filter((c) => text(c).includes(needle));
+    matches.replaceChildren(...found.slice(0, MAX_MATCHES).map((c) => el("li", {dataset: {id: c.id}},
+      el("a", {href: open(c.id)}, el("span", {class: "qid", text: c.id}), queryLine(c)))));
+    if (!found.length) matches.append(el("li", {class: "muted", text: "no query matches"}));
+    if (found.length > MAX_MATCHES) matches.append(el("li", {class: "muted", text: `${found.length - MAX_MATCHES} more: search for more of the text`}));
+  };
+  search.addEventListener("input", show);
+  search.addEventListener("keydown", (event) => {
+    const first = matches.querySelector("a");
+    if (event.key === "Enter" && first) location.hash = first.getAttribute("href");
+    if (event.key === "Escape") { search.value = ""; show(); }
+  });
 }
 
 // Ask -------------------------------------------------------------------------------------------
@@ -312,7 +368,14 @@ async function renderAsk(params) {
   view.replaceChildren(el("div", {class: "card"}, prompt,
     el("div", {class: "controls"}, el("label", {for: "max-new-tokens"}, "new tokens at most"), tokens, button)),
     status, result);
-  button.addEventListener("click", () => go("ask", {prompt: prompt.value, n: tokens.value}));
+  button.addEventListener("click", () => {
+    if (!prompt.value.trim()) {
+      showError("Type a prompt first: the model completes it, and the completion is traced.");
+      prompt.focus();
+      return;
+    }
+    go("ask", {prompt: prompt.value, n: tokens.value});
+  });
   if (!params.get("prompt")) return;
   const request = {prompt: params.get("prompt"), max_new_tokens: Number(params.get("n") || 8), span: params.get("span") || null};
   const answer = await slowApi(status, "The model is answering and the answer is being traced…",
@@ -343,7 +406,7 @@ function renderAnswer(box, answer, request) {
   });
   traceAll.addEventListener("click", () => go("ask", {prompt: request.prompt, n: request.max_new_tokens}));
   const traced = answer.span ? `characters ${answer.span[0]}:${answer.span[1]} of the completion` : "the whole completion";
-  const explain = (p) => go("explain", {prompt: request.prompt, n: request.max_new_tokens, span: request.span, doc: p.id});
+  const explain = (p) => link("explain", {prompt: request.prompt, n: request.max_new_tokens, span: request.span, doc: p.id});
   box.replaceChildren(
     el("div", {class: "card", id: "answer-head"}, completion,
       el("div", {class: "muted", id: "traced", text: `traced: ${traced} · R_eval: ${(answer.whitening || {}).r_eval || "?"}`}),
@@ -380,8 +443,9 @@ async function renderExplain(params) {
   box.replaceChildren(
     el("div", {class: "card", id: "explain-head"},
       el("h2", {}, "passage ", el("span", {class: "doc", text: data.doc_id}), " for query ",
-        el("span", {class: "qid", text: data.query_id}), el("span", {class: "score", id: "explain-score", text: ` score ${fmt(data.score)}`})),
+        el("span", {class: "qid", text: data.query_id})),
       el("div", {}, queryLine(data.query)),
+      scoreTable(data),
       el("a", {href: back, id: "back"}, "back")),
     legend(),
     el("div", {class: "card"}, el("h3", {text: `passage tokens (they sum to ${fmt(sum(data.passage_tokens))})`}),
@@ -389,6 +453,19 @@ async function renderExplain(params) {
     el("div", {class: "card"}, el("h3", {text: `query tokens (they sum to ${fmt(sum(data.query_tokens))})`}),
       shadedTokens(data.query_tokens, {id: "query-tokens"})),
     el("p", {class: "muted", text: `R_eval: ${(data.whitening || {}).r_eval || "?"} · per-token products: ${data.per_token}`}));
+}
+
+// The score the ranking lists the pair with (its method's: BM25's is no TrackStar score) and
+// the store's score, the one split over tokens below.
+function scoreTable(data) {
+  const l = data.listed;
+  const where = l.rank ? `${l.list === "opponents" ? "opponent" : "proponent"} ${l.rank}` : "not in its list";
+  const named = l.set && l.set !== l.method ? `${l.method} (${l.set})` : l.method;
+  return el("table", {class: "scores", id: "explain-scores"},
+    el("tr", {id: "explain-listed"}, el("th", {}, "listed by ", el("strong", {text: named}), ` · ${where}`),
+      el("td", {class: "score", id: "listed-score", text: l.rank ? fmt(l.score) : "—"})),
+    el("tr", {id: "explain-split"}, el("th", {}, "split below: the store's ", el("strong", {text: data.method}), " score"),
+      el("td", {class: "score", id: "explain-score", text: fmt(data.score)})));
 }
 
 // main ------------------------------------------------------------------------------------------
