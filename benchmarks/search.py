@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factrace.search import EncodingStore, StoreWriter, exact_search
+from factrace.search import exact_search
+from factrace.store import EncodingStore, StoreWriter
 
 
 def build_store(path: Path, rows: int, dim: int, shard_rows: int, seed: int) -> EncodingStore:

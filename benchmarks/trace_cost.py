@@ -25,8 +25,8 @@ from factrace.encode.hessian import RAccumulator
 from factrace.encode.whitening import TaskWhitening, TrainBasis
 from factrace.run.index import store_norms
 from factrace.run.process import tune_process
-from factrace.search.store import EncodingStore, StoreWriter
 from factrace.search.topk import exact_topk
+from factrace.store.encodings import EncodingStore, StoreWriter
 
 
 def synthetic_store(path: Path, rows: int, dim: int, spans, seed: int = 0) -> EncodingStore:

@@ -97,7 +97,7 @@ def _exact_top10(store_path, queries) -> list[set[str]]:
 
     from factrace.data.io import read_queries
     from factrace.run.index import open_encoder_for
-    from factrace.search.store import EncodingStore
+    from factrace.store.encodings import EncodingStore
 
     store = EncodingStore.open(store_path)
     _, psi_q = open_encoder_for(store, None, None).encode_queries(read_queries(queries))
@@ -110,7 +110,7 @@ def _exact_top10(store_path, queries) -> list[set[str]]:
 
 
 def test_trace_with_faiss_reports_the_measured_recall(world, large_store, tmp_path, capsys):
-    from factrace.search.store import EncodingStore
+    from factrace.store.encodings import EncodingStore
 
     n_rows = EncodingStore.open(large_store).n_rows
     assert n_rows >= 4 * 39
@@ -421,7 +421,7 @@ def test_index_commands_build_without_queries_add_tasks_grow_and_verify(world, t
 
 
 def test_a_second_writer_of_a_store_exits_2_at_once(world, tmp_path, capsys):
-    from factrace.search.lock import write_lock
+    from factrace.store.lock import write_lock
 
     store = tmp_path / "store"
     with write_lock(store):

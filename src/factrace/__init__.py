@@ -25,7 +25,7 @@ from factrace.evaluate.tail_patch import tail_patch
 from factrace.run.index import IndexConfig, build_index
 from factrace.run.scan import ScanConfig, scan
 from factrace.run.tracer import TraceConfig, Tracer, trace
-from factrace.search.store import EncodingStore
+from factrace.store.encodings import EncodingStore
 
 Index = EncodingStore
 

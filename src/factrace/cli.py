@@ -318,7 +318,7 @@ def index_task_add(
 @user_errors
 def index_verify(index: StoreOption):
     """Re-hash every shard of a store against its manifest."""
-    from factrace.search.store import EncodingStore
+    from factrace.store.encodings import EncodingStore
 
     store = EncodingStore.open(index, verify=True)
     typer.echo(f"store {index}: {store.n_shards} shards, {store.n_rows} rows verified")

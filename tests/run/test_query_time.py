@@ -21,9 +21,9 @@ from factrace.run.index import (
 )
 from factrace.run.scan import ScanConfig, scan
 from factrace.run.tracer import TraceConfig, Tracer, trace
-from factrace.search import manifest as mf
-from factrace.search.lock import write_lock
-from factrace.search.store import EncodingStore
+from factrace.store import manifest as mf
+from factrace.store.encodings import EncodingStore
+from factrace.store.lock import write_lock
 
 
 def _enc(variant="trackstar", **kw):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from factrace.errors import FactraceError
-from factrace.search import manifest as mf
-from factrace.search.store import EncodingStore
+from factrace.store import manifest as mf
+from factrace.store.encodings import EncodingStore
 
 
 def _argv(world, out, shard_rows=4):

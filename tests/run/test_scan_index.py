@@ -11,7 +11,7 @@ from factrace.errors import FactraceError
 from factrace.run.index import build_index
 from factrace.run.scan import ScanConfig, scan
 from factrace.run.tracer import TraceConfig, trace
-from factrace.search.store import EncodingStore
+from factrace.store.encodings import EncodingStore
 
 
 def _enc(**kw):

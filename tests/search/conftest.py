@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from factrace.search import EncodingStore
+from factrace.store import EncodingStore
 
 from .helpers import shard_data, write_store
 

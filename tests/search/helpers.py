@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factrace.search import StoreWriter
+from factrace.store import StoreWriter
 
 FINGERPRINTS = {"model": "m-abc", "tokenizer": "t-1", "projection_seed": "0", "r": "r-9"}
 

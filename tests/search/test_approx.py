@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from factrace.errors import FactraceError
-from factrace.search import ApproxIndex, EncodingStore, exact_search, recall_at_k
+from factrace.search import ApproxIndex, exact_search, recall_at_k
 from factrace.search.approx import supported_spec
+from factrace.store import EncodingStore
 
 from .helpers import write_store
 

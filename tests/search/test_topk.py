@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from factrace.errors import FactraceError
-from factrace.search import EncodingStore, TopK, exact_search, exact_topk
+from factrace.search import TopK, exact_search, exact_topk
 from factrace.search.topk import top_indices
+from factrace.store import EncodingStore
 
 from .helpers import shard_data, unit_rows, write_store
 

@@ -7,7 +7,7 @@ whitening — is applied when they are asked (:mod:`factrace.encode.whitening`),
 --queries Q`` ranks exactly as ``scan --queries Q`` would. A *task* is a named query set whose
 R_eval is kept with the store (with every row's norm under it), for questions too few to define
 R_eval themselves. An interrupted build or addition resumes at the first missing shard; one
-process writes a store at a time (:func:`~factrace.search.lock.write_lock`).
+process writes a store at a time (:func:`~factrace.store.lock.write_lock`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from factrace.errors import FactraceError, FactraceWarning
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_bar, progress_step, row_progress, say_coverage
-from factrace.search import manifest as mf
-from factrace.search.lock import write_lock
-from factrace.search.store import EncodingStore, StoreWriter
+from factrace.store import manifest as mf
+from factrace.store.encodings import EncodingStore, StoreWriter
+from factrace.store.lock import write_lock
 
 STATE_FILE = "encoder_state.pt"
 TASKS_DIR = "tasks"

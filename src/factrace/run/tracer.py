@@ -38,8 +38,8 @@ from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
 from factrace.run.scan import ScanResult, write_with_metadata
 from factrace.search.approx import ApproxIndex, recall_at_k
-from factrace.search.store import EncodingStore
 from factrace.search.topk import exact_topk
+from factrace.store.encodings import EncodingStore
 
 # Tokens of largest contribution kept per explained proponent in an answer's rankings row.
 TOP_TOKENS = 5

@@ -21,8 +21,8 @@ import torch
 
 from factrace.data.io import Ranking
 from factrace.errors import FactraceError
-from factrace.search import manifest as mf
-from factrace.search.store import EncodingStore
+from factrace.store import manifest as mf
+from factrace.store.encodings import EncodingStore
 
 INDEX_FILE = "faiss.index"
 #: FAISS wants at least this many training points per IVF centroid.

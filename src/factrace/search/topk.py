@@ -17,7 +17,7 @@ import torch
 
 from factrace.data.io import Ranking
 from factrace.errors import FactraceError
-from factrace.search.store import EncodingStore
+from factrace.store.encodings import EncodingStore
 
 #: Every product is computed at a padded shape (rows a multiple of ROW_QUANTUM, at least
 #: MIN_QUERIES query rows) so that BLAS takes the same kernel path for every chunk; then a

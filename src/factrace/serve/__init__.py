@@ -57,7 +57,7 @@ def load_explorer(cfg: ServeConfig):
     known = None
     corpora = list(cfg.corpus)
     if cfg.index is not None:
-        from factrace.search.store import EncodingStore
+        from factrace.store.encodings import EncodingStore
 
         store = EncodingStore.open(cfg.index, verify="once")
         known = set(store.ids)

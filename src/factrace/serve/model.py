@@ -15,8 +15,8 @@ from collections import OrderedDict
 from factrace.data.records import Query
 from factrace.errors import FactraceError
 from factrace.run.ask import Answer, parse_span
-from factrace.search.store import EncodingStore
 from factrace.serve.data import Passages
+from factrace.store.encodings import EncodingStore
 
 # Answers kept for explaining their proponents.
 KEPT_ANSWERS = 32

@@ -3,7 +3,7 @@
 :class:`StoreWriter` builds a store shard by shard and resumes an interrupted build at the
 first missing shard; :class:`EncodingStore` opens a finished one, checks every shard against
 the manifest and refuses a store made by a different model or encoder. The file layout is in
-:mod:`factrace.search.manifest`.
+:mod:`factrace.store.manifest`.
 
 Typical build::
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from factrace.errors import FactraceError
-from factrace.search import manifest as mf
+from factrace.store import manifest as mf
 
 
 class StoreWriter:

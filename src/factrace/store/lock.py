@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from factrace.errors import FactraceError
-from factrace.search.manifest import LOCK
+from factrace.store.manifest import LOCK
 
 
 @contextlib.contextmanager

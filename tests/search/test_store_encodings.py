@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from factrace.errors import FactraceError
-from factrace.search import EncodingStore, StoreWriter
-from factrace.search import manifest as mf
+from factrace.store import EncodingStore, StoreWriter
+from factrace.store import manifest as mf
 
 from .helpers import FINGERPRINTS, shard_data, write_store
 
@@ -204,7 +204,7 @@ def test_non_store_directory_is_not_overwritten(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_float16_rounding_is_numpys(dtype):
     # the fast conversion must round exactly as numpy's astype (to nearest even, ties included)
-    from factrace.search.store import _as_float16
+    from factrace.store.encodings import _as_float16
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((64, 512)) * np.logspace(-9, 3.5, 512)).astype(dtype)
