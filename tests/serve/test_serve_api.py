@@ -177,7 +177,7 @@ def test_explain_a_ranked_pair_and_a_proponent_of_an_answer(client, serve_inputs
 def test_explain_names_the_method_whose_score_it_splits(client, explorer, serve_inputs):
     """A BM25 row's listed score is BM25's; the split one is the store's TrackStar score."""
     row = _rankings(serve_inputs["bm25"])["q2"]
-    n = next(i for i, d in enumerate(row["doc_ids"]) if d in explorer.passages.known)
+    n = next(i for i, d in enumerate(row["doc_ids"]) if not explorer.passages.get(d)["missing"])
     e = client.post("/api/explain", json={"set": "bm25", "query_id": "q2",
                                           "doc_id": row["doc_ids"][n]}).json()
     assert e["method"] == "trackstar"
@@ -187,7 +187,7 @@ def test_explain_names_the_method_whose_score_it_splits(client, explorer, serve_
     assert sum(t["contribution"] for t in e["passage_tokens"]) == pytest.approx(e["score"],
                                                                                 rel=1e-3)
     # a passage the set does not list for the query: no listed rank or score
-    other = next(d for d in sorted(explorer.passages.known) if d not in row["doc_ids"]
+    other = next(d for d in explorer.passages.store.ids if d not in row["doc_ids"]
                  and d not in row.get("opponent_ids", []))
     e = client.post("/api/explain", json={"set": "bm25", "query_id": "q2",
                                           "doc_id": other}).json()

@@ -117,7 +117,7 @@ def validate_corpus(path: PathLike) -> CorpusInfo:
     rows = dict.fromkeys(shards, 0)
     n_chars = n_empty = 0
     for shard, _, passage in _located(shards, 0, None):
-        digests.append(_digest(passage.id))
+        digests.append(id_digest(passage.id))
         rows[shard] += 1
         n_chars += len(passage.text)
         n_empty += not passage.text
@@ -131,7 +131,8 @@ def validate_corpus(path: PathLike) -> CorpusInfo:
     return CorpusInfo(n_rows=len(digests), n_chars=n_chars, n_empty=n_empty, shards=info)
 
 
-def _digest(passage_id: str) -> int:
+def id_digest(passage_id: str) -> int:
+    """A passage id's 8-byte digest (blake2b), for compact id sets and look-ups."""
     data = passage_id.encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
@@ -140,7 +141,7 @@ def _raise_first_duplicate(shards: list[Shard], suspects: set[int]) -> None:
     """Second pass: raise for the first id seen twice among those whose digest repeats."""
     first: dict[str, tuple[Shard, int]] = {}
     for shard, number, passage in _located(shards, 0, None):
-        if _digest(passage.id) not in suspects:
+        if id_digest(passage.id) not in suspects:
             continue
         if passage.id in first:
             where = _earlier(*first[passage.id], shard)

@@ -172,17 +172,17 @@ def _read_jsonl(shard: Shard, start: int, stop: int | None) -> PassageStream:
         if stop is not None and row >= stop:
             return row
         if row >= start:
-            where = shard.where(number)
-            value = parse_line(where, raw, CORPUS_OBJECT)
-            passage_id = as_id(
-                field(value, "id", where, CORPUS_EXPECTED), "id", where, CORPUS_EXPECTED
-            )
-            text = as_text(
-                field(value, "text", where, CORPUS_EXPECTED), "text", where, CORPUS_EXPECTED
-            )
-            yield number, Passage(passage_id, text)
+            yield number, passage_from_line(shard.where(number), raw)
         row += 1
     return row
+
+
+def passage_from_line(where: str, raw: bytes) -> Passage:
+    """One JSON Lines corpus row; ``where`` (``"file:line"``) prefixes any error."""
+    value = parse_line(where, raw, CORPUS_OBJECT)
+    passage_id = as_id(field(value, "id", where, CORPUS_EXPECTED), "id", where, CORPUS_EXPECTED)
+    text = as_text(field(value, "text", where, CORPUS_EXPECTED), "text", where, CORPUS_EXPECTED)
+    return Passage(passage_id, text)
 
 
 def _read_parquet(shard: Shard, start: int, stop: int | None) -> PassageStream:

@@ -13,16 +13,15 @@ skipped and listed in :attr:`AttributionMetrics.skipped`.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from factrace.data.io import Ranking
 from factrace.errors import FactraceError, FactraceWarning
+from factrace.store import ids
 
 RECALL_K = 10
-_WINDOW = re.compile(r"^(.*)#(\d+)$", re.DOTALL)
 
 RankingsLike = Iterable[Ranking] | Mapping[str, Sequence[str]]
 
@@ -83,8 +82,7 @@ def mean_stderr(values: Sequence[float]) -> MeanSE:
 
 def split_window(doc_id: str) -> tuple[str, int | None]:
     """A passage id and its window: ``"doc#3"`` → ``("doc", 3)``, ``"doc"`` → ``("doc", None)``."""
-    match = _WINDOW.match(doc_id)
-    return (match.group(1), int(match.group(2))) if match else (doc_id, None)
+    return ids.split_window(doc_id)
 
 
 def bare_id(doc_id: str) -> str:

@@ -19,6 +19,7 @@ from factrace.data.corpus import iter_corpus
 from factrace.data.records import Passage
 from factrace.encode.second_moment import merge_squared_sums
 from factrace.run.progress import progress_bar, progress_step
+from factrace.store.ids import passage_of
 
 CHUNK = 64
 
@@ -104,7 +105,7 @@ def fit(engine, corpus: str, n_rows: int, progress: bool = True) -> tuple[dict, 
                                         enabled=progress):
             accumulators.append(acc)
             kept.ids += ids
-            kept.rows += [row_of[i.split("#")[0] if i not in row_of else i] for i in ids]
+            kept.rows += [row_of[passage_of(i, row_of)[0]] for i in ids]
             parts.append(p)
         r_train = _merge(accumulators)
         kept.p = torch.cat(parts)

@@ -38,6 +38,8 @@ from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_bar, progress_step, row_progress, say_coverage
 from factrace.store import manifest as mf
 from factrace.store.encodings import EncodingStore, StoreWriter
+from factrace.store.ids import first_repeat
+from factrace.store.locations import Locations
 from factrace.store.lock import write_lock
 
 STATE_FILE = "encoder_state.pt"
@@ -194,7 +196,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
                                          [(str(cfg.corpus), a, b) for a, b in todo])
                 _encode_shards(results, writer, cfg.corpus, todo, cfg.progress,
                                "encoding corpus", engine)
-                writer.finish()
+                _finish(writer, 0, cfg.corpus, cfg.progress)
             store = EncodingStore.open(path, verify=False)
             if queries:
                 if encoder.config.hessian != "mixed":
@@ -209,6 +211,21 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         finally:
             engine.close()
     return EncodingStore.open(path, verify="once")
+
+
+def _finish(writer: StoreWriter, position: int, corpus: str, progress: bool) -> None:
+    """Complete a build (``position`` 0) or an addition: no two rows of one id, the corpus's
+    location table recorded, the store marked complete."""
+    store = EncodingStore(writer.path, writer.manifest)
+    repeated = first_repeat(store.ids)
+    if repeated is not None:
+        raise FactraceError(
+            f"{corpus}: two rows of the store would have the id {repeated!r} (a passage's "
+            f"window ids are <id>#<n>, and another passage has this id); rename one of them")
+    if len(writer.manifest.get("locations", [])) <= position:
+        _say(progress, f"recording where the passages of {corpus} are")
+        writer.record_locations(position, Locations.build(corpus))
+    writer.finish()
 
 
 # tasks -------------------------------------------------------------------------------------------
@@ -451,7 +468,7 @@ def add_to_index(cfg: AddConfig) -> EncodingStore:
         writer.set("tasks", tasks)
         pending["complete"] = True
         writer.set("additions", [*additions[:-1], pending])
-        writer.finish()
+        _finish(writer, len(additions), cfg.corpus, cfg.progress)
     return EncodingStore.open(cfg.index, verify="once")
 
 
@@ -464,8 +481,8 @@ def _task_files(store: EncodingStore, name: str):
 
 
 def _refuse_duplicates(store: EncodingStore, corpus: str) -> None:
-    have = {i.split("#")[0] for i in store.ids}
+    have = set(store.ids)
     for passage in iter_corpus(corpus):
-        if passage.id in have:
+        if passage.id in have or store.is_passage(passage.id):
             raise FactraceError(f"{corpus}: passage id {passage.id!r} is already in the store "
                                 f"{store.path}; ids must be unique")

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from factrace.store.ids import split_window
+
 TICK_S = 1.0
 
 
@@ -52,7 +54,7 @@ def say_coverage(coverage, enabled: bool = True) -> None:
 def passages_in(ids: Iterable[str]) -> int:
     """Passages finished in a batch of example ids: a passage split into windows ``<doc>#<n>``
     counts with its first window."""
-    return sum(1 for i in ids if "#" not in i or i.endswith("#0"))
+    return sum(1 for i in ids if split_window(i)[1] in (None, 0))
 
 
 def row_progress(engine, results: Iterable, ranges: list[tuple[int, int]], desc: str,

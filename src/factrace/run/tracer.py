@@ -17,16 +17,13 @@ from the queries it is given (for ``explain``, the set the query was traced with
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from factrace.data.corpus import iter_corpus
 from factrace.data.io import Ranking, read_queries
 from factrace.data.outputs import META_SUFFIX, check_at_least, check_output_file
 from factrace.data.records import Query
@@ -40,6 +37,7 @@ from factrace.run.scan import ScanResult, write_with_metadata
 from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.topk import exact_topk
 from factrace.store.encodings import EncodingStore
+from factrace.store.ids import passage_of
 
 # Tokens of largest contribution kept per explained proponent in an answer's rankings row.
 TOP_TOKENS = 5
@@ -309,44 +307,23 @@ class Tracer:
         index = self.row_index(doc_id) if row_index is None else row_index
         return explaining.pair(scorer, query_index, self.stored_row(index), index)
 
-    def corpora(self) -> list[str]:
-        """The corpora the store's rows were encoded from (the build's, then each addition's)."""
-        paths = self.store.corpora
-        for path in paths:
-            if path is None or not Path(path).exists():
-                raise FactraceError(f"{self.store.path}: the store was built from the corpus "
-                                    f"{path}, which is not there; the passages' text is needed "
-                                    "to explain a score")
-        return paths
-
     def passage_examples(self, doc_ids: Sequence[str]) -> dict[str, TokenizedExample]:
-        """The tokenised passages (windows) behind store rows ``doc_ids``, read from the
-        corpora the store records (one pass, stopping when all are found)."""
-        todo = {d for d in doc_ids if d not in self._passages}
-        for d in todo:
+        """The tokenised passages (windows) behind store rows ``doc_ids``, each read directly
+        from the corpus file and offset the store recorded for it (no corpus is scanned)."""
+        for d in doc_ids:
+            if d in self._passages:
+                continue
             self.row_index(d)
-        wanted: dict[str, set[str]] = {}
-        for d in todo:
-            wanted.setdefault(d, set()).add(d)
-            m = re.fullmatch(r"(.*)#\d+", d, flags=re.S)
-            if m:
-                wanted.setdefault(m.group(1), set()).add(d)
-        if todo:
-            for corpus in self.corpora():
-                for passage in iter_corpus(corpus):
-                    if passage.id not in wanted:
-                        continue
-                    for example in self.encoder.tokenize_passages([passage]):
-                        if example.id in todo:
-                            self._passages[example.id] = example
-                    if todo <= self._passages.keys():
-                        break
-                if todo <= self._passages.keys():
-                    break
-        missing = sorted(todo - self._passages.keys())
-        if missing:
-            raise FactraceError(f"passage {missing[0]!r} is in the store but not in its corpora "
-                                f"({', '.join(self.corpora())}) as the store encoded it")
+            document, window = passage_of(d, self.store.is_passage)
+            passage = self.store.passage(document)
+            if passage is not None:
+                for example in self.encoder.tokenize_passages([passage]):
+                    if example.id == d:
+                        self._passages[d] = example
+            if d not in self._passages:
+                raise FactraceError(
+                    f"passage {d!r} is in the store but not in its corpora "
+                    f"({', '.join(str(c) for c in self.store.corpora)}) as the store encoded it")
         return {d: self._passages[d] for d in doc_ids}
 
 

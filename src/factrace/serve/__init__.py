@@ -54,13 +54,11 @@ def load_explorer(cfg: ServeConfig):
     if cfg.index is None and not cfg.rankings:
         raise FactraceError("give --index STORE, --rankings FILE, or both")
     store = session = None
-    known = None
     corpora = list(cfg.corpus)
     if cfg.index is not None:
         from factrace.store.encodings import EncodingStore
 
         store = EncodingStore.open(cfg.index, verify="once")
-        known = set(store.ids)
         if not corpora:
             corpora = [c for c in store.corpora if c is not None]
         session = ModelSession(store, cfg.model, cfg.optimizer_state, cfg.device)
@@ -70,7 +68,7 @@ def load_explorer(cfg: ServeConfig):
     if not corpora:
         raise FactraceError("give --corpus FILE (or --index STORE) for the passages' text")
     qrels_path = cfg.qrels or qrels_named(sets)
-    return Explorer(sets=sets, qrels=load_qrels(qrels_path), passages=Passages(corpora, known),
+    return Explorer(sets=sets, qrels=load_qrels(qrels_path), passages=Passages(corpora, store),
                     session=session, index=cfg.index, qrels_path=qrels_path)
 
 

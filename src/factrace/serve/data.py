@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factrace.data.corpus import iter_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings
 from factrace.data.jsonl import iter_jsonl
 from factrace.data.outputs import meta_path
 from factrace.errors import FactraceError, FactraceWarning
-from factrace.evaluate.metrics import split_window
+from factrace.store.ids import passage_of
+from factrace.store.locations import Locations
 
 # A metadata field becomes a filter when it takes at most this many distinct values.
 MAX_FILTER_VALUES = 50
@@ -200,27 +200,42 @@ def load_sets(paths: list[str], queries: str | None = None) -> list[RankingSet]:
 
 
 class Passages:
-    """Passage texts by id, read once from the corpora; a window id ``<doc>#<n>`` is shown as
-    its document's text. ``known``: the ids a store holds (``None``: any id with a text)."""
+    """Passage texts by id, read when asked for through location tables (a store's own, or
+    built in one pass over ``corpora`` at start): no text is held in memory. A window id
+    ``<doc>#<n>`` is shown as its document's text. ``store``: the store whose rows are the
+    known ids (``None``: any id with a text)."""
 
-    def __init__(self, corpora: list[str], known: set[str] | None = None):
-        self.texts: dict[str, str] = {}
-        self.known = known
-        for corpus in corpora:
-            for passage in iter_corpus(corpus):
-                self.texts[passage.id] = passage.text
+    def __init__(self, corpora: list[str], store=None):
         self.corpora = list(corpora)
+        self.store = store
+        if store is not None and self.corpora == [c for c in store.corpora if c is not None]:
+            self.tables = store.locations()
+        else:
+            self.tables = [Locations.build(corpus) for corpus in self.corpora]
+        self._rows: set[str] | None = None
+
+    def _text(self, passage_id: str) -> str | None:
+        for table in self.tables:
+            found = table.find(passage_id)
+            if found is not None:
+                return found.text
+        return None
+
+    def _known(self, doc_id: str) -> bool:
+        if self.store is None:
+            return True
+        if self._rows is None:
+            self._rows = set(self.store.ids)
+        return doc_id in self._rows
 
     def get(self, doc_id: str) -> dict:
         """``{"id", "text", "window", "missing"}``: missing when the store lacks the id, or no
         corpus has its text."""
-        text, window = self.texts.get(doc_id), None
-        if text is None:
-            document, number = split_window(doc_id)
-            if number is not None and document in self.texts:
-                text, window = self.texts[document], number
-        missing = text is None or (self.known is not None and doc_id not in self.known)
-        return {"id": doc_id, "text": text, "window": window, "missing": missing}
+        document, window = passage_of(doc_id, lambda i: any(i in t for t in self.tables))
+        text = self._text(document)
+        missing = text is None or not self._known(doc_id)
+        return {"id": doc_id, "text": text, "window": window if text is not None else None,
+                "missing": missing}
 
 
 def load_qrels(path: str | None) -> dict[str, set[str]]:

@@ -12,6 +12,13 @@
 - :mod:`~factrace.store.lock`: the one-writer lock.
 """
 
-from factrace.store.encodings import EncodingStore, StoreWriter
-
 __all__ = ["EncodingStore", "StoreWriter"]
+
+
+def __getattr__(name: str):
+    # imported on first use: the light modules (ids, locations) need no torch
+    if name in __all__:
+        from factrace.store import encodings
+
+        return getattr(encodings, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

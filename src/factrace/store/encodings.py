@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from factrace.data.records import Passage
 from factrace.errors import FactraceError
 from factrace.store import manifest as mf
+from factrace.store.locations import Locations, load_arrays, save_arrays
 
 
 class StoreWriter:
@@ -173,6 +175,19 @@ class StoreWriter:
         self._manifest["shards"].append(entry)
         mf.write_manifest(self.path, self._manifest)
 
+    def record_locations(self, position: int, locations: Locations) -> None:
+        """Save the location table of the store's corpus number ``position`` (0: the build's,
+        k: the k-th addition's) as ``locations-K.npz`` and record it in the manifest."""
+        entries = list(self._manifest.get("locations", []))
+        if position > len(entries):
+            raise ValueError(f"locations of corpus {position} recorded before those of "
+                             f"corpus {len(entries)}")
+        name = f"locations-{position:05d}.npz"
+        entry = {**locations.entry(), "file": name,
+                 "sha256": mf.write_bytes_atomic(self.path / name,
+                                                 save_arrays(locations.arrays()))}
+        self.set("locations", [*entries[:position], entry])
+
     def finish(self) -> None:
         """Mark the store complete; only then can :meth:`EncodingStore.open` read it."""
         if not self.complete:
@@ -187,6 +202,7 @@ class EncodingStore:
         self.path = path
         self._manifest = manifest
         self._ids: list[str] | None = None
+        self._locations: list[Locations] | None = None
 
     @classmethod
     def open(
@@ -249,6 +265,37 @@ class EncodingStore:
         """The corpora the rows were encoded from: the build's, then each addition's."""
         return [self.config.get("corpus")] + [a["corpus"] for a in
                                               self._manifest.get("additions", [])]
+
+    def locations(self) -> list[Locations]:
+        """The location table of each corpus (:attr:`corpora`'s order), loaded on first use and
+        checked against its checksum; corpus files are checked when a passage is first read."""
+        if self._locations is None:
+            entries = self._manifest.get("locations", [])
+            if len(entries) != len(self.corpora):
+                raise FactraceError(f"{self.path}: the store records where the passages of "
+                                    f"{len(entries)} of its {len(self.corpora)} corpora are; "
+                                    "resume its build or addition to finish it")
+            tables = []
+            for entry in entries:
+                file = self.path / entry["file"]
+                if mf.sha256_file(file) != entry["sha256"]:
+                    raise FactraceError(f"{file} does not match its checksum in the manifest; "
+                                        "rebuild the store")
+                tables.append(Locations.from_saved(entry, load_arrays(file)))
+            self._locations = tables
+        return self._locations
+
+    def passage(self, passage_id: str) -> Passage | None:
+        """The passage of this id from the corpora the store records (``None``: none has it)."""
+        for table in self.locations():
+            found = table.find(passage_id)
+            if found is not None:
+                return found
+        return None
+
+    def is_passage(self, passage_id: str) -> bool:
+        """Whether some corpus of the store has a passage of this id."""
+        return any(passage_id in table for table in self.locations())
 
     @property
     def n_shards(self) -> int:
