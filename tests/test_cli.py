@@ -457,12 +457,26 @@ def test_threads_below_one_is_a_one_line_error(world, tmp_path, capsys):
     assert not out.exists()
 
 # ask and explain ---------------------------------------------------------------------------------
+@pytest.fixture
+def two_threads():
+    """PyTorch at two threads, and back to what it was after the test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tmp_path, capsys,
-                                                                       monkeypatch):
+                                                                       monkeypatch, two_threads):
+    import torch
+
     monkeypatch.setenv("COLUMNS", "200")
     out = tmp_path / "asked.jsonl"
     assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "4",
-                 "--top-k", "3", "--out", str(out)]) == 0
+                 "--top-k", "3", "--out", str(out), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
     (row,) = [json.loads(line) for line in open(out)]
     assert list(row) == ["query_id", "doc_ids", "scores", "opponent_ids", "opponent_scores",
                          "prompt", "completion", "proponent_tokens"]
@@ -494,10 +508,14 @@ def test_ask_reads_prompts_files(store, tmp_path):
         assert all(r["proponent_tokens"] == [None, None] for r in rows)
 
 
-def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_path, capsys):
+def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_path, capsys,
+                                                           two_threads):
+    import torch
+
     out = tmp_path / "e.json"
     assert main(["explain", "--index", store.out, "--queries", world["queries"], "--query-id",
-                 "q2", "--doc-id", "d5", "--out", str(out)]) == 0
+                 "q2", "--doc-id", "d5", "--out", str(out), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
     e = json.loads(out.read_text())
     assert {"score", "passage_tokens", "query_tokens", "remainder"} <= set(e)
     for key in ("passage_tokens", "query_tokens"):
@@ -519,6 +537,9 @@ def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_pat
     (["ask", "Alba was born in", "--model", "EOS"], "ended its completion at once"),
     (["explain", "--query-id", "nope", "--doc-id", "d1"], "has no query 'nope'"),
     (["explain", "--query-id", "q0", "--doc-id", "nope"], "has no row 'nope'"),
+    (["ask", "Alba was born in", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["explain", "--query-id", "q0", "--doc-id", "d1", "--threads", "0"],
+     "--threads must be at least 1, got 0"),
 ])
 def test_ask_and_explain_refuse_bad_input_with_one_line(store, world, eos_model, tmp_path,
                                                         capsys, argv, message):

@@ -389,8 +389,10 @@ def ask(
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     quiet: QuietOut = False,
     overwrite: Overwrite = False,
+    threads: Threads = None,
 ):
     """The store's model completes a prompt; the completion is traced against the store."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.report.answers import print_answer
     from factrace.run.tracer import AskConfig
@@ -420,8 +422,10 @@ def explain(
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     quiet: QuietOut = False,
     overwrite: Overwrite = False,
+    threads: Threads = None,
 ):
     """One pair's score, split exactly over the passage's tokens and over the query's."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.report.answers import print_explanation
     from factrace.run.tracer import ExplainConfig
