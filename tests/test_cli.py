@@ -479,7 +479,8 @@ def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tm
     assert torch.get_num_threads() == 1
     (row,) = [json.loads(line) for line in open(out)]
     assert list(row) == ["query_id", "doc_ids", "scores", "opponent_ids", "opponent_scores",
-                         "prompt", "completion", "proponent_tokens"]
+                         "prompt", "completion", "span", "traced", "proponent_tokens"]
+    assert row["traced"] == "answer"
     assert row["query_id"] == "ask-1" and row["prompt"] == "Alba was born in"
     assert len(row["doc_ids"]) == 3 and row["completion"].strip()
     # the three best proponents are explained (explain-top 3), each with its top tokens
@@ -488,7 +489,9 @@ def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tm
     meta = json.loads(Path(str(out) + ".meta.json").read_text())
     assert meta["command"] == "ask" and meta["whitening"]["r_eval"] == "task default"
     printed = capsys.readouterr().out
-    assert row["completion"] in printed and "proponents" in printed and "opponents" in printed
+    a, b = row["span"]
+    assert f"traced: the answer, characters {a}:{b} {row['completion'][a:b]!r}" in printed
+    assert "proponents" in printed and "opponents" in printed
     assert all(d in printed for d in row["doc_ids"] + row["opponent_ids"])
     best = row["proponent_tokens"][0][0]
     assert f"{best['token']!r} {best['contribution']:+.3f}" in printed
@@ -501,8 +504,11 @@ def test_ask_reads_prompts_files(store, tmp_path):
     for prompts, ids in ((jsonl, ["a", "ask-2"]), (text, ["ask-1", "ask-3"])):
         out = tmp_path / f"{prompts.suffix[1:]}.jsonl"
         assert main(["ask", "--index", store.out, "--prompts", str(prompts), "--max-new-tokens",
-                     "3", "--top-k", "2", "--explain-top", "0", "--out", str(out), "-q"]) == 0
+                     "3", "--top-k", "2", "--explain-top", "0", "--out", str(out), "-q",
+                     "--span", "whole"]) == 0
         rows = [json.loads(line) for line in open(out)]
+        assert all(r["traced"] == "whole" and r["span"] == [0, len(r["completion"])]
+                   for r in rows)
         assert [r["query_id"] for r in rows] == ids
         assert [r["prompt"] for r in rows] == ["Alba was born in", "Corin was born in"]
         assert all(r["proponent_tokens"] == [None, None] for r in rows)

@@ -375,13 +375,16 @@ def ask(
         help="Prompts file: .jsonl with \"prompt\" (and optionally \"id\") per line, or text "
         "with one prompt per line.")] = None,
     out: Annotated[str | None, typer.Option(help="Rankings JSONL to write (trace's rows plus "
-                                            "prompt, completion, proponent_tokens).")] = None,
+                                            "prompt, completion, span, traced, "
+                                            "proponent_tokens).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion "
                                                 "(it also stops at EOS).")] = 16,
     temperature: Annotated[float, typer.Option(help="0: greedy; above: sampled.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
-    span: Annotated[str | None, typer.Option(help="START:END, characters of the completion: "
-                                             "trace the tokens overlapping them only.")] = None,
+    span: Annotated[str, typer.Option(help="What of the completion is traced: answer (up to "
+                                      "its first sentence end or line break), whole, or "
+                                      "START:END (characters of the completion; the tokens "
+                                      "overlapping them).")] = "answer",
     top_k: TopK = 10,
     explain_top: Annotated[int, typer.Option("--explain-top", help="Best proponents whose "
                                              "passage tokens are scored.")] = 3,
@@ -391,7 +394,7 @@ def ask(
     overwrite: Overwrite = False,
     threads: Threads = None,
 ):
-    """The store's model completes a prompt; the completion is traced against the store."""
+    """The store's model completes a prompt; its answer is traced against the store."""
     set_threads(threads)
     _quiet_libraries()
     from factrace.report.answers import print_answer

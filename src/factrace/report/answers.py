@@ -1,7 +1,7 @@
 """``ask`` and ``explain`` in the terminal, with ``rich``.
 
-An answer: the prompt, the model's completion (the traced tokens underlined), where R_eval came
-from, then the proponents — score, passage id, and the passage tokens that raise the score most
+An answer: the prompt, the model's completion (the traced tokens underlined), which characters
+were traced and why, where R_eval came from, then the proponents — score, passage id, and the passage tokens that raise the score most
 — and the opponents. An explanation: the score, then the passage and the query with each token
 shaded by its contribution (green raises the score, red lowers it; the contributions of each sum
 to the score).
@@ -44,6 +44,19 @@ def _inline(tokens: Sequence[dict] | None) -> str:
     return "  ".join(f"{t['token']!r} {t['contribution']:+.3f}" for t in best)
 
 
+def traced_line(answer) -> str:
+    """Which characters of the completion were traced, and why."""
+    if answer.span is None:
+        why = " (the completion is blank: it holds no answer)" if answer.traced != "whole" else ""
+        return f"traced: the whole completion{why}"
+    a, b = answer.span
+    chars = f"characters {a}:{b} {answer.completion[a:b]!r}"
+    if answer.traced == "answer":
+        return (f"traced: the answer, {chars} (up to the first sentence end or line break; "
+                "--span whole traces all of it)")
+    return f"traced: {chars} of the completion (--span)"
+
+
 def print_answer(answer, console: Console | None = None) -> None:
     """One :class:`~factrace.run.ask.Answer`."""
     console = console or Console()
@@ -53,6 +66,7 @@ def print_answer(answer, console: Console | None = None) -> None:
     for t in answer.completion_tokens:
         head.append(t["token"], style="bold underline" if t["traced"] else "bold")
     console.print(head)
+    console.print(Text(traced_line(answer), style="dim"))
     whitening = answer.metadata.get("whitening", {})
     console.print(Text(f"R_eval: {whitening.get('r_eval', '?')}", style="dim"))
     r = answer.ranking

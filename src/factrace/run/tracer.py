@@ -138,27 +138,28 @@ class Tracer:
 
     # ask ---------------------------------------------------------------------------------------
     def ask(self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0,
-            seed: int = 0, span: tuple[int | None, int | None] | str | None = None,
-            top_k: int = 10, task: str | None = None, explain_top: int = 3) -> asking.Answer:
-        """The model completes ``prompt`` and the completion is traced: an
+            seed: int = 0, span: asking.Span = asking.ANSWER, top_k: int = 10,
+            task: str | None = None, explain_top: int = 3) -> asking.Answer:
+        """The model completes ``prompt`` and its answer is traced: an
         :class:`~factrace.run.ask.Answer` (its ``metadata`` says how).
 
         Greedy at ``temperature`` 0, else sampled with ``seed``; the completion stops at EOS or
         after ``max_new_tokens``. The query is prompt ⊕ completion with the loss on the
-        completion's tokens, or on those overlapping ``span`` (``(start, end)`` or
-        ``"START:END"``, characters of the completion). One query is too few to define R_eval:
-        the store's default task gives it when there is one (see :meth:`scorer`). The
-        ``explain_top`` best proponents get their per-token contributions
-        (``Answer.proponent_tokens``).
+        completion tokens overlapping ``span``, characters of the completion: by default
+        ``"answer"``, the completion up to its first sentence end or line break
+        (:func:`~factrace.run.ask.answer_span`; all of it when it is blank); ``(start, end)`` or
+        ``"START:END"``; ``"whole"`` or ``None`` for the whole completion. ``Answer.span`` and
+        ``Answer.traced`` say which. One query is too few to define R_eval: the store's
+        default task gives it when there is one (see :meth:`scorer`). The ``explain_top`` best
+        proponents get their per-token contributions (``Answer.proponent_tokens``).
         """
         answers, _ = self.ask_many([prompt], max_new_tokens, temperature, seed, span, top_k,
                                    task, explain_top)
         return answers[0]
 
     def ask_many(self, prompts: Sequence[str | tuple[str, str]], max_new_tokens: int = 16,
-                 temperature: float = 0.0, seed: int = 0,
-                 span: tuple[int | None, int | None] | str | None = None, top_k: int = 10,
-                 task: str | None = None, explain_top: int = 3
+                 temperature: float = 0.0, seed: int = 0, span: asking.Span = asking.ANSWER,
+                 top_k: int = 10, task: str | None = None, explain_top: int = 3
                  ) -> tuple[list[asking.Answer], dict]:
         """:meth:`ask` for several prompts (strings, or ``(id, prompt)`` pairs), traced
         together as one query set (as ``trace`` traces a file): ``(answers, metadata)``."""
@@ -182,9 +183,9 @@ class Tracer:
         for (qid, prompt), pids in zip(named, ids, strict=True):
             completion = asking.generate(loaded, pids, min(max_new_tokens, limit - len(pids)),
                                          temperature, seed)
-            text, tokens, query, chosen = asking.completion_query(loaded.tokenizer, pids,
-                                                                  completion, qid, span)
-            answers.append(asking.Answer(qid, prompt, text, query, tokens, chosen))
+            c = asking.completion_query(loaded.tokenizer, pids, completion, qid, span)
+            answers.append(asking.Answer(qid, prompt, c.text, c.query, c.tokens, c.span,
+                                         c.traced))
         timings["generate_s"] = time.perf_counter() - t
         t = time.perf_counter()
         _, y = self.encoder.example_vectors([a.query for a in answers])
@@ -200,9 +201,8 @@ class Tracer:
                                     "temperature": temperature, "seed": seed,
                                     "greedy": temperature == 0, "context": limit})
         for a, r in zip(answers, rankings, strict=True):
-            extra = {"prompt": a.prompt, "completion": a.completion}
-            if a.span is not None:
-                extra["span"] = list(a.span)
+            extra = {"prompt": a.prompt, "completion": a.completion,
+                     "span": list(a.span or (0, len(a.completion))), "traced": a.traced}
             # per proponent, its passage's tokens of largest contribution (null: not explained)
             extra["proponent_tokens"] = [
                 asking.top_contributions(a.proponent_tokens[d], TOP_TOKENS)
@@ -435,8 +435,9 @@ class AskConfig:
     """0: greedy."""
     seed: int = 0
     """Seed of the sampling (with a temperature)."""
-    span: str | None = None
-    """``START:END``: trace the completion tokens overlapping these characters only."""
+    span: str = asking.ANSWER
+    """What of the completion is traced (the tokens overlapping these characters): ``answer``
+    (up to its first sentence end or line break), ``whole``, or ``START:END``."""
     top_k: int = 10
     task: str | None = None
     explain_top: int = 3
