@@ -468,8 +468,9 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tmp_path, capsys,
-                                                                       monkeypatch, two_threads):
+def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, world, tmp_path,
+                                                                       capsys, monkeypatch,
+                                                                       two_threads):
     import torch
 
     monkeypatch.setenv("COLUMNS", "200")
@@ -491,6 +492,14 @@ def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tm
     printed = capsys.readouterr().out
     a, b = row["span"]
     assert f"traced: the answer, characters {a}:{b} {row['completion'][a:b]!r}" in printed
+    # not a terminal: the traced span and the best proponent's best tokens marked in the text
+    assert f"[[{row['completion'][a:b]}]]" in printed
+    (line,) = [line for line in printed.splitlines() if f" {row['doc_ids'][0]} " in line]
+    best = row["proponent_tokens"][0][0]["token"].strip()  # (adjacent marks run together)
+    assert any(best in group for group in re.findall(r"\[\+([^\]]*)\]", line)), line
+    texts = {r["id"]: r["text"] for r in world["rows"]}
+    (line,) = [line for line in printed.splitlines() if f" {row['opponent_ids'][0]} " in line]
+    assert texts[row["opponent_ids"][0].split("#")[0]][:20] in line  # a snippet of its text
     assert "proponents" in printed and "opponents" in printed
     assert all(d in printed for d in row["doc_ids"] + row["opponent_ids"])
     best = row["proponent_tokens"][0][0]
@@ -529,7 +538,10 @@ def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_pat
     text = {r["id"]: r["text"] for r in world["rows"]}["d5"]
     assert "".join(t["token"] for t in e["passage_tokens"]) == text
     printed = capsys.readouterr().out
-    assert f"score {e['score']:+.4f}" in printed and text[:20] in printed
+    assert f"score {e['score']:+.4f}" in printed
+    # not a terminal: the strongest tokens marked in the text ([+...] raises, [-...] lowers)
+    assert re.search(r"\[\+[^\]]+\]", printed)
+    assert text[:20] in re.sub(r"\[[+-]([^\]]*)\]", r"\1", printed)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -404,7 +404,7 @@ def ask(
     answers, _ = run_ask(AskConfig(index=index, prompt=prompt, prompts=prompts, out=out,
                                    max_new_tokens=max_new_tokens, temperature=temperature,
                                    seed=seed, span=span, top_k=top_k, task=task,
-                                   explain_top=explain_top, model=model,
+                                   explain_top=explain_top, texts=not quiet, model=model,
                                    optimizer_state=optimizer_state, device=device,
                                    overwrite=overwrite))
     if not quiet:

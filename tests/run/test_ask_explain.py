@@ -368,6 +368,20 @@ def test_ask_traces_the_answer_by_default(tracer):
     assert given.ranking.scores == a.ranking.scores
 
 
+def test_ask_reads_the_texts_of_the_passages_it_ranks_when_asked(tracer, world):
+    a = tracer.ask("Alba was born in", max_new_tokens=4, top_k=4, explain_top=1, texts=True)
+    ids = a.ranking.doc_ids + a.ranking.opponent_ids
+    assert list(a.texts) == ids
+    corpus = {row["id"]: row["text"] for row in world["rows"]}
+    for doc in ids:
+        whole = corpus[doc.split("#")[0]]
+        assert a.texts[doc] == whole if "#" not in doc else a.texts[doc] in whole
+    # an explained proponent's tokens end its text (the snippet is placed by them)
+    best = a.ranking.doc_ids[0]
+    assert a.texts[best].endswith("".join(t["token"] for t in a.proponent_tokens[best]))
+    assert tracer.ask("Alba was born in", max_new_tokens=4, top_k=4, explain_top=0).texts == {}
+
+
 def test_a_blank_completion_is_traced_whole(tracer):
     tok = tracer.encoder.loaded.tokenizer
     prompt = tok("Alba was born in")["input_ids"]

@@ -37,7 +37,8 @@ class Answer:
     completion); ``span``: the characters traced, ``None`` for the whole completion;
     ``traced``: how they were chosen (:data:`TRACED`); ``proponent_tokens``: per proponent
     explained, its passage's loss terms ``[{"token", "contribution", "position"}]`` (see
-    :mod:`factrace.run.explain`).
+    :mod:`factrace.run.explain`); ``texts``: the text of each passage ranked (proponents and
+    opponents; the window's for a window), when asked for.
     """
 
     id: str
@@ -49,6 +50,7 @@ class Answer:
     traced: str = "whole"
     ranking: Ranking | None = None
     proponent_tokens: dict[str, list[dict]] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
 
 

@@ -139,7 +139,8 @@ class Tracer:
     # ask ---------------------------------------------------------------------------------------
     def ask(self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0,
             seed: int = 0, span: asking.Span = asking.ANSWER, top_k: int = 10,
-            task: str | None = None, explain_top: int = 3) -> asking.Answer:
+            task: str | None = None, explain_top: int = 3, texts: bool = False
+            ) -> asking.Answer:
         """The model completes ``prompt`` and its answer is traced: an
         :class:`~factrace.run.ask.Answer` (its ``metadata`` says how).
 
@@ -151,16 +152,18 @@ class Tracer:
         ``"START:END"``; ``"whole"`` or ``None`` for the whole completion. ``Answer.span`` and
         ``Answer.traced`` say which. One query is too few to define R_eval: the store's
         default task gives it when there is one (see :meth:`scorer`). The ``explain_top`` best
-        proponents get their per-token contributions (``Answer.proponent_tokens``).
+        proponents get their per-token contributions (``Answer.proponent_tokens``); with
+        ``texts``, every passage ranked its text (``Answer.texts``, read from the store's
+        corpora in the same pass; none when the corpora cannot be read).
         """
         answers, _ = self.ask_many([prompt], max_new_tokens, temperature, seed, span, top_k,
-                                   task, explain_top)
+                                   task, explain_top, texts)
         return answers[0]
 
     def ask_many(self, prompts: Sequence[str | tuple[str, str]], max_new_tokens: int = 16,
                  temperature: float = 0.0, seed: int = 0, span: asking.Span = asking.ANSWER,
-                 top_k: int = 10, task: str | None = None, explain_top: int = 3
-                 ) -> tuple[list[asking.Answer], dict]:
+                 top_k: int = 10, task: str | None = None, explain_top: int = 3,
+                 texts: bool = False) -> tuple[list[asking.Answer], dict]:
         """:meth:`ask` for several prompts (strings, or ``(id, prompt)`` pairs), traced
         together as one query set (as ``trace`` traces a file): ``(answers, metadata)``."""
         check_at_least(1, top_k=top_k)
@@ -192,6 +195,14 @@ class Tracer:
         rankings, metadata, scorer = self._trace(answers, y, top_k, task)
         timings["trace_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        if texts:
+            shown = [r.doc_ids + (r.opponent_ids or []) for r in rankings]
+            try:
+                found = self.passage_texts([d for ids in shown for d in ids])
+            except FactraceError:  # the corpora moved: the answers go without texts
+                found = {}
+            for a, ids in zip(answers, shown, strict=True):
+                a.texts = {d: found[d] for d in ids if d in found}
         wanted = [(i, d) for i, r in enumerate(rankings) for d in r.doc_ids[:explain_top]]
         for (i, d), tokens in zip(wanted, self._passage_tokens(scorer, wanted), strict=True):
             answers[i].proponent_tokens[d] = tokens
@@ -319,6 +330,14 @@ class Tracer:
                                     "to explain a score")
         return paths
 
+    def passage_texts(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """The text of the passages (windows) behind store rows ``doc_ids``: their tokens
+        decoded, special tokens left out (see :meth:`passage_examples`)."""
+        tokenizer = self.encoder.loaded.tokenizer
+        return {d: tokenizer.decode(list(e.input_ids), skip_special_tokens=True,
+                                    clean_up_tokenization_spaces=False)
+                for d, e in self.passage_examples(doc_ids).items()}
+
     def passage_examples(self, doc_ids: Sequence[str]) -> dict[str, TokenizedExample]:
         """The tokenised passages (windows) behind store rows ``doc_ids``, read from the
         corpora the store records (one pass, stopping when all are found)."""
@@ -442,6 +461,8 @@ class AskConfig:
     task: str | None = None
     explain_top: int = 3
     """Best proponents whose per-token contributions are computed."""
+    texts: bool = False
+    """Read every ranked passage's text too (``Answer.texts``, for showing them)."""
     model: str | None = None
     optimizer_state: str | None = None
     device: str | None = None
@@ -465,7 +486,8 @@ def ask(cfg: AskConfig) -> tuple[list[asking.Answer], dict]:
             raise FactraceError(f"prompt {pid!r} is empty")
     tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
     answers, metadata = tracer.ask_many(prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed,
-                                        span, cfg.top_k, cfg.task, cfg.explain_top)
+                                        span, cfg.top_k, cfg.task, cfg.explain_top,
+                                        cfg.texts)
     if cfg.prompts:
         metadata["prompts"] = str(cfg.prompts)
     if cfg.out:
