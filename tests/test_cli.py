@@ -480,7 +480,8 @@ def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, wo
     assert torch.get_num_threads() == 1
     (row,) = [json.loads(line) for line in open(out)]
     assert list(row) == ["query_id", "doc_ids", "scores", "opponent_ids", "opponent_scores",
-                         "prompt", "completion", "span", "traced", "proponent_tokens"]
+                         "prompt", "completion", "completion_ids", "span", "traced",
+                         "proponent_tokens"]
     assert row["traced"] == "answer"
     assert row["query_id"] == "ask-1" and row["prompt"] == "Alba was born in"
     assert len(row["doc_ids"]) == 3 and row["completion"].strip()
@@ -542,6 +543,41 @@ def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_pat
     # not a terminal: the strongest tokens marked in the text ([+...] raises, [-...] lowers)
     assert re.search(r"\[\+[^\]]+\]", printed)
     assert text[:20] in re.sub(r"\[[+-]([^\]]*)\]", r"\1", printed)
+
+
+def test_explain_reads_the_answers_of_ask_and_gives_the_scores_they_list(store, tmp_path,
+                                                                          capsys):
+    """explain --queries takes an ask --out file: the answers traced together, each as it was
+    traced (its completion's token ids, the answer's span), so a proponent's and an
+    opponent's scores are the ones the row lists; older rows without the ids also work."""
+    prompts = _write(tmp_path / "p.jsonl", [json.dumps({"id": "a", "prompt": "Alba was born in"}),
+                                            json.dumps({"id": "b", "prompt": "Corin was born in"})])
+    asked = tmp_path / "asked.jsonl"
+    assert main(["ask", "--index", store.out, "--prompts", str(prompts), "--max-new-tokens", "8",
+                 "--top-k", "2", "--explain-top", "0", "--out", str(asked), "-q"]) == 0
+    rows = {r["query_id"]: r for r in map(json.loads, open(asked))}
+    assert rows["b"]["traced"] == "answer"
+    old = _write(tmp_path / "old.jsonl", [json.dumps({k: v for k, v in r.items()
+                                                      if k != "completion_ids"})
+                                          for r in rows.values()])
+    for answers, doc, score in ((asked, rows["b"]["doc_ids"][1], rows["b"]["scores"][1]),
+                                (asked, rows["b"]["opponent_ids"][0],
+                                 rows["b"]["opponent_scores"][0]),
+                                (old, rows["b"]["doc_ids"][0], rows["b"]["scores"][0])):
+        out = tmp_path / f"e-{answers.stem}-{doc}.json"
+        assert main(["explain", "--index", store.out, "--queries", str(answers), "--query-id",
+                     "b", "--doc-id", doc, "--out", str(out), "-q"]) == 0
+        e = json.loads(out.read_text())
+        assert e["score"] == pytest.approx(score, rel=1e-5)
+        # the query's tokens are the answer's: they rebuild the traced characters
+        a, b = rows["b"]["span"]
+        assert "".join(t["token"] for t in e["query_tokens"]).strip() == \
+            rows["b"]["completion"][a:b].strip()
+    bad = _write(tmp_path / "bad.jsonl", [json.dumps({**rows["a"], "completion_ids": "x"})])
+    assert main(["explain", "--index", store.out, "--queries", str(bad), "--query-id", "a",
+                 "--doc-id", "d1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.jsonl:1" in err and "completion_ids" in err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -416,7 +416,8 @@ def ask(
 @user_errors
 def explain(
     index: StoreOption,
-    queries: Annotated[str, typer.Option(help="Queries JSONL the pair was traced with.")],
+    queries: Annotated[str, typer.Option(help="Queries JSONL the pair was traced with, or the "
+                                         "answers of an ask (its --out).")],
     query_id: Annotated[str, typer.Option("--query-id", help="The query's id.")],
     doc_id: Annotated[str, typer.Option("--doc-id", help="The passage's id in the store "
                                         "(<doc>#<n> for a window).")],

@@ -382,6 +382,30 @@ def test_ask_reads_the_texts_of_the_passages_it_ranks_when_asked(tracer, world):
     assert tracer.ask("Alba was born in", max_new_tokens=4, top_k=4, explain_top=0).texts == {}
 
 
+@pytest.mark.parametrize("kept_ids", [True, False])
+def test_an_answers_file_reads_back_as_the_queries_traced(tracer, tmp_path, kept_ids):
+    """Each row of ``ask --out`` gives back its query: the same token ids and the same loss
+    mask, whatever the span (the answer, a span given, the whole completion); rows without the
+    completion's token ids (older files) are tokenised as a query's target is."""
+    from factrace.data.io import ranking_row
+    from factrace.data.jsonl import write_jsonl
+    from factrace.run.ask import read_answers
+
+    answers = [tracer.ask("Alba was born in", max_new_tokens=8, top_k=2, explain_top=0,
+                          span=span) for span in ("answer", "2:5", "whole")]
+    rows = []
+    for n, a in enumerate(answers):
+        row = {**ranking_row(a.ranking), "query_id": f"a{n}"}
+        if not kept_ids:
+            del row["completion_ids"]
+        rows.append(row)
+    write_jsonl(tmp_path / "asked.jsonl", rows)
+    back = tracer.answer_queries(read_answers(str(tmp_path / "asked.jsonl")))
+    assert [(q.input_ids, q.loss_mask) for q in back] == [(a.query.input_ids, a.query.loss_mask)
+                                                          for a in answers]
+    assert len({q.loss_mask for q in back}) == 3
+
+
 def test_a_blank_completion_is_traced_whole(tracer):
     tok = tracer.encoder.loaded.tokenizer
     prompt = tok("Alba was born in")["input_ids"]

@@ -19,13 +19,16 @@ from typing import NamedTuple
 import torch
 
 from factrace.data.io import Ranking
-from factrace.data.jsonl import as_id, as_text, iter_jsonl
+from factrace.data.jsonl import as_id, as_list, as_text, iter_jsonl, located_error
 from factrace.data.jsonl import field as required
-from factrace.data.tokenize import TokenizedExample
+from factrace.data.records import Query
+from factrace.data.tokenize import TokenizedExample, tokenize_query
 from factrace.errors import FactraceError
 from factrace.run.explain import token_pieces
 
 PROMPT_OBJECT = 'a JSON object with a non-empty "prompt" (and optionally "id")'
+ANSWER_OBJECT = ('a JSON object with "query_id", "prompt" and "completion" (and "span", '
+                 '"traced", "completion_ids" as ask --out writes them)')
 
 
 @dataclass
@@ -155,6 +158,59 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
     return out
 
 
+# answers files ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Asked:
+    """A row of an answers file (``ask --out``) as the query it was traced as: the prompt, the
+    completion and its token ids (``None`` in files written before they were kept), and the
+    characters traced (``None``: the whole completion)."""
+
+    id: str
+    prompt: str
+    completion: str
+    completion_ids: tuple[int, ...] | None
+    span: tuple[int, int] | None
+
+
+def is_answers(path: str) -> bool:
+    """Whether a JSON Lines file's first row is an answers row (``query_id`` and
+    ``completion``), not a query (the file's other rows are checked when read)."""
+    for _, row in iter_jsonl(path):
+        return "query_id" in row and "completion" in row
+    return False
+
+
+def read_answers(path: str) -> list[Asked]:
+    """The rows of an answers file as :class:`Asked` queries; ids must be unique."""
+    expected = f"each line must be {ANSWER_OBJECT}"
+    out: list[Asked] = []
+    for number, row in iter_jsonl(path, ANSWER_OBJECT):
+        where = f"{path}:{number}"
+        qid = as_id(required(row, "query_id", where, expected), "query_id", where, expected)
+        prompt, completion = (as_text(required(row, key, where, expected), key, where, expected,
+                                      allow_empty=False) for key in ("prompt", "completion"))
+        ids = span = None
+        if "completion_ids" in row:
+            ids = as_list(row["completion_ids"], "completion_ids", where, expected)
+            if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                  for t in ids):
+                raise located_error(where, '"completion_ids" must be token ids', expected)
+            ids = tuple(ids)
+        if row.get("span") is not None and row.get("traced") not in (WHOLE, TRACED[-1]):
+            span = as_list(row["span"], "span", where, expected)
+            if len(span) != 2 or not all(isinstance(c, int) and not isinstance(c, bool)
+                                         for c in span):
+                raise located_error(where, '"span" must be [start, end]', expected)
+            span = (span[0], span[1])
+        if any(a.id == qid for a in out):
+            raise located_error(where, f"query_id {qid!r} appears twice",
+                                "one row per answer")
+        out.append(Asked(qid, prompt, completion, ids, span))
+    if not out:
+        raise FactraceError(f"{path}: no answers (expected one line per answer, {ANSWER_OBJECT})")
+    return out
+
+
 # generation -----------------------------------------------------------------------------------
 def prompt_ids(tokenizer, prompt: str, max_length: int, prompt_id: str) -> list[int]:
     """The prompt's tokens (with the tokenizer's special tokens, as queries are tokenised),
@@ -259,3 +315,24 @@ def completion_query(tokenizer, prompt: list[int], completion: list[int], query_
     mask = (0,) * len(prompt) + tuple(int(t["traced"]) for t in tokens)
     return Completion(text, tokens, TokenizedExample(query_id, tuple(prompt + completion), mask),
                       chosen, traced)
+
+
+def asked_query(tokenizer, asked: Asked, max_length: int) -> TokenizedExample:
+    """The query an answers row was traced as: its prompt tokenised as ``ask`` tokenises it,
+    then the completion's token ids, the loss on the tokens overlapping its span. A row
+    without the ids (written before they were kept) has its completion tokenised as a query's
+    target is, which gives the ids the model generated when they were the tokenizer's own
+    tokenisation of the text."""
+    if asked.completion_ids is not None:
+        prompt, completion = prompt_ids(tokenizer, asked.prompt, max_length, asked.id), list(
+            asked.completion_ids)
+    else:
+        query = tokenize_query(tokenizer, Query(asked.id, asked.prompt, asked.completion),
+                               max_length)
+        n = query.loss_mask.index(1)
+        prompt, completion = list(query.input_ids[:n]), list(query.input_ids[n:])
+    c = completion_query(tokenizer, prompt, completion, asked.id, asked.span)
+    if c.text != asked.completion:
+        raise FactraceError(f"answer {asked.id!r}: its token ids decode to {c.text!r}, not the "
+                            f"completion {asked.completion!r}; was it asked of another model?")
+    return c.query

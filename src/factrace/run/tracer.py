@@ -213,6 +213,7 @@ class Tracer:
                                     "greedy": temperature == 0, "context": limit})
         for a, r in zip(answers, rankings, strict=True):
             extra = {"prompt": a.prompt, "completion": a.completion,
+                     "completion_ids": list(a.query.input_ids[-len(a.completion_tokens):]),
                      "span": list(a.span or (0, len(a.completion))), "traced": a.traced}
             # per proponent, its passage's tokens of largest contribution (null: not explained)
             extra["proponent_tokens"] = [
@@ -222,6 +223,13 @@ class Tracer:
                                 r.opponent_scores, extra)
             a.metadata = metadata
         return answers, metadata
+
+    def answer_queries(self, asked: Sequence[asking.Asked]) -> list[TokenizedExample]:
+        """The queries the rows of an answers file were traced as, in order (read them with
+        :func:`~factrace.run.ask.read_answers`; see :func:`~factrace.run.ask.asked_query`): to
+        explain an answer's score, pass them all as ``queries``, as ``ask`` traced them."""
+        loaded = self.encoder.loaded
+        return [asking.asked_query(loaded.tokenizer, a, self.encoder.max_length) for a in asked]
 
     # explain -----------------------------------------------------------------------------------
     def explain(self, query: Query | TokenizedExample, doc_id: str,
@@ -501,7 +509,8 @@ class ExplainConfig:
 
     index: str
     queries: str
-    """The queries file the pair was traced with (R_eval comes from it, as in ``trace``)."""
+    """The queries file the pair was traced with (R_eval comes from it, as in ``trace``), or
+    the answers file of an ``ask`` (``ask --out``): its answers as they were traced."""
     query_id: str
     doc_id: str
     out: str | None = None
@@ -515,16 +524,19 @@ class ExplainConfig:
 
 def explain(cfg: ExplainConfig) -> dict:
     """Run an ``explain`` job (the query id is checked before the model loads, the doc id
-    before any encoding)."""
+    before any encoding); ``queries`` may be an answers file (:meth:`Tracer.answer_queries`)."""
     if cfg.out:
         check_output_file(cfg.out, overwrite=cfg.overwrite)
-    queries = read_queries(cfg.queries)
-    by_id = {q.id: q for q in queries}
-    if cfg.query_id not in by_id:
+    answers = asking.is_answers(cfg.queries)
+    queries = asking.read_answers(cfg.queries) if answers else read_queries(cfg.queries)
+    ids = [q.id for q in queries]
+    if cfg.query_id not in ids:
         raise FactraceError(f"{cfg.queries} has no query {cfg.query_id!r}")
     tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
     tracer.row_index(cfg.doc_id)
-    result = tracer.explain(by_id[cfg.query_id], cfg.doc_id, queries, cfg.task)
+    if answers:
+        queries = tracer.answer_queries(queries)
+    result = tracer.explain(queries[ids.index(cfg.query_id)], cfg.doc_id, queries, cfg.task)
     result["queries"] = str(cfg.queries)
     if cfg.out:
         import json
