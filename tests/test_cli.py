@@ -1,7 +1,10 @@
 """The command line: bad input gets one line naming file and line, exit code 2, no output left."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,6 +167,59 @@ def test_eval_warns_when_qrels_match_some_ranked_queries(tmp_path, capsys):
                for line in err)
     assert any("1 of the 2 queries" in line and "score 0" in line for line in err)
     assert json.loads(out.read_text())["mrr"] == 0.25  # q0: 1/2, q9: 0
+
+
+# start-up: a command imports what it needs when it runs ---------------------------------------
+HEAVY = ("torch", "transformers", "ray", "faiss", "bm25s", "sentence_transformers", "starlette",
+         "matplotlib", "pyarrow", "datasets")
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter that imports this factrace (the one under test)."""
+    import factrace
+
+    src = str(Path(factrace.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """``import factrace.cli`` and ``factrace --help`` (the `python -m factrace` entry too) load
+    none of PyTorch, transformers, Ray, FAISS, ...: a command imports them when it runs."""
+    shown = _python(f"import sys, factrace.cli; print([m for m in {HEAVY!r} if m in sys.modules])")
+    assert shown.returncode == 0 and shown.stdout.strip() == "[]", shown.stderr
+    shown = _python("import runpy, sys; sys.argv = ['factrace', '--help']; "
+                    "runpy.run_module('factrace', run_name='__main__')")
+    assert shown.returncode == 0, shown.stderr
+    assert all(c in shown.stdout for c in ("scan", "index", "trace", "ask", "explain", "eval"))
+    shown = _python("import sys, factrace; "
+                    f"print([m for m in {HEAVY!r} if m in sys.modules], factrace.Index.__name__)")
+    assert shown.stdout.split() == ["[]", "EncodingStore"], shown.stderr
+    import factrace
+
+    assert set(factrace.__all__) <= set(dir(factrace))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        factrace.nope  # noqa: B018
+
+
+def test_commands_without_a_model_load_no_heavy_library(store, tmp_path):
+    """eval (no tail-patch), baseline random and index verify run without PyTorch or
+    transformers."""
+    rankings = _rankings(tmp_path / "r.jsonl", ["q0", "q1"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "q0", "doc_id": "d1"})])
+    code = (
+        "import sys; from factrace.cli import main\n"
+        "assert main(['eval', '--rankings', sys.argv[1], '--qrels', sys.argv[2]]) == 0\n"
+        "assert main(['baseline', '--method', 'random', '--corpus', sys.argv[3], '--queries',"
+        " sys.argv[4], '--out', sys.argv[5], '-q']) == 0\n"
+        "assert main(['index', 'verify', '--index', sys.argv[6]]) == 0\n"
+        f"print('loaded:', [m for m in {HEAVY!r} if m in sys.modules])\n")
+    shown = _python(code, str(rankings), str(qrels), store.corpus, store.queries,
+                    str(tmp_path / "random.jsonl"), store.out)
+    assert shown.returncode == 0, shown.stderr
+    assert "MRR" in shown.stdout and "rows verified" in shown.stdout
+    assert shown.stdout.strip().endswith("loaded: []"), shown.stdout
 
 
 def test_query_target_without_space_is_repaired_with_a_warning(world, tmp_path, capsys):

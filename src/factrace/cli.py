@@ -186,11 +186,18 @@ def user_errors(fn):
 
 
 def _quiet_libraries():
+    """transformers and the Hugging Face hub offline, errors only, no progress bars: said in
+    the environment, which they read when they load (a command that loads no model does not
+    load them), and to transformers itself when it is loaded already."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 @app.command()
@@ -554,7 +561,8 @@ def baseline(
     from factrace.data.corpus import iter_corpus, validate_corpus
     from factrace.data.io import read_queries, write_rankings
     from factrace.data.outputs import check_at_least, check_output_file
-    from factrace.evaluate.compare import BASELINES, CompareConfig, baseline_rankings
+    from factrace.evaluate.baselines import BASELINES, baseline_rankings
+    from factrace.run.progress import progress_step
 
     if method not in BASELINES:
         raise FactraceError(f"--method must be one of {', '.join(BASELINES)}; got {method!r}")
@@ -562,9 +570,10 @@ def baseline(
     check_output_file(out, overwrite=overwrite)
     qs = read_queries(queries)
     validate_corpus(corpus)
-    cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,),
-                        progress=not quiet)
-    write_rankings(out, baseline_rankings(cfg, list(iter_corpus(corpus)), qs)[method])
+    passages = list(iter_corpus(corpus))
+    with progress_step(f"baseline {method}", not quiet):
+        ranked = baseline_rankings(method, passages, qs, top_k)
+    write_rankings(out, ranked)
 
 
 @app.command()

@@ -37,7 +37,6 @@ from factrace.run import ask as asking
 from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
 from factrace.run.scan import ScanResult, write_with_metadata
-from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.store import EncodingStore
 from factrace.search.topk import exact_topk
 
@@ -122,6 +121,8 @@ class Tracer:
             exact = exact_topk(scorer, self.store, top_k).result([q.id for q in queries])
         rankings = exact
         if faiss is not None:
+            from factrace.search.approx import ApproxIndex, recall_at_k  # FAISS, when asked for
+
             index = ApproxIndex.build(_ScaledRows(self.store, scorer), faiss, nprobe=nprobe)
             vectors = scorer.u.numpy() if not scorer.task.normalize else \
                 (scorer.u / scorer.qn[:, None]).numpy()

@@ -8,10 +8,15 @@
   exact search (``approx.py``).
 """
 
-from factrace.data.io import Ranking
-from factrace.search.approx import ApproxIndex, recall_at_k
-from factrace.search.store import EncodingStore, StoreWriter
-from factrace.search.topk import TopK, exact_search, exact_topk
+from factrace.lazy import lazy_exports
+
+# each imported when first used (see factrace.lazy)
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "Ranking": "factrace.data.io", "ApproxIndex": "factrace.search.approx",
+    "recall_at_k": "factrace.search.approx", "EncodingStore": "factrace.search.store",
+    "StoreWriter": "factrace.search.store", "TopK": "factrace.search.topk",
+    "exact_search": "factrace.search.topk", "exact_topk": "factrace.search.topk",
+})
 
 __all__ = [
     "ApproxIndex",
