@@ -203,6 +203,23 @@ def test_the_command_line_starts_without_the_heavy_libraries():
         factrace.nope  # noqa: B018
 
 
+def test_threads_set_numpy_blas_threads_too():
+    """--threads N also gives numpy's BLAS N threads (small eigenvalue problems with two
+    OpenBLAS threads on busy cores took seconds instead of milliseconds)."""
+    pytest.importorskip("threadpoolctl")
+    code = ("import os; from factrace.cli import set_threads; set_threads(1); import numpy, "
+            "threadpoolctl; print([p['num_threads'] for p in threadpoolctl.threadpool_info() "
+            "if p['user_api'] == 'blas'])")
+    saved = {k: os.environ.pop(k) for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+             if k in os.environ}
+    try:
+        shown = _python(code)
+    finally:
+        os.environ.update(saved)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[1]"
+
+
 def test_commands_without_a_model_load_no_heavy_library(store, tmp_path):
     """eval (no tail-patch), baseline random and index verify run without PyTorch or
     transformers."""

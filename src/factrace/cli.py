@@ -98,8 +98,9 @@ LossReduction = Annotated[str | None, typer.Option(
     "--loss-reduction", help="sum | mean of the per-token losses of an example.")]
 Aspect = Annotated[float | None, typer.Option(help="Projection block shape a/b (default 1).")]
 Threads = Annotated[int | None, typer.Option(
-    help="CPU threads (default: the cores this process may use). Lower it when other jobs "
-    "share the machine: PyTorch slows down many times when its threads are oversubscribed.")]
+    help="CPU threads of PyTorch and numpy's BLAS (default: the cores this process may use). "
+    "Lower it when other jobs share the machine: threads slow down many times when they are "
+    "oversubscribed.")]
 
 #: Every EncoderConfig option of the command line, declared once: name → (type, default).
 ENCODER_OPTIONS = {
@@ -151,13 +152,16 @@ def encoder_options(fn):
 
 
 def set_threads(threads: int | None) -> None:
-    """``--threads``: PyTorch's intra-op threads (default: the cores this process may use)."""
+    """``--threads``: PyTorch's intra-op threads (default: the cores this process may use) and,
+    when given, numpy's BLAS threads (unless the environment sets them): numpy reads them when
+    it loads, which PyTorch does, so before it."""
+    if threads is not None and threads < 1:
+        raise FactraceError(f"--threads must be at least 1, got {threads}")
+    if threads is not None and "numpy" not in sys.modules:
+        for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(threads))
     import torch
 
-    from factrace.errors import FactraceError as Error
-
-    if threads is not None and threads < 1:
-        raise Error(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
