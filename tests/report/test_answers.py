@@ -71,6 +71,22 @@ def test_an_answer_piped_marks_the_traced_span_and_the_best_tokens_in_the_text()
     assert "Orvane is far away." in opponent and "[+" not in opponent
 
 
+def test_a_narrow_output_cuts_the_text_not_the_rank_score_or_id():
+    ids = [f"passage-{n:04d}" for n in range(10)]
+    a = _answer()
+    strong = {" Nololim,": 0.5, " capital": 0.4, " treaty": 0.3}  # a long list under the snippet
+    tokens = [{**t, "contribution": strong.get(t["token"], 0.001)} for t in TOKENS]
+    a.ranking = Ranking("ask-1", ids, [0.1234 - n / 100 for n in range(10)], [], [])
+    a.proponent_tokens = {ids[0]: tokens}
+    a.texts = dict.fromkeys(ids, LONG)
+    printed = _printed(print_answer, a, terminal=False, width=80)
+    for n, doc in enumerate(ids, 1):
+        (line,) = [line for line in printed.splitlines() if f" {doc} " in line]
+        cells = f"{n} │ {0.1234 - (n - 1) / 100:+.4f} │ {doc} │ "
+        assert line.lstrip().startswith(cells), line
+        assert len(line.rstrip()) <= 80
+
+
 def test_an_answer_in_a_terminal_is_styled_not_bracketed():
     printed = _printed(print_answer, _answer(), terminal=True)
     assert "[[" not in printed and "[+" not in printed

@@ -155,14 +155,15 @@ def _passages(title: str, ids, scores, answer, console: Console, explained: bool
     """A table of ranked passages: rank, score, id and a snippet (with the explained
     proponents' best tokens and their contributions under it)."""
     table = Table(title=title, title_justify="left", show_edge=False)
-    for name, justify in (("#", "right"), ("score", "right"), ("passage", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)
+    # rank, score and id keep their width (the text is cut instead), at least their headings'
+    widths = (len(str(len(ids))), len("+0.0000"), max([len("passage"), *map(len, ids)]))
+    for name, justify, width in zip(("#", "score", "passage"), ("right", "right", "left"),
+                                    widths, strict=True):
+        table.add_column(name, justify=justify, no_wrap=True, min_width=width)
     table.add_column("text" + (" · tokens that raise the score most" if explained else ""),
                      no_wrap=True, overflow="ellipsis")
     as_plain = plain(console)
-    # the other columns (rank, score, id: at least as wide as their headings), a space either
-    # side of each column and a rule between two
-    used = len(str(len(ids))) + 7 + max([len("passage"), *map(len, ids)]) + 4 * 2 + 3
+    used = sum(widths) + 4 * 2 + 3  # a space either side of each column, a rule between two
     marks = sum(map(len, PLAIN_MARKS["+"])) * INLINE_TOKENS if as_plain else 0  # brackets
     width = min(SNIPPET_CHARS, max(console.width - used - marks, 30))
     for n, (doc, score) in enumerate(zip(ids, scores, strict=True), 1):
@@ -172,8 +173,10 @@ def _passages(title: str, ids, scores, answer, console: Console, explained: bool
         else:
             text = Text("(text not available)", style="dim")
         if tokens:
+            inline = _inline(tokens)
             text.append("\n")
-            text.append(_inline(tokens), style="dim")
+            text.append(inline if len(inline) <= width else inline[:width - 1] + "…",
+                        style="dim")
         table.add_row(str(n), f"{score:+.4f}", doc, text)
     return table
 
@@ -245,7 +248,7 @@ def print_explanation(result: dict, console: Console | None = None) -> None:
             console.print(Text(f"  most {most['token']!r} {most['contribution']:+.4f}, least "
                                f"{least['token']!r} {least['contribution']:+.4f}", style="dim"))
     if as_plain:
-        console.print(f"[+...] raises the score, [-...] lowers it (at least {MARK_SHARE:.0%} "
-                      "of the largest contribution)", markup=False, highlight=False)
+        console.print(f"[+...] raises the score, [-...] lowers it ({MARK_SHARE:.0%} of the "
+                      "largest or more)", markup=False, highlight=False)
     else:
         console.print(Text("green raises the score, red lowers it", style="dim"))
