@@ -413,6 +413,11 @@ def test_a_blank_completion_is_traced_whole(tracer):
     c = completion_query(tok, prompt, blank, "x")
     assert c.text.strip() == "" and c.span is None and c.traced == "whole, blank answer"
     assert all(t["traced"] for t in c.tokens)
+    # spans given as the command line gives them, spaces and all
+    said = tok(" Tesk. Alba", add_special_tokens=False)["input_ids"]
+    assert completion_query(tok, prompt, said, "x", " whole ").traced == "whole"
+    c = completion_query(tok, prompt, said, "x", "answer ")
+    assert c.traced == "answer" and c.text[c.span[0]:c.span[1]] == "Tesk."
 
 
 def test_sampling_is_seeded_and_leaves_the_global_random_state(tracer):

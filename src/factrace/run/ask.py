@@ -121,6 +121,8 @@ def answer_span(text: str) -> tuple[int, int] | None:
             continue
         return start, m.end()
     return start, start + len(text[start:end].rstrip())
+
+
 def check_generation(max_new_tokens: int, temperature: float) -> None:
     if max_new_tokens < 1:
         raise FactraceError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
@@ -295,12 +297,12 @@ def completion_query(tokenizer, prompt: list[int], completion: list[int], query_
         tokens.append({"token": piece, "start": start, "end": start + len(piece)})
         start += len(piece)
     chosen, traced = None, WHOLE
+    if isinstance(span, str):
+        span = parse_span(span)
     if span == ANSWER:
         chosen = answer_span(text)
         traced = ANSWER if chosen is not None else TRACED[-1]
     elif span is not None and span != WHOLE:
-        if isinstance(span, str):
-            span = parse_span(span)
         a = 0 if span[0] is None else span[0]
         b = len(text) if span[1] is None else span[1]
         if not 0 <= a < b <= len(text):
