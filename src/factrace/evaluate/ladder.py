@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from factrace.evaluate.metrics import RECALL_K, RankingsLike, attribution_metrics
-from factrace.evaluate.tail_patch import TailPatchResult
+
+if TYPE_CHECKING:
+    from factrace.evaluate.tail_patch import TailPatchResult
 
 LADDER = ("grad-dot", "grad-cos", "grad-cos+opt", "trackstar-train", "trackstar")
 """The paper's ablation ladder, each rung adding one ingredient to the one before."""

@@ -34,7 +34,6 @@ from factrace.run import ask as asking
 from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
 from factrace.run.scan import ScanResult, write_with_metadata
-from factrace.search.approx import ApproxIndex, recall_at_k
 from factrace.search.topk import exact_topk
 from factrace.store.encodings import EncodingStore
 from factrace.store.ids import passage_of
@@ -120,6 +119,8 @@ class Tracer:
             exact = exact_topk(scorer, self.store, top_k).result([q.id for q in queries])
         rankings = exact
         if faiss is not None:
+            from factrace.search.approx import ApproxIndex, recall_at_k  # FAISS, when asked for
+
             index = ApproxIndex.build(_ScaledRows(self.store, scorer), faiss, nprobe=nprobe)
             vectors = scorer.u.numpy() if not scorer.task.normalize else \
                 (scorer.u / scorer.qn[:, None]).numpy()
@@ -136,28 +137,32 @@ class Tracer:
 
     # ask ---------------------------------------------------------------------------------------
     def ask(self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0,
-            seed: int = 0, span: tuple[int | None, int | None] | str | None = None,
-            top_k: int = 10, task: str | None = None, explain_top: int = 3) -> asking.Answer:
-        """The model completes ``prompt`` and the completion is traced: an
+            seed: int = 0, span: asking.Span = asking.ANSWER, top_k: int = 10,
+            task: str | None = None, explain_top: int = 3, texts: bool = False
+            ) -> asking.Answer:
+        """The model completes ``prompt`` and its answer is traced: an
         :class:`~factrace.run.ask.Answer` (its ``metadata`` says how).
 
         Greedy at ``temperature`` 0, else sampled with ``seed``; the completion stops at EOS or
         after ``max_new_tokens``. The query is prompt ⊕ completion with the loss on the
-        completion's tokens, or on those overlapping ``span`` (``(start, end)`` or
-        ``"START:END"``, characters of the completion). One query is too few to define R_eval:
-        the store's default task gives it when there is one (see :meth:`scorer`). The
-        ``explain_top`` best proponents get their per-token contributions
-        (``Answer.proponent_tokens``).
+        completion tokens overlapping ``span``, characters of the completion: by default
+        ``"answer"``, the completion up to its first sentence end or line break
+        (:func:`~factrace.run.ask.answer_span`; all of it when it is blank); ``(start, end)`` or
+        ``"START:END"``; ``"whole"`` or ``None`` for the whole completion. ``Answer.span`` and
+        ``Answer.traced`` say which. One query is too few to define R_eval: the store's
+        default task gives it when there is one (see :meth:`scorer`). The ``explain_top`` best
+        proponents get their per-token contributions (``Answer.proponent_tokens``); with
+        ``texts``, every passage ranked its text (``Answer.texts``, read from the store's
+        corpora in the same pass; none when the corpora cannot be read).
         """
         answers, _ = self.ask_many([prompt], max_new_tokens, temperature, seed, span, top_k,
-                                   task, explain_top)
+                                   task, explain_top, texts)
         return answers[0]
 
     def ask_many(self, prompts: Sequence[str | tuple[str, str]], max_new_tokens: int = 16,
-                 temperature: float = 0.0, seed: int = 0,
-                 span: tuple[int | None, int | None] | str | None = None, top_k: int = 10,
-                 task: str | None = None, explain_top: int = 3
-                 ) -> tuple[list[asking.Answer], dict]:
+                 temperature: float = 0.0, seed: int = 0, span: asking.Span = asking.ANSWER,
+                 top_k: int = 10, task: str | None = None, explain_top: int = 3,
+                 texts: bool = False) -> tuple[list[asking.Answer], dict]:
         """:meth:`ask` for several prompts (strings, or ``(id, prompt)`` pairs), traced
         together as one query set (as ``trace`` traces a file): ``(answers, metadata)``."""
         check_at_least(1, top_k=top_k)
@@ -180,15 +185,23 @@ class Tracer:
         for (qid, prompt), pids in zip(named, ids, strict=True):
             completion = asking.generate(loaded, pids, min(max_new_tokens, limit - len(pids)),
                                          temperature, seed)
-            text, tokens, query, chosen = asking.completion_query(loaded.tokenizer, pids,
-                                                                  completion, qid, span)
-            answers.append(asking.Answer(qid, prompt, text, query, tokens, chosen))
+            c = asking.completion_query(loaded.tokenizer, pids, completion, qid, span)
+            answers.append(asking.Answer(qid, prompt, c.text, c.query, c.tokens, c.span,
+                                         c.traced))
         timings["generate_s"] = time.perf_counter() - t
         t = time.perf_counter()
         _, y = self.encoder.example_vectors([a.query for a in answers])
         rankings, metadata, scorer = self._trace(answers, y, top_k, task)
         timings["trace_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        if texts:
+            shown = [r.doc_ids + (r.opponent_ids or []) for r in rankings]
+            try:
+                found = self.passage_texts([d for ids in shown for d in ids])
+            except FactraceError:  # the corpora moved: the answers go without texts
+                found = {}
+            for a, ids in zip(answers, shown, strict=True):
+                a.texts = {d: found[d] for d in ids if d in found}
         wanted = [(i, d) for i, r in enumerate(rankings) for d in r.doc_ids[:explain_top]]
         for (i, d), tokens in zip(wanted, self._passage_tokens(scorer, wanted), strict=True):
             answers[i].proponent_tokens[d] = tokens
@@ -198,9 +211,9 @@ class Tracer:
                                     "temperature": temperature, "seed": seed,
                                     "greedy": temperature == 0, "context": limit})
         for a, r in zip(answers, rankings, strict=True):
-            extra = {"prompt": a.prompt, "completion": a.completion}
-            if a.span is not None:
-                extra["span"] = list(a.span)
+            extra = {"prompt": a.prompt, "completion": a.completion,
+                     "completion_ids": list(a.query.input_ids[-len(a.completion_tokens):]),
+                     "span": list(a.span or (0, len(a.completion))), "traced": a.traced}
             # per proponent, its passage's tokens of largest contribution (null: not explained)
             extra["proponent_tokens"] = [
                 asking.top_contributions(a.proponent_tokens[d], TOP_TOKENS)
@@ -209,6 +222,13 @@ class Tracer:
                                 r.opponent_scores, extra)
             a.metadata = metadata
         return answers, metadata
+
+    def answer_queries(self, asked: Sequence[asking.Asked]) -> list[TokenizedExample]:
+        """The queries the rows of an answers file were traced as, in order (read them with
+        :func:`~factrace.run.ask.read_answers`; see :func:`~factrace.run.ask.asked_query`): to
+        explain an answer's score, pass them all as ``queries``, as ``ask`` traced them."""
+        loaded = self.encoder.loaded
+        return [asking.asked_query(loaded.tokenizer, a, self.encoder.max_length) for a in asked]
 
     # explain -----------------------------------------------------------------------------------
     def explain(self, query: Query | TokenizedExample, doc_id: str,
@@ -306,6 +326,14 @@ class Tracer:
               row_index: int | None = None) -> explaining.Pair:
         index = self.row_index(doc_id) if row_index is None else row_index
         return explaining.pair(scorer, query_index, self.stored_row(index), index)
+
+    def passage_texts(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """The text of the passages (windows) behind store rows ``doc_ids``: their tokens
+        decoded, special tokens left out (see :meth:`passage_examples`)."""
+        tokenizer = self.encoder.loaded.tokenizer
+        return {d: tokenizer.decode(list(e.input_ids), skip_special_tokens=True,
+                                    clean_up_tokenization_spaces=False)
+                for d, e in self.passage_examples(doc_ids).items()}
 
     def passage_examples(self, doc_ids: Sequence[str]) -> dict[str, TokenizedExample]:
         """The tokenised passages (windows) behind store rows ``doc_ids``, each read directly
@@ -412,12 +440,15 @@ class AskConfig:
     """0: greedy."""
     seed: int = 0
     """Seed of the sampling (with a temperature)."""
-    span: str | None = None
-    """``START:END``: trace the completion tokens overlapping these characters only."""
+    span: str = asking.ANSWER
+    """What of the completion is traced (the tokens overlapping these characters): ``answer``
+    (up to its first sentence end or line break), ``whole``, or ``START:END``."""
     top_k: int = 10
     task: str | None = None
     explain_top: int = 3
     """Best proponents whose per-token contributions are computed."""
+    texts: bool = False
+    """Read every ranked passage's text too (``Answer.texts``, for showing them)."""
     model: str | None = None
     optimizer_state: str | None = None
     device: str | None = None
@@ -441,7 +472,8 @@ def ask(cfg: AskConfig) -> tuple[list[asking.Answer], dict]:
             raise FactraceError(f"prompt {pid!r} is empty")
     tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
     answers, metadata = tracer.ask_many(prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed,
-                                        span, cfg.top_k, cfg.task, cfg.explain_top)
+                                        span, cfg.top_k, cfg.task, cfg.explain_top,
+                                        cfg.texts)
     if cfg.prompts:
         metadata["prompts"] = str(cfg.prompts)
     if cfg.out:
@@ -455,7 +487,8 @@ class ExplainConfig:
 
     index: str
     queries: str
-    """The queries file the pair was traced with (R_eval comes from it, as in ``trace``)."""
+    """The queries file the pair was traced with (R_eval comes from it, as in ``trace``), or
+    the answers file of an ``ask`` (``ask --out``): its answers as they were traced."""
     query_id: str
     doc_id: str
     out: str | None = None
@@ -469,16 +502,19 @@ class ExplainConfig:
 
 def explain(cfg: ExplainConfig) -> dict:
     """Run an ``explain`` job (the query id is checked before the model loads, the doc id
-    before any encoding)."""
+    before any encoding); ``queries`` may be an answers file (:meth:`Tracer.answer_queries`)."""
     if cfg.out:
         check_output_file(cfg.out, overwrite=cfg.overwrite)
-    queries = read_queries(cfg.queries)
-    by_id = {q.id: q for q in queries}
-    if cfg.query_id not in by_id:
+    answers = asking.is_answers(cfg.queries)
+    queries = asking.read_answers(cfg.queries) if answers else read_queries(cfg.queries)
+    ids = [q.id for q in queries]
+    if cfg.query_id not in ids:
         raise FactraceError(f"{cfg.queries} has no query {cfg.query_id!r}")
     tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
     tracer.row_index(cfg.doc_id)
-    result = tracer.explain(by_id[cfg.query_id], cfg.doc_id, queries, cfg.task)
+    if answers:
+        queries = tracer.answer_queries(queries)
+    result = tracer.explain(queries[ids.index(cfg.query_id)], cfg.doc_id, queries, cfg.task)
     result["queries"] = str(cfg.queries)
     if cfg.out:
         import json

@@ -8,8 +8,13 @@
 The stores themselves, and every file they are made of, are :mod:`factrace.store`.
 """
 
-from factrace.data.io import Ranking
-from factrace.search.approx import ApproxIndex, recall_at_k
-from factrace.search.topk import TopK, exact_search, exact_topk
+from factrace.lazy import lazy_exports
+
+# each imported when first used (see factrace.lazy)
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "Ranking": "factrace.data.io", "ApproxIndex": "factrace.search.approx",
+    "recall_at_k": "factrace.search.approx", "TopK": "factrace.search.topk",
+    "exact_search": "factrace.search.topk", "exact_topk": "factrace.search.topk",
+})
 
 __all__ = ["ApproxIndex", "Ranking", "TopK", "exact_search", "exact_topk", "recall_at_k"]

@@ -12,13 +12,11 @@
 - :mod:`~factrace.store.lock`: the one-writer lock.
 """
 
+from factrace.lazy import lazy_exports
+
+# imported on first use: the light modules (ids, locations) need no PyTorch
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "EncodingStore": "factrace.store.encodings", "StoreWriter": "factrace.store.encodings",
+})
+
 __all__ = ["EncodingStore", "StoreWriter"]
-
-
-def __getattr__(name: str):
-    # imported on first use: the light modules (ids, locations) need no torch
-    if name in __all__:
-        from factrace.store import encodings
-
-        return getattr(encodings, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

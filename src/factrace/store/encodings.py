@@ -20,15 +20,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from factrace.data.records import Passage
 from factrace.errors import FactraceError
 from factrace.store import manifest as mf
 from factrace.store.locations import Locations, load_arrays, save_arrays
+
+if TYPE_CHECKING:  # imported by the writer, which rounds with it (reading needs numpy only)
+    import torch
 
 
 class StoreWriter:
@@ -374,6 +376,8 @@ class EncodingStore:
 
 def _as_float16(encodings: np.ndarray | torch.Tensor, dim: int) -> np.ndarray:
     """``encodings`` as a C-contiguous float16 numpy array ``[rows, dim]``, all finite."""
+    import torch
+
     if isinstance(encodings, torch.Tensor):
         encodings = encodings.detach().cpu()
         if encodings.dtype in (torch.bfloat16, torch.float16):  # no numpy bfloat16
