@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from factrace.data.corpus import id_digest
 from factrace.data.jsonl import shown
@@ -189,6 +188,8 @@ def _ids_with_offsets(shard: Shard, source: SourceFile):
 
 def _parquet_row(shard: Shard, row: int) -> Passage:
     """Row ``row`` of a Parquet file: its row group only is read."""
+    import pyarrow.parquet as pq  # only for Parquet corpora
+
     with pq.ParquetFile(shard.path) as parquet:
         metadata, start = parquet.metadata, 0
         for group in range(metadata.num_row_groups):
