@@ -377,7 +377,7 @@ def test_duplicate_across_shards_names_both_files(tmp_path: Path) -> None:
 def test_digest_collisions_are_not_duplicates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(corpus_module, "_digest", lambda passage_id: 42)
+    monkeypatch.setattr(corpus_module, "id_digest", lambda passage_id: 42)
     path = write_lines(tmp_path / "corpus.jsonl", ROWS)
     assert validate_corpus(path).n_rows == N_ROWS
     path = write_lines(tmp_path / "dup.jsonl", ROWS[:5] + [ROWS[2]])

@@ -153,3 +153,15 @@ def test_a_window_id_equal_to_another_passage_id_is_refused(world, tmp_path):
                       progress=False)
     with pytest.raises(FactraceError, match="two rows of the store would have the id 'a#1'"):
         build_index(cfg)
+
+
+def test_ids_whose_digests_collide_are_told_apart_by_reading(tmp_path, monkeypatch):
+    import factrace.store.locations as locations
+
+    monkeypatch.setattr(locations, "id_digest", lambda passage_id: 42)
+    corpus = _jsonl(tmp_path / "c.jsonl", ROWS[:12])
+    table = Locations.build(str(corpus))
+    for index, row in enumerate(ROWS[:12]):
+        assert table.position(row["id"]) == index
+        assert table.find(row["id"]).text == row["text"]
+    assert table.find("p999") is None
