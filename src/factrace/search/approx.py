@@ -271,10 +271,10 @@ class ApproxIndex:
         if entry is None:
             raise FactraceError(f"encoding store {store.path} has no approximate index; build "
                                 f"one with {rebuild}")
-        index = _read(store, entry)
         if entry["rows"] != store.n_rows:
             raise FactraceError(f"the approximate index of {store.path} covers {entry['rows']} "
                                 f"of its {store.n_rows} rows; rebuild it with {rebuild}")
+        index = _read(store, entry)
         approx = cls(index, store.ids, entry["spec"], entry.get("notes", ()))
         approx.trained_rows = entry.get("trained_rows")
         if entry.get("nprobe"):
