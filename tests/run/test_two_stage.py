@@ -63,12 +63,13 @@ def test_every_row_a_candidate_answers_as_exact_trace(world, approx_store, task)
     assert meta["two_stage"]["spec"] == tracer.approx().spec
 
 
-def test_a_few_dozen_candidates_find_the_exact_top_10(world, approx_store):
+@pytest.mark.parametrize("task", [None, "default"])
+def test_a_few_dozen_candidates_find_the_exact_top_10(world, approx_store, task):
     # measured on this store (64 rows, 6 queries): 6 of 6 at C = 20; 3 of 6 at C = 10
     tracer = Tracer.open(str(approx_store))
     queries = _queries(world)
-    exact, _ = tracer.trace(queries, 10)
-    two, meta = tracer.trace(queries, 10, candidates=FEW, report_recall=True)
+    exact, _ = tracer.trace(queries, 10, task=task)
+    two, meta = tracer.trace(queries, 10, task=task, candidates=FEW, report_recall=True)
     assert _share_equal(exact, two) >= 5 / 6
     assert meta["recall_at_10"] >= 0.95
     for a, b in zip(exact, two, strict=True):  # whatever was found has its exact score
