@@ -6,6 +6,10 @@ codes): trained on a random sample of stored rows, then filled with every row, c
 FAISS labels are global row positions, mapped back to example ids. Opponents (bottom-k) are the
 top-k of the negated queries. Approximate results are only trusted with their measured
 :func:`recall_at_k` against :func:`factrace.search.topk.exact_search`.
+
+:meth:`ApproxIndex.save` keeps an index in its store (``index approx``), :meth:`ApproxIndex.load`
+checks it, and :func:`extend_saved` adds the codes of rows appended since (``index add``): the
+first stage of :mod:`factrace.search.twostage`.
 """
 
 from __future__ import annotations
