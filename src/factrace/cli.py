@@ -335,6 +335,37 @@ def index_verify(index: StoreOption):
     typer.echo(f"store {index}: {store.n_shards} shards, {store.n_rows} rows verified")
 
 
+@index_app.command("approx")
+@user_errors
+def index_approx(
+    index: StoreOption,
+    spec: Annotated[str | None, typer.Option(
+        help="FAISS factory spec (default PQ<d/4>x8: 1/8 of the rows' bytes; cut to what the "
+        "training rows support).")] = None,
+    train_rows: Annotated[int | None, typer.Option(
+        "--train-rows", help="Rows sampled to train it (default: 10000, at most 2 GiB of "
+        "float32).")] = None,
+    quiet: Quiet = False,
+    threads: Threads = None,
+):
+    """Train an approximate index once and keep it with the store, for `trace --candidates`
+    (`index add` extends it)."""
+    set_threads(threads)
+    _quiet_libraries()
+    from factrace.run.index import ApproxConfig, build_approx
+
+    entry = build_approx(ApproxConfig(index=index, spec=spec, train_rows=train_rows))
+    if not quiet:
+        notes = f" ({'; '.join(entry['notes'])})" if entry["notes"] else ""
+        typer.echo(f"store {index}: FAISS {entry['spec']} over {entry['rows']} rows, trained on "
+                   f"{entry['trained_rows']}{notes}", err=True)
+
+
+Candidates = Annotated[int | None, typer.Option(
+    help="Two-stage search: exact scores of this many candidates per query (and per side) "
+    "from the store's saved index (`factrace index approx`).")]
+
+
 @app.command()
 @user_errors
 def trace(
@@ -352,6 +383,7 @@ def trace(
     nprobe: Annotated[int, typer.Option(help="FAISS lists probed per query.")] = 16,
     report_recall: Annotated[bool, typer.Option("--report-recall", help="Print recall@10 of "
                                                 "approximate against exact search.")] = False,
+    candidates: Candidates = None,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
     threads: Threads = None,
 ):
@@ -363,13 +395,19 @@ def trace(
 
     result = run_trace(TraceConfig(index=index, queries=queries, out=out, top_k=top_k, task=task,
                                    model=model, optimizer_state=optimizer_state, faiss=faiss,
-                                   nprobe=nprobe, report_recall=report_recall, device=device,
-                                   progress=not quiet, overwrite=overwrite))
-    if "faiss" in result.metadata:
-        typer.echo(f"approximate search: {result.metadata['faiss']['description']}", err=True)
-    if report_recall and "recall_at_10" in result.metadata:
-        typer.echo(f"recall@10 of {result.metadata['faiss']['built']} against exact search: "
-                   f"{result.metadata['recall_at_10']:.4f}")
+                                   nprobe=nprobe, report_recall=report_recall,
+                                   candidates=candidates, device=device, progress=not quiet,
+                                   overwrite=overwrite))
+    meta = result.metadata
+    if "faiss" in meta:
+        typer.echo(f"approximate search: {meta['faiss']['description']}", err=True)
+    if "two_stage" in meta:
+        typer.echo(f"two-stage search: exact scores of {meta['two_stage']['candidates']} "
+                   f"candidates per query from {meta['two_stage']['description']}", err=True)
+    if report_recall and "recall_at_10" in meta:
+        built = meta["faiss"]["built"] if "faiss" in meta else \
+            f"two-stage ({meta['two_stage']['spec']}, {meta['two_stage']['candidates']} candidates)"
+        typer.echo(f"recall@10 of {built} against exact search: {meta['recall_at_10']:.4f}")
 
 
 TaskOption = Annotated[str | None, typer.Option(help="Use this task's R_eval (default: the "
@@ -400,6 +438,7 @@ def ask(
     explain_top: Annotated[int, typer.Option("--explain-top", help="Best proponents whose "
                                              "passage tokens are scored.")] = 3,
     task: TaskOption = None,
+    candidates: Candidates = None,
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     quiet: QuietOut = False,
     overwrite: Overwrite = False,
@@ -415,7 +454,8 @@ def ask(
     answers, _ = run_ask(AskConfig(index=index, prompt=prompt, prompts=prompts, out=out,
                                    max_new_tokens=max_new_tokens, temperature=temperature,
                                    seed=seed, span=span, top_k=top_k, task=task,
-                                   explain_top=explain_top, texts=not quiet, model=model,
+                                   explain_top=explain_top, texts=not quiet,
+                                   candidates=candidates, model=model,
                                    optimizer_state=optimizer_state, device=device,
                                    overwrite=overwrite))
     if not quiet:

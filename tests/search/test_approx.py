@@ -108,7 +108,8 @@ def test_save_and_load_in_the_store(store, queries):
     for a, b in zip(loaded.search(queries, 5), approx.search(queries, 5), strict=True):
         assert a.doc_ids == b.doc_ids
 
-    index_file = store.path / "faiss.index"
+    assert entry["file"] == "approx-0000002000.faiss" and entry["trained_rows"] == 2000
+    index_file = store.path / entry["file"]
     data = bytearray(index_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     index_file.write_bytes(bytes(data))

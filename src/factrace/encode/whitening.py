@@ -362,6 +362,14 @@ class TaskScorer:
     def dim(self) -> int:
         return self.u.shape[1]
 
+    def at(self, rows: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+        """Scores ``[Q, n]`` of stored rows ``rows`` found at global ``positions`` (any, e.g. a
+        first stage's candidates): as :meth:`__call__` gives them in a pass over every row."""
+        if self.row_norms is None or not self.task.normalize:
+            return self(rows)  # row norms, when needed, come from the rows themselves
+        rn = self.row_norms[torch.as_tensor(np.asarray(positions, dtype=np.int64))]
+        return (self.u @ rows.float().T) / self.qn[:, None] / rn.clamp(min=1e-30)[None, :]
+
     def __call__(self, rows: torch.Tensor, start: int = 0) -> torch.Tensor:
         rows = rows.float()
         if not self.task.normalize:

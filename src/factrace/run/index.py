@@ -466,10 +466,40 @@ def add_to_index(cfg: AddConfig) -> EncodingStore:
             entry["norms_sha256"] = _save_bytes(grown.path / entry["norms"], _npy_bytes(norms))
             entry["rows"] = int(norms.shape[0])
         writer.set("tasks", tasks)
+        if "approx" in writer.manifest:  # the saved index gets the new rows' codes, untrained
+            from factrace.search.approx import extend_saved
+
+            extend_saved(EncodingStore(Path(cfg.index), writer.manifest), writer.set)
         pending["complete"] = True
         writer.set("additions", [*additions[:-1], pending])
         _finish(writer, len(additions), cfg.corpus, cfg.progress)
     return EncodingStore.open(cfg.index, verify="once")
+
+
+# the saved approximate index ------------------------------------------------------------------
+@dataclass
+class ApproxConfig:
+    """An ``index approx`` job: train a FAISS index once and keep it with the store."""
+
+    index: str
+    spec: str | None = None
+    """FAISS factory spec (default :func:`~factrace.search.approx.default_spec`, ``PQ{d/4}x8``,
+    cut to what the training rows support)."""
+    train_rows: int | None = None
+    """Rows sampled for training (default: FAISS's needs, at most about 2 GiB of float32)."""
+    seed: int = 0
+
+
+def build_approx(cfg: ApproxConfig) -> dict:
+    """Train the index on a sample of the stored rows (rotated, unit norm), add every row, and
+    save it into the store (replacing an earlier one); returns its manifest entry."""
+    from factrace.search.approx import ApproxIndex, default_spec
+
+    with write_lock(cfg.index):
+        store = EncodingStore.open(cfg.index, verify="once")
+        spec = cfg.spec or default_spec(store.dim)
+        approx = ApproxIndex.build(store, spec, train_rows=cfg.train_rows, seed=cfg.seed)
+        return approx.save(store)
 
 
 def _task_files(store: EncodingStore, name: str):

@@ -35,6 +35,7 @@ from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
 from factrace.run.scan import ScanResult, write_with_metadata
 from factrace.search.topk import exact_topk
+from factrace.search.twostage import two_stage
 from factrace.store.encodings import EncodingStore
 from factrace.store.ids import passage_of
 
@@ -53,6 +54,7 @@ class Tracer:
         self._passages: dict[str, TokenizedExample] = {}
         self._method = "forward-mode"  # how per-token products are computed
         self._products_of = None
+        self._approx = None  # the saved approximate index, loaded on first use
 
     @classmethod
     def open(cls, index: str, model: str | None = None, optimizer_state: str | None = None,
@@ -100,24 +102,57 @@ class Tracer:
                               f"needs {needed}); add a task with `factrace index task add`")
         return whitening.scorer(y, own=True), record
 
+    def approx(self):
+        """The store's saved approximate index (``index approx``), loaded and checked once."""
+        if self._approx is None:
+            from factrace.search.approx import ApproxIndex  # FAISS, when asked for
+
+            self._approx = ApproxIndex.load(self.store)
+        return self._approx
+
     def trace(self, queries: list[Query], top_k: int = 10, task: str | None = None,
-              faiss: str | None = None, nprobe: int = 16, report_recall: bool = False
-              ) -> tuple[list[Ranking], dict]:
-        """Rank the store's rows for ``queries``: ``(rankings, metadata)``."""
+              faiss: str | None = None, nprobe: int = 16, report_recall: bool = False,
+              candidates: int | None = None) -> tuple[list[Ranking], dict]:
+        """Rank the store's rows for ``queries``: ``(rankings, metadata)``. ``candidates``:
+        two-stage search, the exact scores of the ``candidates`` rows the store's saved
+        approximate index proposes per query (and side) instead of every row."""
+        self._check_search(top_k, faiss, candidates)
         _, y = self.encoder.query_vectors(queries)
-        return self._trace(queries, y, top_k, task, faiss, nprobe, report_recall)[:2]
+        return self._trace(queries, y, top_k, task, faiss, nprobe, report_recall,
+                           candidates)[:2]
+
+    def _check_search(self, top_k: int, faiss: str | None, candidates: int | None) -> None:
+        """Refuse a two-stage search that cannot run, before any encoding."""
+        if candidates is None:
+            return
+        if faiss is not None:
+            raise FactraceError("--candidates uses the store's saved index; drop --faiss")
+        if candidates < top_k:
+            raise FactraceError(f"--candidates {candidates} is fewer than --top-k {top_k}")
+        self.approx()
 
     def _trace(self, queries, y: torch.Tensor, top_k: int, task: str | None,
-               faiss: str | None = None, nprobe: int = 16, report_recall: bool = False
-               ) -> tuple[list[Ranking], dict, TaskScorer]:
+               faiss: str | None = None, nprobe: int = 16, report_recall: bool = False,
+               candidates: int | None = None) -> tuple[list[Ranking], dict, TaskScorer]:
         scorer, choice = self.scorer(y, task)
         metadata = {"command": "trace", "index": str(self.store.path), "top_k": top_k,
                     "encoder": self.encoder.metadata(scorer.task), "whitening": choice,
                     "fingerprints": self.store.fingerprints, "search": "exact"}
         exact = None
-        if faiss is None or report_recall:
+        if (faiss is None and candidates is None) or report_recall:
             exact = exact_topk(scorer, self.store, top_k).result([q.id for q in queries])
         rankings = exact
+        if candidates is not None:
+            rankings, record = two_stage(scorer, self.store, self.approx(), candidates, top_k,
+                                         [q.id for q in queries])
+            metadata["search"] = "two-stage"
+            metadata["two_stage"] = record
+            if report_recall:
+                from factrace.search.approx import recall_at_k
+
+                k = min(10, top_k)
+                metadata["recall_at_10"] = recall_at_k([r.doc_ids for r in rankings],
+                                                       [r.doc_ids for r in exact], k)
         if faiss is not None:
             from factrace.search.approx import ApproxIndex, recall_at_k  # FAISS, when asked for
 
@@ -130,6 +165,8 @@ class Tracer:
                                  "nprobe": index.nprobe, "notes": index.notes,
                                  "description": index.describe()}
             if report_recall:
+                from factrace.search.approx import recall_at_k
+
                 k = min(10, top_k)
                 metadata["recall_at_10"] = recall_at_k([r.doc_ids for r in rankings],
                                                        [r.doc_ids for r in exact], k)
@@ -138,8 +175,8 @@ class Tracer:
     # ask ---------------------------------------------------------------------------------------
     def ask(self, prompt: str, max_new_tokens: int = 16, temperature: float = 0.0,
             seed: int = 0, span: asking.Span = asking.ANSWER, top_k: int = 10,
-            task: str | None = None, explain_top: int = 3, texts: bool = False
-            ) -> asking.Answer:
+            task: str | None = None, explain_top: int = 3, texts: bool = False,
+            candidates: int | None = None) -> asking.Answer:
         """The model completes ``prompt`` and its answer is traced: an
         :class:`~factrace.run.ask.Answer` (its ``metadata`` says how).
 
@@ -156,16 +193,19 @@ class Tracer:
         corpora in the same pass; none when the corpora cannot be read).
         """
         answers, _ = self.ask_many([prompt], max_new_tokens, temperature, seed, span, top_k,
-                                   task, explain_top, texts)
+                                   task, explain_top, texts, candidates)
         return answers[0]
 
     def ask_many(self, prompts: Sequence[str | tuple[str, str]], max_new_tokens: int = 16,
                  temperature: float = 0.0, seed: int = 0, span: asking.Span = asking.ANSWER,
                  top_k: int = 10, task: str | None = None, explain_top: int = 3,
-                 texts: bool = False) -> tuple[list[asking.Answer], dict]:
+                 texts: bool = False, candidates: int | None = None
+                 ) -> tuple[list[asking.Answer], dict]:
         """:meth:`ask` for several prompts (strings, or ``(id, prompt)`` pairs), traced
-        together as one query set (as ``trace`` traces a file): ``(answers, metadata)``."""
+        together as one query set (as ``trace`` traces a file): ``(answers, metadata)``.
+        ``candidates``: two-stage search, as in :meth:`trace`."""
         check_at_least(1, top_k=top_k)
+        self._check_search(top_k, None, candidates)
         check_at_least(0, explain_top=explain_top)
         asking.check_generation(max_new_tokens, temperature)
         if isinstance(span, str):
@@ -191,7 +231,8 @@ class Tracer:
         timings["generate_s"] = time.perf_counter() - t
         t = time.perf_counter()
         _, y = self.encoder.example_vectors([a.query for a in answers])
-        rankings, metadata, scorer = self._trace(answers, y, top_k, task)
+        rankings, metadata, scorer = self._trace(answers, y, top_k, task,
+                                                 candidates=candidates)
         timings["trace_s"] = time.perf_counter() - t
         t = time.perf_counter()
         if texts:
@@ -401,6 +442,9 @@ class TraceConfig:
     nprobe: int = 16
     report_recall: bool = False
     """Also run exact search and report recall@10 of the approximate one."""
+    candidates: int | None = None
+    """Two-stage search: exact scores of this many candidates per query from the store's
+    saved approximate index (``index approx``)."""
     device: str | None = None
     progress: bool = True
     overwrite: bool = False
@@ -408,7 +452,7 @@ class TraceConfig:
 
 
 def trace(cfg: TraceConfig) -> ScanResult:
-    check_at_least(1, top_k=cfg.top_k, nprobe=cfg.nprobe)
+    check_at_least(1, top_k=cfg.top_k, nprobe=cfg.nprobe, candidates=cfg.candidates)
     if cfg.out:
         check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
     queries = read_queries(cfg.queries)
@@ -416,7 +460,7 @@ def trace(cfg: TraceConfig) -> ScanResult:
     if cfg.task is not None:
         tracer.task(cfg.task)  # a task that does not exist fails before any encoding
     rankings, metadata = tracer.trace(queries, cfg.top_k, cfg.task, cfg.faiss, cfg.nprobe,
-                                      cfg.report_recall)
+                                      cfg.report_recall, cfg.candidates)
     metadata["queries"] = str(cfg.queries)
     if cfg.out:
         write_with_metadata(cfg.out, rankings, metadata)
@@ -449,6 +493,8 @@ class AskConfig:
     """Best proponents whose per-token contributions are computed."""
     texts: bool = False
     """Read every ranked passage's text too (``Answer.texts``, for showing them)."""
+    candidates: int | None = None
+    """Two-stage search (see :class:`TraceConfig`)."""
     model: str | None = None
     optimizer_state: str | None = None
     device: str | None = None
@@ -458,7 +504,7 @@ class AskConfig:
 def ask(cfg: AskConfig) -> tuple[list[asking.Answer], dict]:
     """Run an ``ask`` job; options, prompts and ``out`` are checked before the model loads, and
     nothing is written unless every prompt was answered and traced."""
-    check_at_least(1, top_k=cfg.top_k)
+    check_at_least(1, top_k=cfg.top_k, candidates=cfg.candidates)
     check_at_least(0, explain_top=cfg.explain_top)
     asking.check_generation(cfg.max_new_tokens, cfg.temperature)
     span = asking.parse_span(cfg.span)
@@ -473,7 +519,7 @@ def ask(cfg: AskConfig) -> tuple[list[asking.Answer], dict]:
     tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device)
     answers, metadata = tracer.ask_many(prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed,
                                         span, cfg.top_k, cfg.task, cfg.explain_top,
-                                        cfg.texts)
+                                        cfg.texts, cfg.candidates)
     if cfg.prompts:
         metadata["prompts"] = str(cfg.prompts)
     if cfg.out:

@@ -6,14 +6,18 @@ codes): trained on a random sample of stored rows, then filled with every row, c
 FAISS labels are global row positions, mapped back to example ids. Opponents (bottom-k) are the
 top-k of the negated queries. Approximate results are only trusted with their measured
 :func:`recall_at_k` against :func:`factrace.search.topk.exact_search`.
+
+:meth:`ApproxIndex.save` keeps an index in its store (``index approx``), :meth:`ApproxIndex.load`
+checks it, and :func:`extend_saved` adds the codes of rows appended since (``index add``): the
+first stage of :mod:`factrace.search.twostage`.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -24,7 +28,10 @@ from factrace.errors import FactraceError
 from factrace.store import manifest as mf
 from factrace.store.encodings import EncodingStore
 
-INDEX_FILE = "faiss.index"
+#: The saved index's file name (by the rows it covers), and its manifest key.
+INDEX_FILE = "approx-{rows:010d}.faiss"
+INDEX_GLOB = "approx-*.faiss"
+MANIFEST_KEY = "approx"
 #: FAISS wants at least this many training points per IVF centroid.
 MIN_POINTS_PER_LIST = 39
 #: Default cap on the float32 training sample.
@@ -128,6 +135,8 @@ class ApproxIndex:
         """The index actually built (see :func:`supported_spec`)."""
         self.notes = list(notes)
         """How it differs from the spec asked for, in words (empty when it does not)."""
+        self.trained_rows: int | None = None
+        """Rows the index was trained on (None: not known)."""
 
     def describe(self) -> str:
         """One line naming the index built, its probing, and what was changed from the request."""
@@ -181,6 +190,7 @@ class ApproxIndex:
                 index.add(np.ascontiguousarray(chunk.float().numpy()))
         approx = cls(index, ids, spec, notes)
         approx.nprobe = nprobe
+        approx.trained_rows = int(n_train)
         return approx
 
     @property
@@ -243,42 +253,92 @@ class ApproxIndex:
             )
         return out
 
-    def save(self, store: EncodingStore) -> None:
-        """Write the index to ``faiss.index`` in the store directory and record it (spec, rows,
-        sha256, nprobe) in the manifest."""
+    def save(self, store: EncodingStore,
+             record: Callable[[str, Any], None] | None = None) -> dict:
+        """Write the index into the store directory (atomically, as ``approx-ROWS.faiss``) and
+        record it in the manifest under ``approx`` (file, sha256, spec, rows covered, training
+        rows, nprobe); the file of an earlier version is removed after. ``record(key, value)``
+        writes the manifest (default: the store's; a writer passes its own). The caller holds
+        the store's write lock. Returns the manifest entry."""
         if self.index.ntotal != store.n_rows:
             raise ValueError("this index was not built over this store")
-        path = store.path / INDEX_FILE
-        tmp = mf.tmp_path(path)
-        try:
-            faiss.write_index(self.index, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        entry = {
-            "spec": self.spec,
-            "file": INDEX_FILE,
-            "rows": int(self.index.ntotal),
-            "nprobe": self.nprobe,
-            "sha256": mf.sha256_file(path),
-        }
-        store.record_approx(entry)
+        entry = {"spec": self.spec, "notes": self.notes, "nprobe": self.nprobe,
+                 "trained_rows": self.trained_rows}
+        return _write(store, self.index, entry, record)
 
     @classmethod
     def load(cls, store: EncodingStore) -> ApproxIndex:
-        """The index saved in ``store`` by :meth:`save`, checked against its checksum."""
-        entry = store.manifest.get("approx")
+        """The index saved in ``store`` by :meth:`save`, checked against its checksum and
+        required to cover every row of the store."""
+        entry = store.manifest.get(MANIFEST_KEY)
+        rebuild = f"`factrace index approx --index {store.path}`"
         if entry is None:
-            raise FactraceError(
-                f"encoding store {store.path} has no approximate index; build one first"
-            )
-        path = Path(store.path) / entry["file"]
-        if not path.is_file() or mf.sha256_file(path) != entry["sha256"]:
-            raise FactraceError(f"{path} is missing or damaged; rebuild the approximate index")
-        approx = cls(faiss.read_index(str(path)), store.ids, entry["spec"])
+            raise FactraceError(f"encoding store {store.path} has no approximate index; build "
+                                f"one with {rebuild}")
+        if entry["rows"] != store.n_rows:
+            raise FactraceError(f"the approximate index of {store.path} covers {entry['rows']} "
+                                f"of its {store.n_rows} rows; rebuild it with {rebuild}")
+        index = _read(store, entry)
+        approx = cls(index, store.ids, entry["spec"], entry.get("notes", ()))
+        approx.trained_rows = entry.get("trained_rows")
         if entry.get("nprobe"):
             approx.nprobe = entry["nprobe"]
         return approx
+
+
+def default_spec(dim: int) -> str:
+    """The persisted first stage's default: ``PQ{d/4}x8``, 8-bit codes of 4 dimensions each
+    (1/8 of the float16 rows' bytes), cut by :func:`supported_spec` to the training rows."""
+    return f"PQ{max(1, dim // 4)}x8"
+
+
+def extend_saved(store: EncodingStore, record: Callable[[str, Any], None] | None = None,
+                 chunk_rows: int = 16384) -> dict | None:
+    """Add the codes of the rows the saved index does not cover yet (rows appended by ``index
+    add``) without retraining; returns the new manifest entry (``None``: the store has no
+    saved index). Rerun after an interruption, it adds exactly the rows still missing."""
+    entry = store.manifest.get(MANIFEST_KEY)
+    if entry is None:
+        return None
+    if entry["rows"] > store.n_rows:
+        raise FactraceError(f"the approximate index of {store.path} covers {entry['rows']} rows, "
+                            f"more than the store's {store.n_rows}; rebuild it with "
+                            f"`factrace index approx --index {store.path}`")
+    if entry["rows"] == store.n_rows:
+        return entry
+    index = _read(store, entry)
+    for start in range(entry["rows"], store.n_rows, chunk_rows):
+        rows = store.rows(np.arange(start, min(start + chunk_rows, store.n_rows)))
+        index.add(np.ascontiguousarray(torch.from_numpy(rows).float().numpy()))
+    kept = {k: v for k, v in entry.items() if k not in ("file", "sha256", "rows")}
+    return _write(store, index, kept, record)
+
+
+def _write(store: EncodingStore, index: faiss.Index, entry: dict,
+           record: Callable[[str, Any], None] | None) -> dict:
+    """Save ``index`` under a name of its row count, record it, remove any other index file."""
+    name = INDEX_FILE.format(rows=int(index.ntotal))
+    data = faiss.serialize_index(index)
+    sha = mf.write_atomic(store.path / name, lambda f: f.write(memoryview(data)))
+    entry = {**entry, "file": name, "rows": int(index.ntotal), "sha256": sha}
+    (record or store.record)(MANIFEST_KEY, entry)
+    for old in store.path.glob(INDEX_GLOB):
+        if old.name != name:
+            old.unlink()
+    return entry
+
+
+def _read(store: EncodingStore, entry: dict) -> faiss.Index:
+    path = Path(store.path) / entry["file"]
+    if not path.is_file() or mf.sha256_file(path) != entry["sha256"]:
+        raise FactraceError(f"{path} is missing or damaged (checksum); rebuild it with "
+                            f"`factrace index approx --index {store.path}`")
+    index = faiss.read_index(str(path))
+    if index.ntotal != entry["rows"]:
+        raise FactraceError(f"{path} holds {index.ntotal} rows, its manifest entry says "
+                            f"{entry['rows']}; rebuild it with `factrace index approx --index "
+                            f"{store.path}`")
+    return index
 
 
 def recall_at_k(

@@ -353,6 +353,20 @@ class EncodingStore:
             shape=(entry["rows"], self.dim),
         )
 
+    def rows(self, positions: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The stored rows at global ``positions`` (any order), float16 ``[n, dim]``, gathered
+        from the memory-mapped shards: only those rows' pages are read."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if positions.size and (positions.min() < 0 or positions.max() >= self.n_rows):
+            raise IndexError(f"row positions outside [0, {self.n_rows})")
+        first = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
+        shard = np.searchsorted(first, positions, side="right") - 1
+        out = np.empty((positions.size, self.dim), dtype=np.float16)
+        for index in np.unique(shard):
+            where = shard == index
+            out[where] = self.shard_encodings(int(index))[positions[where] - first[index]]
+        return out
+
     def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(ids, encodings)`` per shard in row order; encodings float16 ``[rows, dim]``,
         memory-mapped."""

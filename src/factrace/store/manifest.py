@@ -18,7 +18,8 @@ Manifest (``FORMAT_VERSION`` 3)::
                   "encodings": "shard-00000.npy", "ids": "shard-00000.ids.json",
                   "sha256": {"encodings": "...", "ids": "..."}}, ...],
       "complete": true,
-      "approx": {...},               # optional: a saved FAISS index (see search/approx.py)
+      "approx": {"file": "approx-0000003000.faiss", "sha256": "...", "spec": "PQ4096x6",
+                 "rows": 3000, "trained_rows": 3000, ...},   # optional: `index approx`
       "state": {"file": "encoder_state.pt", "sha256": "..."},   # the fitted encoder state
       "tasks": {"NAME": {...}},      # query sets defining R_eval, with their files' checksums
       "default_task": "NAME",

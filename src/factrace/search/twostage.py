@@ -1,0 +1,106 @@
+"""Two-stage search: approximate candidates from a saved FAISS index, exact scores for them.
+
+First stage: each query's ``u = R⁻¹q / ‖R^{-1/2} q‖`` is searched in the store's saved
+inner-product index (:meth:`~factrace.search.approx.ApproxIndex.save`, codes of the stored rows:
+rotated, unit norm) for its top ``C`` rows, and ``−u`` for its bottom ``C`` (opponents). The
+index ignores each row's norm under R, and its codes are approximate: the candidates are.
+
+Second stage: the candidate rows, read by position from the memory-mapped shards, are scored by
+the same :class:`~factrace.encode.whitening.TaskScorer` as exact search (row norms under the
+task from the rows themselves, or the task's kept norms at those positions), and the top-k
+(bottom-k) of each query's own candidates are kept, ties going to the earlier row as in
+:func:`~factrace.search.topk.exact_topk`. Every score returned is exact; a row missed by the
+first stage is missing from the answer. No other row is read.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from factrace.data.io import Ranking
+from factrace.search.topk import top_indices
+from factrace.store.encodings import EncodingStore
+
+if TYPE_CHECKING:  # FAISS loads only when a saved index is used
+    from factrace.search.approx import ApproxIndex
+
+
+def first_stage_queries(scorer) -> np.ndarray:
+    """The vectors searched in the first stage: ``R⁻¹q / ‖R^{-1/2} q‖`` (``R⁻¹q`` when scores
+    are plain products), float32 ``[Q, d]``."""
+    u = scorer.u if not scorer.task.normalize else scorer.u / scorer.qn[:, None]
+    return np.ascontiguousarray(u.float().numpy())
+
+
+def candidates(approx: ApproxIndex, u: np.ndarray, c: int, opponents: bool = True
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """First stage: the row positions of each query's top ``c`` (and, with ``opponents``, of
+    ``−u``'s top ``c``), int64 ``[Q, c]``, ``-1`` where the index has fewer rows."""
+    c = min(c, approx.index.ntotal)
+    _, top = approx.index.search(u, c)
+    bottom = approx.index.search(np.ascontiguousarray(-u), c)[1] if opponents else None
+    return top, bottom
+
+
+def rerank(scorer, store: EncodingStore, ids: list[str], top: np.ndarray,
+           bottom: np.ndarray | None, k: int, chunk_rows: int = 4096
+           ) -> tuple[list[tuple], int]:
+    """Second stage: exact scores of the candidate rows, the top-k of each query's ``top``
+    candidates and the bottom-k of its ``bottom`` ones. Returns per query ``(doc_ids, scores,
+    opponent_ids, opponent_scores)`` and the number of distinct rows read."""
+    lists = [top] if bottom is None else [top, bottom]
+    union = np.unique(np.concatenate([a.ravel() for a in lists]))
+    union = union[union >= 0]  # sorted: column order is row order (ties to the earlier row)
+    n_queries = top.shape[0]
+    scores = torch.empty(n_queries, union.size)
+    for start in range(0, union.size, chunk_rows):
+        positions = union[start:start + chunk_rows]
+        rows = torch.from_numpy(store.rows(positions)).float()
+        scores[:, start:start + positions.size] = scorer.at(rows, positions)
+    best = _side(scores, union, top, k, largest=True)
+    worst = _side(scores, union, bottom, k, largest=False) if bottom is not None else None
+    out = []
+    for q in range(n_queries):
+        positions, values = best[q]
+        found = ([ids[i] for i in positions], values)
+        if worst is None:
+            out.append((*found, None, None))
+        else:
+            out.append((*found, [ids[i] for i in worst[q][0]], worst[q][1]))
+    return out, int(union.size)
+
+
+def _side(scores: torch.Tensor, union: np.ndarray, chosen: np.ndarray, k: int,
+          largest: bool) -> list[tuple[np.ndarray, list[float]]]:
+    """Per query, the best ``k`` of its ``chosen`` rows (positions) by ``scores`` over
+    ``union``: ``(positions, scores)``."""
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    for q, row in enumerate(chosen):
+        mask[q, np.searchsorted(union, row[row >= 0])] = True
+    fill = -torch.inf if largest else torch.inf
+    values, index = top_indices(scores.masked_fill(~mask, fill), min(k, union.size), largest)
+    kept = []
+    for q in range(scores.shape[0]):
+        real = torch.isfinite(values[q])
+        kept.append((union[index[q][real].numpy()], values[q][real].tolist()))
+    return kept
+
+
+def two_stage(scorer, store: EncodingStore, approx: ApproxIndex, c: int, k: int,
+              query_ids: list[str], opponents: bool = True) -> tuple[list[Ranking], dict]:
+    """Both stages for the queries of ``scorer``: rankings, and a record of the search
+    (spec, ``candidates``, rows read, each stage's seconds)."""
+    t = time.perf_counter()
+    top, bottom = candidates(approx, first_stage_queries(scorer), c, opponents)
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    found, rows_read = rerank(scorer, store, approx.ids, top, bottom, k)
+    second_s = time.perf_counter() - t
+    rankings = [Ranking(q, *f) for q, f in zip(query_ids, found, strict=True)]
+    return rankings, {"spec": approx.spec, "candidates": c, "rows_read": rows_read,
+                      "rows": int(approx.index.ntotal), "first_stage_s": first_s,
+                      "second_stage_s": second_s, "description": approx.describe()}
