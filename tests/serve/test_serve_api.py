@@ -270,7 +270,7 @@ def test_an_ask_rankings_file_is_browsed_with_its_prompts_and_explained(store, w
     (q,) = _get(client, "/api/sets/asked/queries?search=alba")["queries"]
     assert q["prompt"] == "Alba was born in" and q["completion"] == row["completion"]
     d = _get(client, "/api/sets/asked/queries/ask-1")
-    assert d["query"]["span"] is None and d["span"] is None
+    assert row["traced"] == "answer" and d["query"]["span"] == row["span"] is not None
     assert [p["top_tokens"] for p in d["proponents"]] == row["proponent_tokens"]
     e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
                                           "doc_id": row["doc_ids"][0]}).json()
