@@ -99,17 +99,19 @@ def realtext_world(work: Path, threads: int, rows: int) -> dict:
             "model": world["model_dir"]}
 
 
-def build_store(world: dict, threads: int) -> Path:
-    """``factrace index build`` at the default d, and the task ``half`` (even queries)."""
+def build_store(world: dict, threads: int, seed: int = 0, dim: int | None = None) -> Path:
+    """``factrace index build`` at the default d (or ``dim``) with projection ``seed``, and the
+    task ``half`` (the even-numbered queries) as its default task."""
     from factrace.data.io import read_queries
 
-    store = world["dir"] / "store"
+    name = "store" + (f"-seed{seed}" if seed else "") + (f"-d{dim}" if dim else "")
+    store = world["dir"] / name
     model = world["model"]
     if not (store / "manifest.json").is_file() or not json.loads(
             (store / "manifest.json").read_text())["complete"]:
         _cli("index", "build", "--model", str(model), "--optimizer-state",
              str(model / "optimizer.pt"), "--corpus", str(world["corpus"]), "--out", str(store),
-             threads=threads)
+             "--seed", str(seed), *(["--dim", str(dim)] if dim else []), threads=threads)
     manifest = json.loads((store / "manifest.json").read_text())
     if "half" not in manifest.get("tasks", {}):
         queries = read_queries(world["queries"])
@@ -126,6 +128,8 @@ class World:
     """One world's store in memory, its query sets and their exact scores."""
 
     name: str
+    ids: list[str]  # the store's row ids (a passage longer than the model's context is split
+    # into windows "ID#0", "ID#1", ...)
     rows: np.ndarray  # [N, d] float32: the store's rows (rotated, unit norm)
     spans: list[tuple[int, int]]
     values: np.ndarray  # [d] R_train's eigenvalue of every coordinate
@@ -180,7 +184,7 @@ def load_world(name: str, store_path: Path, queries_path: Path, cache: Path) -> 
           f"{y_all.shape[0]} queries (own R: λ = {own.lam:.3g}); task 'half' of "
           f"{task.n_eval} queries (λ = {task.lam:.3g}), {y_single.shape[0]} single questions; "
           f"{time.perf_counter() - t:.0f} s", flush=True)
-    return World(name, rows, list(basis.spans), values, float(own.damping), own, y_all, task,
+    return World(name, store.ids, rows, list(basis.spans), values, float(own.damping), own, y_all, task,
                  np.asarray(task_norms, np.float32), y_single, exact_own, exact_single)
 
 
@@ -321,6 +325,10 @@ def stage_bm25(world: World, passages: list, queries: list) -> Stage:
     words = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
     scores = np.stack([np.asarray(index.get_scores(w), np.float32) if w else
                        np.zeros(len(passages), np.float32) for w in words])
+    position = {p.id: i for i, p in enumerate(passages)}
+    row_passage = [position[i] if i in position else position[i.rsplit("#", 1)[0]]
+                   for i in world.ids]  # a window of a split passage scores as its passage
+    scores = scores[:, row_passage]
     postings = sum(len(set(ids)) for ids in tokens.ids)
     return Stage("BM25 (prompt + target)", 8 * postings / len(passages), seconds,
                  keys={"own": scores, "single": scores[1::2]}, note="no rows")
@@ -428,6 +436,50 @@ def stages_at_budget(world: World, passages, queries, sweep: bool):
             yield stage_scalar(world, bits), None
 
 
+
+def ivf_coverage(world: World, nlists=(16, 64), probes=(1, 4, 16)) -> list[dict]:
+    """Whether inverted lists could cut the scan: k-means lists of the rows (FAISS, inner
+    product), probed in order of ``u·centroid`` as an IVF index probes them; per ``nprobe``, the
+    share of queries whose whole exact top 10 lies in the probed lists and the share of rows
+    those lists hold (the scan an IVF first stage would still do)."""
+    import faiss
+
+    out = []
+    for nlist in nlists:
+        km = faiss.Kmeans(world.dim, nlist, niter=20, seed=0, spherical=True)
+        km.train(world.rows)
+        _, assign = km.index.search(world.rows, 1)
+        assign = assign[:, 0]
+        sizes = np.bincount(assign, minlength=nlist)
+        for case in ("own", "single"):
+            u, _, exact = case_parts(world, case)
+            order = np.argsort(-(u @ km.centroids.T), axis=1)
+            top = np.argpartition(-exact, TOP - 1, axis=1)[:, :TOP]
+            for nprobe in probes:
+                if nprobe > nlist:
+                    continue
+                probed = order[:, :nprobe]
+                held = [np.isin(assign[t], p).all() for t, p in zip(top, probed, strict=True)]
+                scanned = sizes[probed].sum(1) / len(world.rows)
+                out.append({"nlist": nlist, "nprobe": nprobe, "case": case,
+                            "covered": float(np.mean(held)), "scanned": float(scanned.mean())})
+    return out
+
+
+def print_ivf(world: World, results: list[dict]) -> None:
+    print(f"\n{world.name}: inverted lists over the {world.rows.shape[0]} rows (spherical "
+          "k-means); covered = share of queries whose whole exact top 10 is in the probed lists")
+    print("| lists | probed | own R: covered | own R: rows scanned | single: covered | single: "
+          "rows scanned |")
+    print("|---|---|---|---|---|---|")
+    pairs = sorted({(r["nlist"], r["nprobe"]) for r in results})
+    for nlist, nprobe in pairs:
+        own, single = (next(r for r in results if (r["nlist"], r["nprobe"], r["case"]) ==
+                            (nlist, nprobe, c)) for c in ("own", "single"))
+        print(f"| {nlist} | {nprobe} | {own['covered']:.2f} | {own['scanned']:.2f} | "
+              f"{single['covered']:.2f} | {single['scanned']:.2f} |")
+
+
 # more rows: the real rows among synthetic distractors ------------------------------------------
 def synthetic_rows(energy: np.ndarray, n: int, seed: int) -> np.ndarray:
     """``n`` unit rows drawn from a Gaussian with the real rows' mean energy per rotated
@@ -468,7 +520,7 @@ def coder(spec: str, d: int, perm: np.ndarray):
 
 
 def scale_study(world: World, specs: list[str], distractors: int, candidates,
-                chunk: int = 10_000, train_rows: int = 10_000) -> list[dict]:
+                chunk: int = 10_000, train_rows: int = 4_000) -> list[dict]:
     """Recall of the real queries' exact top 10 over the real rows plus ``distractors``
     synthetic ones (scored exactly, as a store would), for first stages ``specs``. Each stage
     is fitted on half the real rows and ``train_rows`` synthetic ones and codes the other half
@@ -638,8 +690,10 @@ def run_world(name: str, args) -> None:
     work = Path(args.work)
     world_files = fact_world(work, args.threads) if name == "fact" else \
         realtext_world(work, args.threads, args.realtext_rows)
-    store = build_store(world_files, args.threads)
-    world = load_world(name, store, world_files["queries"], world_files["dir"] / "queries_y.pt")
+    store = build_store(world_files, args.threads, dim=args.dim)
+    suffix = f"-d{args.dim}" if args.dim else ""
+    world = load_world(name + suffix, store, world_files["queries"],
+                       world_files["dir"] / f"queries_y{suffix}.pt")
     saved = {}
     if not args.scale_only:
         passages = list(iter_corpus(str(world_files["corpus"])))
@@ -653,13 +707,23 @@ def run_world(name: str, args) -> None:
                   flush=True)
         print_table(world, results, args.candidates)
         saved["stages"] = results
+        saved["ivf"] = ivf_coverage(world)
+        print_ivf(world, saved["ivf"])
     if args.distractors and name in args.scale_worlds.split(","):
         specs = [scale_spec(s, world.dim) for s in args.scale_stages.split(",")]
         results = scale_study(world, specs, args.distractors, args.candidates)
         print_table(world, results, args.candidates,
                     f"{world.rows.shape[0]} real rows + {args.distractors:,} synthetic")
         saved["distractors"] = {"rows": args.distractors, "stages": results}
-    (world_files["dir"] / "compact_results.json").write_text(json.dumps(saved, indent=1))
+    if args.seed_check:
+        other = build_store(world_files, args.threads, seed=1, dim=args.dim)
+        twin = load_world(f"{name}{suffix} (projection seed 1)", other, world_files["queries"],
+                          world_files["dir"] / f"queries_y-seed1{suffix}.pt")
+        stage = Stage("the exact trace with projection seed 1 (full rows)", 2 * twin.dim,
+                      keys={"own": twin.exact_own, "single": twin.exact_single})
+        saved["seed_check"] = evaluate(world, stage, args.candidates)
+        print_table(world, [saved["seed_check"]], args.candidates)
+    (world_files["dir"] / f"compact_results{suffix}.json").write_text(json.dumps(saved, indent=1))
 
 
 def scale_spec(spec: str, d: int) -> str:
@@ -685,12 +749,17 @@ def main() -> None:
                     help="candidate counts C (comma-separated)")
     ap.add_argument("--realtext-rows", type=int, default=5000,
                     help="windows in the realtext store (all the dump has, 4,336, by default)")
+    ap.add_argument("--dim", type=int, default=None,
+                    help="store d (default: factrace's default for the model)")
+    ap.add_argument("--seed-check", action="store_true",
+                    help="also build the store with projection seed 1 and score its exact trace "
+                    "as a first stage (how much of the top 10 is the projection's own noise)")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false",
                     help="only the 1/64 budget (not 1/32 ... 1/4)")
     ap.add_argument("--distractors", type=int, default=100_000,
                     help="synthetic rows added to the real ones for the scale study (0: none)")
     ap.add_argument("--scale-worlds", default="fact", help="worlds the scale study runs on")
-    ap.add_argument("--scale-stages", default="pq/64x8,pq/8x8,pq/8x4,scalar2",
+    ap.add_argument("--scale-stages", default="pq/64x8,pq/16x8,pq/8x4,scalar2",
                     help="first stages of the scale study: pq/SHARExBITS (PQ in 1/SHARE of a "
                     "float16 row, BITS-bit codes) or scalarBITS")
     ap.add_argument("--scale-only", action="store_true", help="skip the per-stage tables")
