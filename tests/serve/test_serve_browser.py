@@ -229,7 +229,8 @@ def test_ask_trace_a_span_and_explain_a_proponent(page):
     chosen = max(i for i, w in enumerate(words) if w.strip())
     tokens[chosen].click()
     page.css("#trace-span")[0].click()
-    page.until(lambda d: page.texts("#traced") and "characters" in page.texts("#traced")[0])
+    # one read per try: the element may be re-rendered between two reads
+    page.until(lambda d: any("characters" in t for t in page.texts("#traced")))
     name, params = page.route()
     assert name == "/ask" and params["prompt"] == "Alba was born in" and ":" in params["span"]
     traced = ["traced" in t.get_attribute("class").split() for t in page.css("#completion .tok")]
