@@ -411,7 +411,7 @@ def print_table(world: World, results: list[dict], candidates, rows: str = "") -
                   f"{' / '.join(str(x) for x in r[case]['depth'])} |", flush=True)
 
 
-def stages_at_budget(world: World, passages, queries, sweep: bool):
+def stages_at_budget(world: World, passages, queries, sweep: bool, shares=(32, 16, 8)):
     """The stages compared (generators: each is coded only when its turn comes)."""
     d = world.dim
     budget = 2 * d / 64  # bytes: 1/64 of a float16 row
@@ -429,7 +429,7 @@ def stages_at_budget(world: World, passages, queries, sweep: bool):
     if passages is not None:
         yield stage_bm25(world, passages, queries), None
     if sweep:
-        for share in (32, 16, 8):
+        for share in shares:
             yield stage_pq(world, 2 * d // share, 8), None
         yield stage_pq(world, d // 2, 4), None
         for bits in (1, 2, 4):
@@ -699,7 +699,8 @@ def run_world(name: str, args) -> None:
         passages = list(iter_corpus(str(world_files["corpus"])))
         queries = read_queries(world_files["queries"])
         results = []
-        for stage, norm in stages_at_budget(world, passages, queries, args.sweep):
+        shares = [int(x) for x in args.sweep_shares.split(",") if x]
+        for stage, norm in stages_at_budget(world, passages, queries, args.sweep, shares):
             results.append(evaluate(world, stage, args.candidates, norm))
             r = results[-1]
             print(f"  {r['stage']}: {r['bytes']:.0f} B, fit {r['train_s']:.1f} s, recall@"
@@ -756,6 +757,8 @@ def main() -> None:
                     "as a first stage (how much of the top 10 is the projection's own noise)")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false",
                     help="only the 1/64 budget (not 1/32 ... 1/4)")
+    ap.add_argument("--sweep-shares", default="32,16,8",
+                    help="8-bit PQ of the sweep at these shares 1/S of a float16 row")
     ap.add_argument("--distractors", type=int, default=100_000,
                     help="synthetic rows added to the real ones for the scale study (0: none)")
     ap.add_argument("--scale-worlds", default="fact", help="worlds the scale study runs on")
