@@ -251,6 +251,11 @@ def index_build(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a store already at --out by a new one (otherwise it is "
         "resumed, or kept when complete).")] = False,
+    compact: Annotated[bool, typer.Option(
+        "--compact", help="Keep codes instead of rows (1/8 of their bytes by default): trace "
+        "and ask then re-encode each question's candidates for their exact scores.")] = False,
+    compact_spec: Annotated[str | None, typer.Option(
+        help="FAISS spec of a compact store's codes (default PQ<d/2>x4fs).")] = None,
     encoder=None,
 ):
     """Encode every passage into a persistent, fingerprinted, resumable store."""
@@ -263,7 +268,8 @@ def index_build(
                                     optimizer_state=optimizer_state, encoder=enc, engine=engine,
                                     workers=workers, ray_address=ray_address,
                                     gpus_per_worker=gpus_per_worker, shard_rows=shard_rows,
-                                    progress=not quiet, overwrite=overwrite))
+                                    progress=not quiet, overwrite=overwrite,
+                                    compact=compact, compact_spec=compact_spec))
     if not quiet:
         typer.echo(f"store {out}: {store.n_rows} encodings of dimension {store.dim}", err=True)
 
@@ -328,7 +334,8 @@ def index_task_add(
 @index_app.command("verify")
 @user_errors
 def index_verify(index: StoreOption):
-    """Re-hash every shard of a store against its manifest."""
+    """Re-hash every shard of a store (and its saved approximate index or codec) against its
+    manifest."""
     from factrace.store.encodings import EncodingStore
 
     store = EncodingStore.open(index, verify=True)
@@ -340,8 +347,8 @@ def index_verify(index: StoreOption):
 def index_approx(
     index: StoreOption,
     spec: Annotated[str | None, typer.Option(
-        help="FAISS factory spec (default PQ<d/4>x8: 1/8 of the rows' bytes; cut to what the "
-        "training rows support).")] = None,
+        help="FAISS factory spec (default PQ<d/2>x4fs: 1/8 of the rows' bytes, fast-scan "
+        "codes; cut to what the training rows support).")] = None,
     train_rows: Annotated[int | None, typer.Option(
         "--train-rows", help="Rows sampled to train it (default: 10000, at most 2 GiB of "
         "float32).")] = None,
@@ -363,7 +370,8 @@ def index_approx(
 
 Candidates = Annotated[int | None, typer.Option(
     help="Two-stage search: exact scores of this many candidates per query (and per side) "
-    "from the store's saved index (`factrace index approx`).")]
+    "from the store's saved index (`factrace index approx`); a compact store's codes are "
+    "its index, and it takes 100 when none are given.")]
 
 
 @app.command()

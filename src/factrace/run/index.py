@@ -69,6 +69,14 @@ class IndexConfig(EncodingJob):
     overwrite: bool = False
     """Replace a store already at ``out`` by a new one (otherwise it is resumed, or left as it
     is when complete)."""
+    compact: bool = False
+    """Keep codes instead of rows (:class:`~factrace.search.approx.Codec`): a two-stage search
+    re-encodes its candidates for their exact scores."""
+    compact_spec: str | None = None
+    """FAISS spec of the codes (default :func:`~factrace.search.approx.default_spec`)."""
+    compact_train_rows: int | None = None
+    """Rows (the corpus's first) the codes are trained on (default: 10,000, at most 2 GiB of
+    float32)."""
 
 
 def _check_store_path(path: Path) -> None:
@@ -134,11 +142,63 @@ def absolute(path: str | None) -> str | None:
 def _encode_shards(results, writer: StoreWriter, corpus: str, ranges: list[tuple[int, int]],
                    progress: bool, desc: str, engine=None) -> None:
     """Write the encodings ``results`` of corpus rows ``ranges`` (``(ids, rows)`` each, in
-    order) as ``writer``'s next shards (a bar in rows, batch by batch on a local ``engine``)."""
+    order) as ``writer``'s next shards (a bar in rows, batch by batch on a local ``engine``).
+    A compact store gets their codes: the first shards wait in memory until its codec is
+    trained on them (:func:`_codec`)."""
     bar = row_progress(engine, results, ranges, desc, progress)
+    codec = _saved_codec(writer) if writer.compact else None
+    waiting = []
     for (start, stop), (ids, rows) in zip(ranges, bar, strict=True):
-        writer.write_shard(writer.done_shards, ids, rows,
-                           inputs=rows_fingerprint(corpus, start, stop))
+        inputs = rows_fingerprint(corpus, start, stop)
+        if not writer.compact:
+            writer.write_shard(writer.done_shards, ids, rows, inputs=inputs)
+            continue
+        waiting.append((ids, rows, inputs))
+        if codec is None and sum(len(w[0]) for w in waiting) < _codec_rows(writer) \
+                and stop < ranges[-1][1]:
+            continue
+        if codec is None:
+            codec = _codec(writer, np.concatenate([w[1] for w in waiting]), progress)
+        for ids, rows, inputs in waiting:
+            writer.write_code_shard(writer.done_shards, ids, codec.encode(rows), inputs=inputs)
+        waiting = []
+
+
+def _codec_rows(writer: StoreWriter) -> int:
+    """Rows a compact store's codec is trained on: the requested number, or 10,000 (at most
+    :data:`~factrace.search.approx.TRAIN_BYTES` as float32)."""
+    from factrace.search.approx import TRAIN_BYTES
+
+    asked = writer.manifest["compact"].get("train_rows")
+    return asked or max(1, min(10_000, TRAIN_BYTES // (4 * writer.manifest["dim"])))
+
+
+def _codec(writer: StoreWriter, rows: np.ndarray, progress: bool):
+    """Train the compact store's codec on ``rows``, save it and record it."""
+    from factrace.search.approx import CODEC_FILE, Codec
+
+    entry = writer.manifest["compact"]
+    with progress_step(f"training the codes ({entry['requested']}) on {len(rows)} rows",
+                       progress):
+        codec = Codec.train(rows, entry["requested"])
+    sha = _save_bytes(writer.path / CODEC_FILE, codec.to_bytes())
+    writer.set("compact", {**entry, **codec.entry(), "file": CODEC_FILE, "sha256": sha})
+    return codec
+
+
+def _saved_codec(writer: StoreWriter):
+    """The codec a compact store recorded (None: not trained yet), checked."""
+    from factrace.search.approx import Codec
+
+    entry = writer.manifest["compact"]
+    if "file" not in entry:
+        return None
+    path = writer.path / entry["file"]
+    data = path.read_bytes() if path.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise FactraceError(f"{path} is missing or damaged (checksum); rebuild the store with "
+                            "--overwrite")
+    return Codec.from_bytes(data, entry)
 
 
 def build_index(cfg: IndexConfig) -> EncodingStore:
@@ -179,6 +239,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
             if "state" not in writer.manifest:
                 sha = encoder.state().save(path / STATE_FILE)
                 writer.set("state", {"file": STATE_FILE, "sha256": sha})
+            _plan_compact(writer, cfg, encoder.dim)
             # a resumed store keeps the shard size it was started with
             rows = writer.manifest["config"].get("shard_rows", rows)
             ranges = row_ranges(info.n_rows, rows)
@@ -211,6 +272,20 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
         finally:
             engine.close()
     return EncodingStore.open(path, verify="once")
+
+
+def _plan_compact(writer: StoreWriter, cfg: IndexConfig, dim: int) -> None:
+    """Record that the store keeps codes (``--compact``), or refuse to resume a store with the
+    other kind of shards."""
+    from factrace.search.approx import default_spec
+
+    if writer.compact != cfg.compact and writer.done_shards:
+        kept = "codes (--compact)" if writer.compact else "rows"
+        raise FactraceError(f"{writer.path} keeps {kept}; resume it as it was begun, or pass "
+                            "--overwrite to rebuild it")
+    if cfg.compact and not writer.compact:
+        writer.set("compact", {"requested": cfg.compact_spec or default_spec(dim),
+                               "train_rows": cfg.compact_train_rows})
 
 
 def _finish(writer: StoreWriter, position: int, corpus: str, progress: bool) -> None:
@@ -272,18 +347,19 @@ def _add_task(store: EncodingStore, encoder: Encoder, queries, name: str, source
     with progress_step(f"task {name}: encoding {len(queries)} queries", progress):
         ids, y = encoder.query_vectors(queries)
     task = encoder.task(y)
-    norms = store_norms(store, task, progress=progress)
     folder = store.path / TASKS_DIR
     buffer = io.BytesIO()
     torch.save({"ids": ids, "y": y.float()}, buffer)
     entry = {
         "queries": source, "n_queries": len(queries), "n_examples": len(ids),
-        "lambda": task.lam, "rows": int(norms.shape[0]),
+        "lambda": task.lam, "rows": store.n_rows,
         "file": f"{TASKS_DIR}/{name}.pt", "sha256": _save_bytes(folder / f"{name}.pt",
                                                                  buffer.getvalue()),
-        "norms": f"{TASKS_DIR}/{name}.norms.npy",
-        "norms_sha256": _save_bytes(folder / f"{name}.norms.npy", _npy_bytes(norms)),
     }
+    if not store.compact:  # a compact store's rows get their norms when re-encoded
+        norms = store_norms(store, task, progress=progress)
+        entry.update(norms=f"{TASKS_DIR}/{name}.norms.npy",
+                     norms_sha256=_save_bytes(folder / f"{name}.norms.npy", _npy_bytes(norms)))
     tasks = {**store.manifest.get("tasks", {}), name: entry}
     store.record("tasks", tasks)
     if default or not store.manifest.get("default_task"):
@@ -320,8 +396,10 @@ def add_task(cfg: TaskConfig) -> dict:
                          cfg.progress)
 
 
-def load_task(store: EncodingStore, name: str) -> tuple[list[str], torch.Tensor, np.ndarray]:
-    """A task's query ids, rotated projections ``[T, d]`` and row norms ``[n_rows]``."""
+def load_task(store: EncodingStore, name: str
+              ) -> tuple[list[str], torch.Tensor, np.ndarray | None]:
+    """A task's query ids, rotated projections ``[T, d]`` and row norms ``[n_rows]`` (None in
+    a compact store: its rows' norms come with the rows)."""
     tasks = store.manifest.get("tasks", {})
     if name not in tasks:
         known = ", ".join(sorted(tasks)) or "none"
@@ -330,7 +408,7 @@ def load_task(store: EncodingStore, name: str) -> tuple[list[str], torch.Tensor,
                             f"--name {name}`")
     entry = tasks[name]
     data = {}
-    for key, sha in (("file", "sha256"), ("norms", "norms_sha256")):
+    for key, sha in (("file", "sha256"), ("norms", "norms_sha256"))[:1 + ("norms" in entry)]:
         raw = (store.path / entry[key]).read_bytes() if (store.path / entry[key]).is_file() \
             else None
         if raw is None or hashlib.sha256(raw).hexdigest() != entry[sha]:
@@ -338,6 +416,8 @@ def load_task(store: EncodingStore, name: str) -> tuple[list[str], torch.Tensor,
                                 f"({entry[key]}); add it again with `factrace index task add`")
         data[key] = raw
     saved = torch.load(io.BytesIO(data["file"]), map_location="cpu", weights_only=True)
+    if "norms" not in data:
+        return saved["ids"], saved["y"], None
     norms = np.load(io.BytesIO(data["norms"]), allow_pickle=False)
     if norms.shape[0] != store.n_rows:
         raise FactraceError(f"{store.path}: task {name!r} covers {norms.shape[0]} rows, the "
@@ -459,6 +539,9 @@ def add_to_index(cfg: AddConfig) -> EncodingStore:
         grown = EncodingStore(Path(cfg.index), writer.manifest)
         tasks = dict(writer.manifest.get("tasks", {}))
         for name, entry in tasks.items():
+            if "norms" not in entry:  # a compact store's task
+                entry["rows"] = grown.n_rows
+                continue
             ids, y, norms = _task_files(grown, name)
             task = encoder.task(y)
             new = store_norms(grown, task, start_row=known_rows)
@@ -497,6 +580,9 @@ def build_approx(cfg: ApproxConfig) -> dict:
 
     with write_lock(cfg.index):
         store = EncodingStore.open(cfg.index, verify="once")
+        if store.compact:
+            raise FactraceError(f"{cfg.index} is a compact store: its codes are its approximate "
+                                "index already")
         spec = cfg.spec or default_spec(store.dim)
         approx = ApproxIndex.build(store, spec, train_rows=cfg.train_rows, seed=cfg.seed)
         return approx.save(store)

@@ -41,6 +41,8 @@ from factrace.store.ids import passage_of
 
 # Tokens of largest contribution kept per explained proponent in an answer's rankings row.
 TOP_TOKENS = 5
+#: Candidates per query (and side) of a compact store's two-stage search when none are asked for.
+COMPACT_CANDIDATES = 100
 
 
 class Tracer:
@@ -116,20 +118,29 @@ class Tracer:
         """Rank the store's rows for ``queries``: ``(rankings, metadata)``. ``candidates``:
         two-stage search, the exact scores of the ``candidates`` rows the store's saved
         approximate index proposes per query (and side) instead of every row."""
-        self._check_search(top_k, faiss, candidates)
+        candidates = self._check_search(top_k, faiss, candidates, report_recall)
         _, y = self.encoder.query_vectors(queries)
         return self._trace(queries, y, top_k, task, faiss, nprobe, report_recall,
                            candidates)[:2]
 
-    def _check_search(self, top_k: int, faiss: str | None, candidates: int | None) -> None:
-        """Refuse a two-stage search that cannot run, before any encoding."""
+    def _check_search(self, top_k: int, faiss: str | None, candidates: int | None,
+                      report_recall: bool = False) -> int | None:
+        """Refuse a two-stage search that cannot run, before any encoding; returns the
+        candidates to use (a compact store's default: :data:`COMPACT_CANDIDATES`)."""
+        if self.store.compact:
+            if faiss is not None or report_recall:
+                raise FactraceError(f"{self.store.path} is a compact store: it has no rows to "
+                                    "search exactly or to build another index from; drop "
+                                    "--faiss/--recall")
+            candidates = max(COMPACT_CANDIDATES, top_k) if candidates is None else candidates
         if candidates is None:
-            return
+            return None
         if faiss is not None:
             raise FactraceError("--candidates uses the store's saved index; drop --faiss")
         if candidates < top_k:
             raise FactraceError(f"--candidates {candidates} is fewer than --top-k {top_k}")
         self.approx()
+        return candidates
 
     def _trace(self, queries, y: torch.Tensor, top_k: int, task: str | None,
                faiss: str | None = None, nprobe: int = 16, report_recall: bool = False,
@@ -144,7 +155,8 @@ class Tracer:
         rankings = exact
         if candidates is not None:
             rankings, record = two_stage(scorer, self.store, self.approx(), candidates, top_k,
-                                         [q.id for q in queries])
+                                         [q.id for q in queries],
+                                         rows_of=self.rows if self.store.compact else None)
             metadata["search"] = "two-stage"
             metadata["two_stage"] = record
             if report_recall:
@@ -205,7 +217,7 @@ class Tracer:
         together as one query set (as ``trace`` traces a file): ``(answers, metadata)``.
         ``candidates``: two-stage search, as in :meth:`trace`."""
         check_at_least(1, top_k=top_k)
-        self._check_search(top_k, None, candidates)
+        candidates = self._check_search(top_k, None, candidates)
         check_at_least(0, explain_top=explain_top)
         asking.check_generation(max_new_tokens, temperature)
         if isinstance(span, str):
@@ -356,12 +368,32 @@ class Tracer:
 
     def stored_row(self, row_index: int) -> torch.Tensor:
         """Stored row ``row_index`` as float32 ``[d]`` (rotated; unit norm when normalised)."""
-        for shard, rows in enumerate(self.store.shard_rows):
-            if row_index < rows:
-                return torch.from_numpy(
-                    np.asarray(self.store.shard_encodings(shard)[row_index], np.float32))
-            row_index -= rows
-        raise IndexError(row_index)
+        return self.rows(np.array([row_index]))[0]
+
+    def rows(self, positions: np.ndarray | Sequence[int]) -> torch.Tensor:
+        """The store's rows at ``positions`` as float32 ``[n, d]``: read from its shards, or in a
+        compact store re-encoded from their passages (read where the store recorded them) and
+        rounded to float16 as a build stores them."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if not self.store.compact:
+            return torch.from_numpy(self.store.rows(positions)).float()
+        ids = self.store.ids
+        wanted = [ids[i] for i in positions]
+        documents = dict.fromkeys(passage_of(d, self.store.is_passage)[0] for d in wanted)
+        passages = []
+        for document in documents:
+            passage = self.store.passage(document)
+            if passage is None:
+                raise FactraceError(f"passage {document!r} is in the store but not in its "
+                                    f"corpora ({', '.join(map(str, self.store.corpora))})")
+            passages.append(passage)
+        got, rows = self.encoder.passage_rows(passages)
+        where = {d: n for n, d in enumerate(got)}
+        missing = [d for d in wanted if d not in where]
+        if missing:
+            raise FactraceError(f"row {missing[0]!r} of {self.store.path} is not a window of its "
+                                "passage as the model encodes it now")
+        return rows[[where[d] for d in wanted]].half().float()
 
     def _pair(self, scorer: TaskScorer, query_index: int, doc_id: str,
               row_index: int | None = None) -> explaining.Pair:

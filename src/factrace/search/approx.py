@@ -57,7 +57,8 @@ def supported_spec(spec: str, n_train: int) -> tuple[str, list[str]]:
     clustering otherwise, and the centroids are noise). So ``IVF{nlist}`` is lowered to
     ``n_train // 39`` lists (at least 1), and ``PQ{m}x{nbits}`` (8 bits when not given) to the
     bits whose ``2^nbits`` centroids per sub-quantizer have 39 points each; with fewer than 78
-    rows the codes stay uncompressed (``Flat``).
+    rows the codes stay uncompressed (``Flat``); fast-scan codes (``PQ{m}x4fs``, 4 bits only)
+    become 4-bit scalar codes (``SQ4``) with fewer than 624.
     """
     notes = []
     match = re.search(r"IVF(\d+)", spec)
@@ -68,12 +69,17 @@ def supported_spec(spec: str, n_train: int) -> tuple[str, list[str]]:
             lists = "list" if fitting == 1 else "lists"
             notes.append(f"{n_train} training rows support {fitting} IVF {lists}, not {nlist}")
             spec = spec[: match.start(1)] + str(fitting) + spec[match.end(1) :]
-    match = re.search(r"PQ(\d+)(?:x(\d+))?", spec)
+    match = re.search(r"PQ(\d+)(?:x(\d+))?(fs)?", spec)
     if match is not None:
         m, nbits = int(match.group(1)), int(match.group(2) or 8)
+        fast_scan = match.group(3) is not None
         fitting = (n_train // MIN_POINTS_PER_LIST).bit_length() - 1  # floor(log2), -1 for 0
         if nbits > fitting:
-            if fitting < 1:
+            if fast_scan:  # 4 bits only: 4-bit scalar codes train on any number of rows
+                notes.append(f"{n_train} training rows are too few for PQ{m}x{nbits}fs codes: "
+                             "4-bit scalar codes (SQ4) instead")
+                replacement = "SQ4"
+            elif fitting < 1:
                 notes.append(f"{n_train} training rows are too few for PQ{m} codes: kept Flat")
                 replacement = "Flat"
             else:
@@ -91,6 +97,15 @@ def _check_pq(spec: str, dim: int) -> None:
         raise FactraceError(
             f"FAISS spec {spec!r}: PQ{m} needs a dimension divisible by {m}, got {dim}"
         )
+
+
+def _factory(dim: int, spec: str) -> faiss.Index:
+    """An empty inner-product index of ``spec`` (checked first)."""
+    _check_pq(spec, dim)
+    try:
+        return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise FactraceError(f"FAISS cannot build index {spec!r}: {str(e).splitlines()[-1]}") from e
 
 
 def _sample(source: Source, positions: np.ndarray, dim: int) -> np.ndarray:
@@ -172,12 +187,7 @@ class ApproxIndex:
         n_train = min(n_rows, train_rows)
         _check_pq(spec, dim)
         spec, notes = supported_spec(spec, n_train)
-        try:
-            index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            raise FactraceError(
-                f"FAISS cannot build index {spec!r}: {str(e).splitlines()[-1]}"
-            ) from e
+        index = _factory(dim, spec)
         _configure_training(index, seed)
         rng = np.random.default_rng(seed)
         positions = np.sort(rng.choice(n_rows, size=n_train, replace=False))
@@ -269,7 +279,10 @@ class ApproxIndex:
     @classmethod
     def load(cls, store: EncodingStore) -> ApproxIndex:
         """The index saved in ``store`` by :meth:`save`, checked against its checksum and
-        required to cover every row of the store."""
+        required to cover every row of the store; for a compact store, its codec with every
+        shard's codes (:class:`Codec`)."""
+        if store.compact:
+            return Codec.store_index(store)
         entry = store.manifest.get(MANIFEST_KEY)
         rebuild = f"`factrace index approx --index {store.path}`"
         if entry is None:
@@ -286,10 +299,117 @@ class ApproxIndex:
         return approx
 
 
+class Codec:
+    """The codes of a compact store (``index build --compact``): an empty index of a FAISS spec
+    trained once on the build's first rows, which turns each shard's rows into codes (FAISS's
+    standalone codes, kept per shard as the shard is written). The store's first stage is the
+    codec holding every shard's codes (:meth:`store_index`)."""
+
+    def __init__(self, index: faiss.Index, spec: str, notes: Sequence[str] = (),
+                 trained_rows: int | None = None):
+        self.index, self.spec, self.notes = index, spec, list(notes)
+        self.trained_rows = trained_rows
+
+    @classmethod
+    def train(cls, rows: np.ndarray, spec: str, seed: int = 0) -> Codec:
+        """``spec`` (cut by :func:`supported_spec` to the rows) trained on ``rows`` ``[n, d]``;
+        the float32 copy FAISS trains on is ``n · d · 4`` bytes."""
+        n, dim = rows.shape
+        if n == 0:
+            raise FactraceError("cannot train the codes of a compact store on no rows")
+        _check_pq(spec, dim)
+        spec, notes = supported_spec(spec, n)
+        index = _factory(dim, spec)
+        _configure_training(index, seed)
+        index.train(np.ascontiguousarray(torch.from_numpy(np.asarray(rows)).float().numpy()))
+        return cls(index, spec, notes, n)
+
+    def to_bytes(self) -> bytes:
+        return faiss.serialize_index(self.index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, entry: dict | None = None) -> Codec:
+        entry = entry or {}
+        return cls(_deserialize(data), entry.get("spec", ""), entry.get("notes", ()),
+                   entry.get("trained_rows"))
+
+    def entry(self) -> dict:
+        """What the manifest records of the codec (beside its file and checksum)."""
+        return {"spec": self.spec, "notes": self.notes, "trained_rows": self.trained_rows,
+                "code_bytes": int(self.index.sa_code_size())}
+
+    def encode(self, rows: np.ndarray | torch.Tensor, chunk_rows: int = 16384) -> np.ndarray:
+        """The codes of ``rows`` ``[n, d]``: uint8 ``[n, code_bytes]`` (FAISS's standalone
+        codes, what a shard of a compact store keeps)."""
+        rows = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows))
+        out = np.empty((rows.shape[0], self.index.sa_code_size()), np.uint8)
+        for start in range(0, rows.shape[0], chunk_rows):
+            chunk = np.ascontiguousarray(rows[start:start + chunk_rows].float().numpy())
+            out[start:start + chunk.shape[0]] = self.index.sa_encode(chunk)
+        return out
+
+    def holding(self, codes: np.ndarray) -> faiss.Index:
+        """An index of the codec's kind holding ``codes`` (from :meth:`encode`)."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if isinstance(self.index, faiss.IndexPQFastScan):  # fast-scan indexes take no codes:
+            plain = faiss.IndexPQ(self.index.d, self.index.pq.M, self.index.pq.nbits,
+                                  self.index.metric_type)
+            plain.pq = self.index.pq  # a copy
+            plain.is_trained = True
+            plain.add_sa_codes(codes)  # the same codes, packed for fast scan on conversion
+            return faiss.IndexPQFastScan(plain, self.index.bbs)
+        index = faiss.clone_index(self.index)
+        try:
+            index.add_sa_codes(codes)
+        except RuntimeError as e:
+            raise FactraceError(f"FAISS index {self.spec!r} cannot take stored codes; choose "
+                                "PQ, PQ…fs, SQ or Flat codes for a compact store") from e
+        return index
+
+    @staticmethod
+    def store_index(store: EncodingStore) -> ApproxIndex:
+        """A compact store's first stage: its codec with each shard's codes added, in row
+        order (memory: the codes of every row, and one shard's twice)."""
+        entry = store.manifest[COMPACT_KEY]
+        path = store.path / entry["file"]
+        if not path.is_file() or mf.sha256_file(path) != entry["sha256"]:
+            raise FactraceError(f"{path} is missing or damaged (checksum); the compact store "
+                                f"{store.path} cannot be searched: rebuild it")
+        codec = Codec.from_bytes(path.read_bytes(), entry)
+        index = faiss.clone_index(codec.index)
+        for shard in range(store.n_shards):
+            part = codec.holding(store.shard_codes(shard))
+            # inverted lists keep ids (shifted to global rows); flat codes are numbered in order
+            index.merge_from(part, index.ntotal if _is_ivf(index) else 0)
+        approx = ApproxIndex(index, store.ids, entry["spec"], entry.get("notes", ()))
+        approx.trained_rows = entry.get("trained_rows")
+        return approx
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+        return True
+    except RuntimeError:
+        return False
+
+
+def _deserialize(data: bytes) -> faiss.Index:
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+#: A compact store's manifest key and codec file.
+COMPACT_KEY = "compact"
+CODEC_FILE = "codec.faiss"
+
+
 def default_spec(dim: int) -> str:
-    """The persisted first stage's default: ``PQ{d/4}x8``, 8-bit codes of 4 dimensions each
-    (1/8 of the float16 rows' bytes), cut by :func:`supported_spec` to the training rows."""
-    return f"PQ{max(1, dim // 4)}x8"
+    """The persisted first stage's default: ``PQ{d/2}x4fs``, 4-bit codes of 2 dimensions each
+    (1/8 of the float16 rows' bytes), searched with FAISS's fast scan (SIMD look-up tables);
+    cut by :func:`supported_spec` to the training rows. At 1/8 the exact top 10 is among 50-100
+    candidates for 98-100% of the fact world's queries (8-bit codes of 4 dimensions do as well,
+    train 7x slower and search about 10x slower); ``benchmarks/README.md``, section compact."""
+    return f"PQ{max(1, dim // 2)}x4fs"
 
 
 def extend_saved(store: EncodingStore, record: Callable[[str, Any], None] | None = None,

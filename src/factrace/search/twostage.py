@@ -5,7 +5,8 @@ inner-product index (:meth:`~factrace.search.approx.ApproxIndex.save`, codes of 
 rotated, unit norm) for its top ``C`` rows, and ``−u`` for its bottom ``C`` (opponents). The
 index ignores each row's norm under R, and its codes are approximate: the candidates are.
 
-Second stage: the candidate rows, read by position from the memory-mapped shards, are scored by
+Second stage: the candidate rows, read by position from the memory-mapped shards (a compact
+store's re-encoded from their passages), are scored by
 the same :class:`~factrace.encode.whitening.TaskScorer` as exact search (row norms under the
 task from the rows themselves, or the task's kept norms at those positions), and the top-k
 (bottom-k) of each query's own candidates are kept, ties going to the earlier row as in
@@ -16,6 +17,7 @@ first stage is missing from the answer. No other row is read.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,12 +48,17 @@ def candidates(approx: ApproxIndex, u: np.ndarray, c: int, opponents: bool = Tru
     return top, bottom
 
 
-def rerank(scorer, store: EncodingStore, ids: list[str], top: np.ndarray,
-           bottom: np.ndarray | None, k: int, chunk_rows: int = 4096
-           ) -> tuple[list[tuple], int]:
+def rerank(scorer, rows_of: EncodingStore | Callable[[np.ndarray], torch.Tensor],
+           ids: list[str], top: np.ndarray, bottom: np.ndarray | None, k: int,
+           chunk_rows: int = 4096) -> tuple[list[tuple], int]:
     """Second stage: exact scores of the candidate rows, the top-k of each query's ``top``
-    candidates and the bottom-k of its ``bottom`` ones. Returns per query ``(doc_ids, scores,
-    opponent_ids, opponent_scores)`` and the number of distinct rows read."""
+    candidates and the bottom-k of its ``bottom`` ones. ``rows_of``: the store whose rows are
+    read, or a function giving the rows (float32 ``[n, d]``) at positions (a compact store's,
+    re-encoded). Returns per query ``(doc_ids, scores, opponent_ids, opponent_scores)`` and the
+    number of distinct rows read."""
+    if isinstance(rows_of, EncodingStore):
+        store = rows_of
+        rows_of = lambda positions: torch.from_numpy(store.rows(positions)).float()  # noqa: E731
     lists = [top] if bottom is None else [top, bottom]
     union = np.unique(np.concatenate([a.ravel() for a in lists]))
     union = union[union >= 0]  # sorted: column order is row order (ties to the earlier row)
@@ -59,8 +66,7 @@ def rerank(scorer, store: EncodingStore, ids: list[str], top: np.ndarray,
     scores = torch.empty(n_queries, union.size)
     for start in range(0, union.size, chunk_rows):
         positions = union[start:start + chunk_rows]
-        rows = torch.from_numpy(store.rows(positions)).float()
-        scores[:, start:start + positions.size] = scorer.at(rows, positions)
+        scores[:, start:start + positions.size] = scorer.at(rows_of(positions), positions)
     best = _side(scores, union, top, k, largest=True)
     worst = _side(scores, union, bottom, k, largest=False) if bottom is not None else None
     out = []
@@ -91,16 +97,20 @@ def _side(scores: torch.Tensor, union: np.ndarray, chosen: np.ndarray, k: int,
 
 
 def two_stage(scorer, store: EncodingStore, approx: ApproxIndex, c: int, k: int,
-              query_ids: list[str], opponents: bool = True) -> tuple[list[Ranking], dict]:
+              query_ids: list[str], opponents: bool = True,
+              rows_of: Callable[[np.ndarray], torch.Tensor] | None = None
+              ) -> tuple[list[Ranking], dict]:
     """Both stages for the queries of ``scorer``: rankings, and a record of the search
-    (spec, ``candidates``, rows read, each stage's seconds)."""
+    (spec, ``candidates``, rows read, each stage's seconds). ``rows_of``: where the second
+    stage gets rows (default: the store's; see :func:`rerank`)."""
     t = time.perf_counter()
     top, bottom = candidates(approx, first_stage_queries(scorer), c, opponents)
     first_s = time.perf_counter() - t
     t = time.perf_counter()
-    found, rows_read = rerank(scorer, store, approx.ids, top, bottom, k)
+    found, rows_read = rerank(scorer, rows_of or store, approx.ids, top, bottom, k)
     second_s = time.perf_counter() - t
     rankings = [Ranking(q, *f) for q, f in zip(query_ids, found, strict=True)]
     return rankings, {"spec": approx.spec, "candidates": c, "rows_read": rows_read,
+                      "rows_from": "store" if rows_of is None else "re-encoded passages",
                       "rows": int(approx.index.ntotal), "first_stage_s": first_s,
                       "second_stage_s": second_s, "description": approx.describe()}

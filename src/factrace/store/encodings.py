@@ -151,31 +151,53 @@ class StoreWriter:
         renamed into place before the manifest records the shard. ``inputs``, a fingerprint of
         the rows the shard was encoded from, is recorded as ``inputs_sha256`` so that a resumed
         build can tell whether they changed since."""
+        array = _as_float16(encodings, self._manifest["dim"])
+        if self.compact:
+            raise FactraceError(f"encoding store {self.path} is compact: it keeps codes, not "
+                                "rows")
+        self._write_entry(index, ids, array.shape[0], inputs, "encodings", ".npy",
+                          lambda file: mf.write_npy_atomic(file, array))
+
+    def write_code_shard(self, index: int, ids: Sequence[str], codes: np.ndarray,
+                         inputs: str | None = None) -> None:
+        """Write shard ``index`` of a compact store: ``ids`` and ``codes``, uint8 ``[rows,
+        code_bytes]`` (:class:`~factrace.search.approx.Codec`); as :meth:`write_shard`
+        otherwise."""
+        if not self.compact:
+            raise FactraceError(f"encoding store {self.path} keeps rows, not codes")
+        codes = np.ascontiguousarray(codes)
+        if codes.dtype != np.uint8 or codes.ndim != 2:
+            raise ValueError(f"codes must be uint8 [rows, bytes], got {codes.dtype} "
+                             f"{list(codes.shape)}")
+        self._write_entry(index, ids, codes.shape[0], inputs, "codes", ".codes.npy",
+                          lambda file: mf.write_npy_atomic(file, codes))
+
+    def _write_entry(self, index: int, ids: Sequence[str], rows: int, inputs: str | None,
+                     kind: str, suffix: str, write) -> None:
         if self.complete:
             raise FactraceError(f"encoding store {self.path} is complete; it takes no more shards")
         if index != self.next_shard:
             raise ValueError(f"shard {index} written out of order: next shard is {self.next_shard}")
-        array = _as_float16(encodings, self._manifest["dim"])
         ids = list(ids)
-        if len(ids) != array.shape[0]:
-            raise ValueError(f"{len(ids)} ids for {array.shape[0]} encoding rows")
+        if len(ids) != rows:
+            raise ValueError(f"{len(ids)} ids for {rows} encoding rows")
         if not all(isinstance(i, str) for i in ids):
             raise TypeError("example ids must be str")
         name = mf.shard_name(index)
-        entry = {
-            "name": name,
-            "rows": int(array.shape[0]),
-            "encodings": f"{name}.npy",
-            "ids": f"{name}.ids.json",
-            "sha256": {},
-        }
-        entry["sha256"]["encodings"] = mf.write_npy_atomic(self.path / entry["encodings"], array)
+        entry = {"name": name, "rows": int(rows), kind: f"{name}{suffix}",
+                 "ids": f"{name}.ids.json", "sha256": {}}
+        entry["sha256"][kind] = write(self.path / entry[kind])
         ids_bytes = (json.dumps(ids, ensure_ascii=False) + "\n").encode("utf-8")
         entry["sha256"]["ids"] = mf.write_bytes_atomic(self.path / entry["ids"], ids_bytes)
         if inputs is not None:
             entry["inputs_sha256"] = inputs
         self._manifest["shards"].append(entry)
         mf.write_manifest(self.path, self._manifest)
+
+    @property
+    def compact(self) -> bool:
+        """Whether the store keeps codes instead of rows (``index build --compact``)."""
+        return "compact" in self._manifest
 
     def record_locations(self, position: int, locations: Locations) -> None:
         """Save the location table of the store's corpus number ``position`` (0: the build's,
@@ -243,6 +265,13 @@ class EncodingStore:
             _check_layout(path, entry, manifest["dim"])
         if verify == "once" and checked != seen:
             _write_verified(path, checked)
+        if verify is True:  # also the saved approximate index, or a compact store's codec
+            for key in ("approx", "compact"):
+                entry = manifest.get(key, {})
+                if "file" in entry and (not (path / entry["file"]).is_file() or
+                                        mf.sha256_file(path / entry["file"]) != entry["sha256"]):
+                    raise FactraceError(f"{path / entry['file']} is missing or damaged "
+                                        f"(checksum); rebuild it")
         return cls(path, manifest)
 
     @property
@@ -339,9 +368,27 @@ class EncodingStore:
             )
         return ids
 
+    @property
+    def compact(self) -> bool:
+        """Whether the store keeps codes instead of rows (``index build --compact``): its rows
+        are then re-encoded from their passages when needed (see :mod:`factrace.run.tracer`)."""
+        return "compact" in self._manifest
+
+    def shard_codes(self, index: int) -> np.ndarray:
+        """Shard ``index`` of a compact store: its rows' codes, uint8 ``[rows, code_bytes]``
+        (memory-mapped)."""
+        entry = self._manifest["shards"][index]
+        if "codes" not in entry:
+            raise FactraceError(f"encoding store {self.path} keeps rows, not codes")
+        return np.load(self.path / entry["codes"], mmap_mode="r", allow_pickle=False)
+
     def shard_encodings(self, index: int) -> np.ndarray:
         """Shard ``index`` as a read-only memory map, float16 ``[rows, dim]``."""
         entry = self._manifest["shards"][index]
+        if "encodings" not in entry:
+            raise FactraceError(
+                f"encoding store {self.path} is compact: it keeps codes, not rows (its rows "
+                "are re-encoded from their passages for the candidates of a two-stage search)")
         if entry["rows"] == 0:
             return np.zeros((0, self.dim), dtype=np.float16)
         _, _, _, offset = mf.npy_layout(self.path / entry["encodings"])
@@ -419,7 +466,8 @@ def _remove_temporaries(path: Path) -> None:
 
 def _remove_unlisted_shards(path: Path, manifest: Mapping[str, Any]) -> None:
     """Remove shard files renamed into place by a writer killed before it updated the manifest."""
-    listed = {entry[key] for entry in manifest["shards"] for key in ("encodings", "ids")}
+    listed = {entry[key] for entry in manifest["shards"] for key in ("encodings", "codes", "ids")
+              if key in entry}
     for child in path.glob("shard-*"):
         if child.is_file() and child.name not in listed:
             child.unlink()
@@ -439,7 +487,7 @@ def _check_checksums(path: Path, entry: Mapping[str, Any],
     """Hash the shard's files (those not in ``seen`` at their size, time and checksum);
     returns their stamps."""
     stamps = {}
-    for kind in ("encodings", "ids"):
+    for kind in _kinds(entry):
         file = path / entry[kind]
         if not file.is_file():
             raise _corrupt(path, entry, f"is missing its file {entry[kind]}")
@@ -467,22 +515,27 @@ def _write_verified(path: Path, stamps: Mapping[str, list]) -> None:
         pass
 
 
+def _kinds(entry: Mapping[str, Any]) -> tuple[str, str]:
+    """A shard's files: its rows (``encodings``) or, in a compact store, its ``codes``; ids."""
+    return ("codes" if "codes" in entry else "encodings", "ids")
+
+
 def _check_layout(path: Path, entry: Mapping[str, Any], dim: int) -> None:
-    """Cheap checks: both files exist, the header says ``[rows, dim]`` float16, the size fits."""
-    file = path / entry["encodings"]
-    if not file.is_file() or not (path / entry["ids"]).is_file():
+    """Cheap checks: both files exist, the header says ``[rows, dim]`` float16 (a compact
+    store's codes: uint8 ``[rows, code bytes]``), the size fits."""
+    kind = _kinds(entry)[0]
+    if any(not (path / entry[k]).is_file() for k in _kinds(entry)):
         raise _corrupt(path, entry, "is missing a file")
+    file = path / entry[kind]
     try:
         shape, dtype, fortran, offset = mf.npy_layout(file)
     except (OSError, ValueError) as e:
-        raise _corrupt(
-            path, entry, f"has an unreadable header in {entry['encodings']} ({e})"
-        ) from e
-    if shape != (entry["rows"], dim) or dtype != np.float16 or fortran:
-        raise _corrupt(
-            path, entry, f"holds {dtype} {list(shape)}, expected float16 [{entry['rows']}, {dim}]"
-        )
-    if file.stat().st_size != offset + entry["rows"] * dim * 2:
-        raise _corrupt(
-            path, entry, f"is truncated or padded: {entry['encodings']} has the wrong size"
-        )
+        raise _corrupt(path, entry, f"has an unreadable header in {entry[kind]} ({e})") from e
+    # rows: float16 [rows, dim]; a compact store's codes: uint8 [rows, code bytes]
+    want = np.dtype(np.uint8) if kind == "codes" else np.dtype(np.float16)
+    width = shape[1] if kind == "codes" and len(shape) == 2 else dim
+    if shape != (entry["rows"], width) or dtype != want or fortran:
+        raise _corrupt(path, entry, f"holds {dtype} {list(shape)}, expected {want} "
+                                    f"[{entry['rows']}, {width}]")
+    if file.stat().st_size != offset + entry["rows"] * width * want.itemsize:
+        raise _corrupt(path, entry, f"is truncated or padded: {entry[kind]} has the wrong size")

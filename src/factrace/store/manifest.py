@@ -2,6 +2,8 @@
 
 A store directory holds ``manifest.json`` and, per shard, ``shard-NNNNN.npy`` (float16
 encodings ``[rows, dim]``) and ``shard-NNNNN.ids.json`` (a JSON list of ``rows`` string ids).
+A compact store keeps ``shard-NNNNN.codes.npy`` instead (uint8 ``[rows, code bytes]``, the rows'
+codes under its ``codec.faiss``; the shard entry's key is ``codes``, not ``encodings``).
 Every file is written under a temporary name (``.NAME.tmp``) and renamed when complete, so a
 reader never sees half a file and a killed writer leaves only temporaries, which are removed
 when the build resumes.
@@ -18,8 +20,11 @@ Manifest (``FORMAT_VERSION`` 3)::
                   "encodings": "shard-00000.npy", "ids": "shard-00000.ids.json",
                   "sha256": {"encodings": "...", "ids": "..."}}, ...],
       "complete": true,
-      "approx": {"file": "approx-0000003000.faiss", "sha256": "...", "spec": "PQ4096x6",
+      "approx": {"file": "approx-0000003000.faiss", "sha256": "...", "spec": "PQ8192x4fs",
                  "rows": 3000, "trained_rows": 3000, ...},   # optional: `index approx`
+      "compact": {"file": "codec.faiss", "sha256": "...", "requested": "PQ8192x4fs",
+                  "spec": "PQ8192x4fs", "code_bytes": 4096, "trained_rows": 3000, ...},
+                                     # `index build --compact`: shards keep codes, not rows
       "state": {"file": "encoder_state.pt", "sha256": "..."},   # the fitted encoder state
       "tasks": {"NAME": {...}},      # query sets defining R_eval, with their files' checksums
       "default_task": "NAME",
