@@ -94,6 +94,22 @@ def test_a_wrong_first_stage_is_caught(world, approx_store, monkeypatch):
     assert _share_equal(exact, two) < 5 / 6  # the check above would fail
 
 
+def test_a_row_on_the_wrong_side_of_the_first_stage_is_still_found(world, approx_store,
+                                                                    monkeypatch):
+    tracer = Tracer.open(str(approx_store))
+    queries = _queries(world)
+    right, _ = tracer.trace(queries, 10, candidates=FEW)
+    real = twostage.candidates
+
+    def swapped(*args, **kwargs):  # each query's best candidates given as its worst
+        top, bottom = real(*args, **kwargs)
+        return bottom, top
+
+    monkeypatch.setattr(twostage, "candidates", swapped)
+    wrong, _ = tracer.trace(queries, 10, candidates=FEW)
+    _assert_same(right, wrong)
+
+
 def test_no_pass_over_every_row(world, approx_store, monkeypatch):
     tracer = Tracer.open(str(approx_store))
     query = _queries(world)[:1]

@@ -25,6 +25,7 @@ import torch
 
 from factrace.data.io import Ranking
 from factrace.errors import FactraceError
+from factrace.search.fastscan import MAGIC, GroupedFastScan
 from factrace.store import manifest as mf
 from factrace.store.encodings import EncodingStore
 
@@ -99,9 +100,13 @@ def _check_pq(spec: str, dim: int) -> None:
         )
 
 
-def _factory(dim: int, spec: str) -> faiss.Index:
-    """An empty inner-product index of ``spec`` (checked first)."""
+def _factory(dim: int, spec: str) -> faiss.Index | GroupedFastScan:
+    """An empty inner-product index of ``spec`` (checked first); ``PQ{m}x4fs`` is a
+    :class:`~factrace.search.fastscan.GroupedFastScan` (FAISS's fast scan in groups)."""
     _check_pq(spec, dim)
+    match = re.fullmatch(r"PQ(\d+)x4fs", spec)
+    if match is not None:
+        return GroupedFastScan.empty(dim, int(match.group(1)))
     try:
         return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
@@ -124,6 +129,10 @@ def _sample(source: Source, positions: np.ndarray, dim: int) -> np.ndarray:
 def _configure_training(index: faiss.Index, seed: int) -> None:
     """Seed k-means, and skip IVF-PQ's polysemous training (it only serves Hamming-filtered
     search, which is not used, and costs 10-30x the rest of training)."""
+    if isinstance(index, GroupedFastScan):
+        for group in index.groups:
+            group.pq.cp.seed = seed
+        return
     try:
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     except RuntimeError:
@@ -208,7 +217,7 @@ class ApproxIndex:
         """Number of inverted lists, or None for an index without them."""
         try:
             return faiss.extract_index_ivf(self.index).nlist
-        except RuntimeError:
+        except (RuntimeError, TypeError):
             return None
 
     @property
@@ -216,7 +225,7 @@ class ApproxIndex:
         """Inverted lists visited per query (more: slower and closer to exact)."""
         try:
             return faiss.extract_index_ivf(self.index).nprobe
-        except RuntimeError:
+        except (RuntimeError, TypeError):
             return None
 
     @nprobe.setter
@@ -225,7 +234,7 @@ class ApproxIndex:
             raise ValueError(f"nprobe must be at least 1, got {value}")
         try:
             ivf = faiss.extract_index_ivf(self.index)
-        except RuntimeError:
+        except (RuntimeError, TypeError):
             return
         ivf.nprobe = min(value, ivf.nlist)
 
@@ -325,7 +334,7 @@ class Codec:
         return cls(index, spec, notes, n)
 
     def to_bytes(self) -> bytes:
-        return faiss.serialize_index(self.index).tobytes()
+        return _serialize(self.index)
 
     @classmethod
     def from_bytes(cls, data: bytes, entry: dict | None = None) -> Codec:
@@ -351,6 +360,8 @@ class Codec:
     def holding(self, codes: np.ndarray) -> faiss.Index:
         """An index of the codec's kind holding ``codes`` (from :meth:`encode`)."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if isinstance(self.index, GroupedFastScan):
+            return self.index.holding(codes)
         if isinstance(self.index, faiss.IndexPQFastScan):  # fast-scan indexes take no codes:
             plain = faiss.IndexPQ(self.index.d, self.index.pq.M, self.index.pq.nbits,
                                   self.index.metric_type)
@@ -358,7 +369,7 @@ class Codec:
             plain.is_trained = True
             plain.add_sa_codes(codes)  # the same codes, packed for fast scan on conversion
             return faiss.IndexPQFastScan(plain, self.index.bbs)
-        index = faiss.clone_index(self.index)
+        index = _clone(self.index)
         try:
             index.add_sa_codes(codes)
         except RuntimeError as e:
@@ -376,7 +387,7 @@ class Codec:
             raise FactraceError(f"{path} is missing or damaged (checksum); the compact store "
                                 f"{store.path} cannot be searched: rebuild it")
         codec = Codec.from_bytes(path.read_bytes(), entry)
-        index = faiss.clone_index(codec.index)
+        index = _clone(codec.index)
         for shard in range(store.n_shards):
             part = codec.holding(store.shard_codes(shard))
             # inverted lists keep ids (shifted to global rows); flat codes are numbered in order
@@ -390,12 +401,24 @@ def _is_ivf(index: faiss.Index) -> bool:
     try:
         faiss.extract_index_ivf(index)
         return True
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         return False
 
 
-def _deserialize(data: bytes) -> faiss.Index:
+def _serialize(index: faiss.Index | GroupedFastScan) -> bytes:
+    if isinstance(index, GroupedFastScan):
+        return index.to_bytes()
+    return faiss.serialize_index(index).tobytes()
+
+
+def _deserialize(data: bytes) -> faiss.Index | GroupedFastScan:
+    if data.startswith(MAGIC):
+        return GroupedFastScan.from_bytes(data)
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+def _clone(index: faiss.Index | GroupedFastScan) -> faiss.Index | GroupedFastScan:
+    return index.clone() if isinstance(index, GroupedFastScan) else faiss.clone_index(index)
 
 
 #: A compact store's manifest key and codec file.
@@ -438,7 +461,7 @@ def _write(store: EncodingStore, index: faiss.Index, entry: dict,
            record: Callable[[str, Any], None] | None) -> dict:
     """Save ``index`` under a name of its row count, record it, remove any other index file."""
     name = INDEX_FILE.format(rows=int(index.ntotal))
-    data = faiss.serialize_index(index)
+    data = _serialize(index)
     sha = mf.write_atomic(store.path / name, lambda f: f.write(memoryview(data)))
     entry = {**entry, "file": name, "rows": int(index.ntotal), "sha256": sha}
     (record or store.record)(MANIFEST_KEY, entry)
@@ -453,7 +476,11 @@ def _read(store: EncodingStore, entry: dict) -> faiss.Index:
     if not path.is_file() or mf.sha256_file(path) != entry["sha256"]:
         raise FactraceError(f"{path} is missing or damaged (checksum); rebuild it with "
                             f"`factrace index approx --index {store.path}`")
-    index = faiss.read_index(str(path))
+    try:
+        index = _deserialize(path.read_bytes())
+    except (RuntimeError, ValueError) as e:
+        raise FactraceError(f"{path} is unreadable ({e}); rebuild it with `factrace index "
+                            f"approx --index {store.path}`") from e
     if index.ntotal != entry["rows"]:
         raise FactraceError(f"{path} holds {index.ntotal} rows, its manifest entry says "
                             f"{entry['rows']}; rebuild it with `factrace index approx --index "

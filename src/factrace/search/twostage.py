@@ -8,8 +8,8 @@ index ignores each row's norm under R, and its codes are approximate: the candid
 Second stage: the candidate rows, read by position from the memory-mapped shards (a compact
 store's re-encoded from their passages), are scored by
 the same :class:`~factrace.encode.whitening.TaskScorer` as exact search (row norms under the
-task from the rows themselves, or the task's kept norms at those positions), and the top-k
-(bottom-k) of each query's own candidates are kept, ties going to the earlier row as in
+task from the rows themselves, or the task's kept norms at those positions), and the top-k and
+bottom-k of each query's own candidates (both lists) are kept, ties going to the earlier row as in
 :func:`~factrace.search.topk.exact_topk`. Every score returned is exact; a row missed by the
 first stage is missing from the answer. No other row is read.
 """
@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # FAISS loads only when a saved index is used
     from factrace.search.approx import ApproxIndex
 
 
+#: Queries whose scores over every row are held at once by a first stage that scores every row.
+QUERY_CHUNK = 16
+
+
 def first_stage_queries(scorer) -> np.ndarray:
     """The vectors searched in the first stage: ``R⁻¹q / ‖R^{-1/2} q‖`` (``R⁻¹q`` when scores
     are plain products), float32 ``[Q, d]``."""
@@ -42,17 +46,27 @@ def candidates(approx: ApproxIndex, u: np.ndarray, c: int, opponents: bool = Tru
                ) -> tuple[np.ndarray, np.ndarray | None]:
     """First stage: the row positions of each query's top ``c`` (and, with ``opponents``, of
     ``−u``'s top ``c``), int64 ``[Q, c]``, ``-1`` where the index has fewer rows."""
-    c = min(c, approx.index.ntotal)
-    _, top = approx.index.search(u, c)
-    bottom = approx.index.search(np.ascontiguousarray(-u), c)[1] if opponents else None
-    return top, bottom
+    index = approx.index
+    c = min(c, index.ntotal)
+    if not hasattr(index, "all_scores"):
+        _, top = index.search(u, c)
+        bottom = index.search(np.ascontiguousarray(-u), c)[1] if opponents else None
+        return top, bottom
+    # one scan scores every row: both sides from it, a few queries at a time
+    tops, bottoms = [], []
+    for start in range(0, u.shape[0], QUERY_CHUNK):
+        scores = index.all_scores(u[start:start + QUERY_CHUNK])
+        tops.append(np.argpartition(-scores, c - 1, axis=1)[:, :c])
+        if opponents:
+            bottoms.append(np.argpartition(scores, c - 1, axis=1)[:, :c])
+    return np.concatenate(tops), np.concatenate(bottoms) if opponents else None
 
 
 def rerank(scorer, rows_of: EncodingStore | Callable[[np.ndarray], torch.Tensor],
            ids: list[str], top: np.ndarray, bottom: np.ndarray | None, k: int,
            chunk_rows: int = 4096) -> tuple[list[tuple], int]:
-    """Second stage: exact scores of the candidate rows, the top-k of each query's ``top``
-    candidates and the bottom-k of its ``bottom`` ones. ``rows_of``: the store whose rows are
+    """Second stage: exact scores of the candidate rows, the top-k and the bottom-k of each
+    query's candidates (``top`` and ``bottom`` together). ``rows_of``: the store whose rows are
     read, or a function giving the rows (float32 ``[n, d]``) at positions (a compact store's,
     re-encoded). Returns per query ``(doc_ids, scores, opponent_ids, opponent_scores)`` and the
     number of distinct rows read."""
@@ -67,8 +81,11 @@ def rerank(scorer, rows_of: EncodingStore | Callable[[np.ndarray], torch.Tensor]
     for start in range(0, union.size, chunk_rows):
         positions = union[start:start + chunk_rows]
         scores[:, start:start + positions.size] = scorer.at(rows_of(positions), positions)
-    best = _side(scores, union, top, k, largest=True)
-    worst = _side(scores, union, bottom, k, largest=False) if bottom is not None else None
+    # both sides choose among all of a query's candidates: a row the first stage misplaced
+    # (a fast-scan sum wrapped around, say) is still found on its side
+    chosen = top if bottom is None else np.concatenate([top, bottom], axis=1)
+    best = _side(scores, union, chosen, k, largest=True)
+    worst = _side(scores, union, chosen, k, largest=False) if bottom is not None else None
     out = []
     for q in range(n_queries):
         positions, values = best[q]
