@@ -450,7 +450,7 @@ class Blocking:
         self.release = threading.Event()
 
     def ask(self, *args, **kwargs):
-        assert self.release.wait(60)
+        assert self.release.wait(30)
         raise FactraceError("released")
 
     def explain(self, *args, **kwargs):
