@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from factrace.errors import FactraceError
-from factrace.serve.app import EXPLAIN_FIELDS, RETRY_AFTER, Explorer, create_app
+from factrace.serve.app import ASK_FIELDS, EXPLAIN_FIELDS, RETRY_AFTER, Explorer, create_app
 from factrace.serve.guard import COOKIE, LOOPBACK_HOSTS, accepted_hosts, host_of
 from factrace.serve.limits import MAX_BODY, MAX_K, MAX_PROMPT, SHOWN, shown
 from factrace.serve.model import MAX_NEW_TOKENS
@@ -504,39 +504,44 @@ json_values = st.recursive(
     max_leaves=6)
 
 
-def mostly(good):
-    """``good`` three times in four, else any JSON value."""
-    return st.one_of(good, good, good, json_values)
-
-
 ids = st.sampled_from(["", "q0", "q3", "q9", "d1", "ghost-1", "trackstar", "../bm25"])
-prompt = mostly(st.sampled_from(["Alba was born in", "Corin was born in", " "])
-                | st.text(min_size=1, max_size=20))
-question = {"span": mostly(st.from_regex(r"\d{0,2}:\d{0,2}", fullmatch=True)
-                           | st.sampled_from(["answer", "whole", ""])),
-            "max_new_tokens": mostly(st.integers(1, 3) | st.integers(-2, MAX_NEW_TOKENS + 2)),
-            "top_k": mostly(st.integers(1, 3) | st.integers(-2, MAX_K + 2))}
-doc_id = mostly(st.integers(0, 60).map(lambda n: f"d{n}")
-                | st.tuples(st.integers(0, 60), st.integers(0, 2)).map(lambda t: f"d{t[0]}#{t[1]}")
-                | ids)
-asks = st.fixed_dictionaries({"prompt": prompt}, optional=question)
-explains = (st.fixed_dictionaries({"prompt": prompt, "doc_id": doc_id}, optional=question)
-            | st.fixed_dictionaries({"set": mostly(st.sampled_from(["trackstar", "bm25", "ghost",
-                                                                    "broken"]) | ids),
-                                     "query_id": mostly(st.sampled_from(["q0", "q2", "q5"])
-                                                        | ids),
-                                     "doc_id": doc_id}))
+question = {"span": st.from_regex(r"\d{0,2}:\d{0,2}", fullmatch=True)
+            | st.sampled_from(["answer", "whole", "", None]),
+            "max_new_tokens": st.integers(1, 3) | st.sampled_from([-1, 0, MAX_NEW_TOKENS + 1]),
+            "top_k": st.integers(1, 3) | st.sampled_from([-1, 0, MAX_K, MAX_K + 1])}
+asked = st.fixed_dictionaries({"prompt": st.sampled_from(["Alba was born in", "Corin was born in",
+                                                          " "]) | st.text(min_size=1, max_size=20)},
+                              optional=question)
+doc_id = (st.integers(0, 60).map(lambda n: f"d{n}")
+          | st.tuples(st.integers(0, 60), st.integers(0, 2)).map(lambda t: f"d{t[0]}#{t[1]}")
+          | ids)
+explained = (st.tuples(asked, doc_id).map(lambda t: {**t[0], "doc_id": t[1]})
+             | st.fixed_dictionaries({"set": st.sampled_from(["trackstar", "bm25", "ghost",
+                                                              "broken"]) | ids,
+                                      "query_id": st.sampled_from(["q0", "q2", "q5"]) | ids,
+                                      "doc_id": doc_id}))
+
+
+def one_hostile(bodies, fields):
+    """A body of ``bodies`` with one of ``fields`` set to any JSON value."""
+    return st.tuples(bodies, st.sampled_from(sorted(fields)), json_values).map(
+        lambda t: {**t[0], t[1]: t[2]})
+
+
 anything = st.dictionaries(st.sampled_from(sorted(EXPLAIN_FIELDS)) | st.text(max_size=8),
                            json_values, max_size=4) | json_values
-FUZZ = settings(max_examples=40, deadline=None, database=None,
+requests = st.one_of(
+    st.tuples(st.just("/api/ask"), asked | one_hostile(asked, ASK_FIELDS)),
+    st.tuples(st.just("/api/explain"), explained | one_hostile(explained, EXPLAIN_FIELDS)),
+    st.tuples(st.sampled_from(["/api/ask", "/api/explain"]), anything))
+FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
-@given(request=st.tuples(st.just("/api/ask"), asks) | st.tuples(st.just("/api/explain"),
-                                                                  explains)
-       | st.tuples(st.sampled_from(["/api/ask", "/api/explain"]), anything))
+@given(request=requests)
 def test_random_json_bodies_never_give_a_server_error(client, request):
+    """A question or explanation, each field valid, or one of them (or all) any JSON value."""
     url, body = request
     response = _post(client, url, body)
     assert response.status_code < 500, (body, response.text[:300])
