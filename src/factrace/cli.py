@@ -519,6 +519,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (only this machine by "
                                       "default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    token: Annotated[str | None, typer.Option(
+        help="Access token every request must carry (default: none on loopback; off it, one "
+        "generated and printed).")] = None,
+    max_queue: Annotated[int, typer.Option(
+        help="Questions (ask, explain) that may wait for the model while one runs; more are "
+        "refused (503).")] = 4,
     model: ModelOverride = None, optimizer_state: OptState = None, device: Device = None,
     threads: Threads = None,
 ):
@@ -531,7 +537,7 @@ def serve(
     run_serve(ServeConfig(index=index, rankings=list(rankings or []), qrels=qrels,
                           queries=queries, corpus=list(corpus or []), model=model,
                           optimizer_state=optimizer_state, device=device, host=host,
-                          port=port))
+                          port=port, token=token, max_queue=max_queue))
 
 
 @app.command("eval")

@@ -11,10 +11,12 @@ from factrace.serve import ServeConfig, load_explorer
 from factrace.serve.app import STATIC, create_app
 from factrace.serve.data import load_sets
 
+LOCAL = "http://127.0.0.1"  # a Host the app answers (the one it listens on)
+
 
 @pytest.fixture(scope="module")
 def client(explorer):
-    return TestClient(create_app(explorer))
+    return TestClient(create_app(explorer), base_url=LOCAL)
 
 
 def _rankings(path):
@@ -92,7 +94,9 @@ def test_ids_the_store_lacks_are_marked_missing(client):
     first, *rest = d["proponents"]
     assert first["id"] == "ghost-1" and first["missing"] and first["text"] is None
     assert not any(p["missing"] for p in rest)
-    assert _get(client, "/api/passages/ghost-1")["missing"]
+    # the passage endpoint: an id neither the store nor a corpus has is not found
+    response = client.get("/api/passages/ghost-1")
+    assert response.status_code == 404 and response.json() == {"error": "no passage 'ghost-1'"}
 
 
 def test_compare_marks_the_passages_both_methods_rank(client, serve_inputs):
@@ -219,7 +223,7 @@ def test_bad_explanations_get_one_error_message(client, body, message):
 def test_without_a_store_browsing_works_and_asking_says_why_not(serve_inputs, world):
     explorer = load_explorer(ServeConfig(rankings=[serve_inputs["bm25"]],
                                          corpus=[world["corpus"]]))
-    client = TestClient(create_app(explorer))
+    client = TestClient(create_app(explorer), base_url=LOCAL)
     assert not _get(client, "/api/info")["can_ask"]
     d = _get(client, "/api/sets/bm25/queries/q0")
     assert d["query"]["id"] == "q0" and d["query"]["prompt"] is None  # no metadata, no --queries
@@ -264,7 +268,7 @@ def test_an_ask_rankings_file_is_browsed_with_its_prompts_and_explained(store, w
                  "--top-k", "3", "--out", str(asked), "-q"]) == 0
     (row,) = map(json.loads, open(asked))
     explorer = load_explorer(ServeConfig(index=store.out, rankings=[str(asked)]))
-    client = TestClient(create_app(explorer))
+    client = TestClient(create_app(explorer), base_url=LOCAL)
     (summary,) = _get(client, "/api/info")["sets"]
     assert summary["method"] == "ask (trackstar)" and summary["command"] == "ask"
     (q,) = _get(client, "/api/sets/asked/queries?search=alba")["queries"]
@@ -284,18 +288,18 @@ def test_a_compare_output_directory_opens_on_its_own(compare_out, serve_inputs, 
     assert {m.name.removesuffix(".jsonl.meta.json") for m in metas} >= {"trackstar", "bm25",
                                                                       "bm25+target"}
     explorer = load_explorer(ServeConfig(rankings=[str(compare_out)]))
-    client = TestClient(create_app(explorer))
+    client = TestClient(create_app(explorer), base_url=LOCAL)
     info = _get(client, "/api/info")
     sets = {s["name"]: s for s in info["sets"]}
     assert sets["bm25+target"]["method"] == "bm25+target"
     assert sets["trackstar"]["method"] == "trackstar"
     assert sets["trackstar-paper"]["method"] == "trackstar-paper"
-    assert info["has_qrels"] and info["qrels"] == str(Path(serve_inputs["qrels"]).resolve())
+    assert info["has_qrels"] and info["qrels"] == Path(serve_inputs["qrels"]).name
     # TrackStar's rankings open first, although the files' order puts them last
     assert [s["name"] for s in info["sets"]] == ["bm25+target", "bm25", "trackstar-paper",
                                                   "trackstar"]
     assert info["default_set"] == "trackstar"
-    assert info["corpora"] == [str(Path(world["corpus"]).resolve())]
+    assert info["corpora"] == [Path(world["corpus"]).name]
     for name in ("bm25", "trackstar"):
         listed = _get(client, f"/api/sets/{name}/queries")
         assert [q["prompt"] for q in listed["queries"]] == [
@@ -340,7 +344,7 @@ def test_a_traced_span_of_an_ask_row_reaches_the_page(store, tmp_path):
     assert main(["ask", "--index", store.out, "Alba was born in", "--max-new-tokens", "3",
                  "--span", "0:2", "--top-k", "2", "--out", str(asked), "-q"]) == 0
     explorer = load_explorer(ServeConfig(index=store.out, rankings=[str(asked)]))
-    client = TestClient(create_app(explorer))
+    client = TestClient(create_app(explorer), base_url=LOCAL)
     d = _get(client, "/api/sets/asked/queries/ask-1")
     assert d["query"]["span"] == [0, 2] == d["span"]
     e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",

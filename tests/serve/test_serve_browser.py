@@ -15,6 +15,8 @@ pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT = 90  # seconds: the first question loads the model
 
+LOCAL = "http://127.0.0.1"  # a Host the app answers (the one it listens on)
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -283,7 +285,7 @@ def test_explain_from_a_bm25_row_shows_both_scores_and_whose_they_are(page, serv
     row = _rows(serve_inputs["bm25"])["q2"]
     n = next(i for i, d in enumerate(row["doc_ids"]) if not explorer.passages.get(d)["missing"])
     doc = row["doc_ids"][n]
-    split = TestClient(create_app(explorer)).post("/api/explain", json={
+    split = TestClient(create_app(explorer), base_url=LOCAL).post("/api/explain", json={
         "set": "bm25", "query_id": "q2", "doc_id": doc}).json()["score"]
     page.open("#/browse?set=bm25&q=q2")
     page.css("#proponents li")[n].click()

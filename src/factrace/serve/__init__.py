@@ -3,11 +3,16 @@
 :func:`load_explorer` reads everything once (the store's ids and corpora, each rankings file,
 queries and qrels); :func:`serve` binds the address first (a port in use is a one-line error),
 says where it listens and runs the app (:mod:`factrace.serve.app`) until interrupted.
+
+Off loopback the explorer needs an access token (:mod:`factrace.serve.guard`): ``--token``, or
+one generated and printed once with the address to open.
 """
 
 from __future__ import annotations
 
 import errno
+import re
+import secrets
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -37,6 +42,14 @@ class ServeConfig:
     device: str | None = None
     host: str = "127.0.0.1"
     port: int = 8765
+    token: str | None = None
+    """Access token every request must carry (default: none on loopback, else one generated
+    and printed)."""
+    max_queue: int = 4
+    """Model calls (ask, explain) that may wait while one runs; more are answered 503."""
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,256}")
 
 
 def load_explorer(cfg: ServeConfig):
@@ -104,11 +117,20 @@ def serve(cfg: ServeConfig, announce=None) -> None:
     import uvicorn
 
     from factrace.serve.app import create_app
+    from factrace.serve.guard import accepted_hosts, is_loopback
 
     if not 0 <= cfg.port <= 65535:
         raise FactraceError(f"--port must be 0 to 65535, got {cfg.port}")
+    if cfg.token is not None and not _TOKEN.fullmatch(cfg.token):
+        raise FactraceError("--token must be 1 to 256 letters, digits or . _ ~ -")
+    if cfg.max_queue < 0:
+        raise FactraceError(f"--max-queue must be 0 or more, got {cfg.max_queue}")
     sock = bind(cfg.host, cfg.port)  # a port in use fails before anything is read
     try:
+        address = sock.getsockname()[0]
+        token = cfg.token
+        if token is None and not is_loopback(address):
+            token = secrets.token_urlsafe(24)
         explorer = load_explorer(cfg)
         url = url_of(sock)
         if announce is None:
@@ -116,8 +138,13 @@ def serve(cfg: ServeConfig, announce=None) -> None:
                   flush=True)
         else:
             announce(url)
-        server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning",
-                                               access_log=False))
+        if token is not None and cfg.token is None:
+            print(f"factrace serve: open {url}?token={token} (other machines can reach this "
+                  "address: requests need this access token; --token sets one)",
+                  file=sys.stderr, flush=True)
+        app = create_app(explorer, hosts=accepted_hosts(cfg.host, address), token=token,
+                         max_queue=cfg.max_queue)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         server.run(sockets=[sock])
     finally:
         sock.close()

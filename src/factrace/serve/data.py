@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,18 @@ from factrace.store.locations import Locations
 
 # A metadata field becomes a filter when it takes at most this many distinct values.
 MAX_FILTER_VALUES = 50
+
+_ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/'\":]+/)*([^\s/'\":]+)")
+
+
+def file_name(path: str | None) -> str | None:
+    """What the page shows of a file's path: its name (no directory of the server's)."""
+    return None if path is None else Path(path).name
+
+
+def without_directories(message: str) -> str:
+    """``message`` with each absolute path in it cut to its file name."""
+    return _ABSOLUTE.sub(r"\1", message)
 
 
 @dataclass
@@ -65,9 +78,12 @@ class RankingSet:
     error: str | None = None
 
     def summary(self) -> dict:
-        return {"name": self.name, "path": self.path, "method": self.method,
+        """The set as the page lists it: its files by name only."""
+        error = self.error and without_directories(
+            self.error.replace(self.path, file_name(self.path)))
+        return {"name": self.name, "path": file_name(self.path), "method": self.method,
                 "command": self.meta.get("command"), "queries": len(self.rankings),
-                "queries_path": self.queries_path, "error": self.error}
+                "queries_path": file_name(self.queries_path), "error": error}
 
 
 def rankings_files(paths: list[str]) -> list[Path]:
@@ -222,8 +238,12 @@ class Passages:
         return None
 
     def _known(self, doc_id: str) -> bool:
+        return self.store is None or self.in_store(doc_id)
+
+    def in_store(self, doc_id: str) -> bool:
+        """Whether the store has a row ``doc_id`` (no store: no)."""
         if self.store is None:
-            return True
+            return False
         if self._rows is None:
             self._rows = set(self.store.ids)
         return doc_id in self._rows

@@ -3,6 +3,7 @@
 The :class:`~factrace.run.tracer.Tracer` is opened on the first question (loading the model
 takes a while) and kept; every model call holds one lock, so requests that arrive together are
 answered one after another (PyTorch on a few cores gains nothing from running them at once).
+A :class:`ModelQueue` bounds how many wait: one more is refused (:class:`Busy`), not piled up.
 Recent answers are kept, so that explaining one of their proponents reuses the query exactly as
 it was traced (the token ids the model generated).
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from factrace.data.records import Query
 from factrace.errors import FactraceError
@@ -21,6 +24,35 @@ from factrace.store.encodings import EncodingStore
 # Answers kept for explaining their proponents.
 KEPT_ANSWERS = 32
 MAX_NEW_TOKENS = 64
+#: Model calls that may wait while one runs (``factrace serve --max-queue``).
+MAX_QUEUE = 4
+
+
+class Busy(Exception):
+    """The queue of model calls is full."""
+
+
+class ModelQueue:
+    """Model calls let in: one runs (the session's lock) and at most ``max_waiting`` wait for
+    it; :meth:`admitted` raises :class:`Busy` for one more."""
+
+    def __init__(self, max_waiting: int = MAX_QUEUE):
+        self.max_waiting = max_waiting
+        self.admitted_now = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        with self._lock:
+            if self.admitted_now > self.max_waiting:
+                raise Busy(f"the model is busy ({self.admitted_now - 1} questions waiting); "
+                           "try again shortly")
+            self.admitted_now += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.admitted_now -= 1
 
 
 class ModelSession:

@@ -18,6 +18,7 @@ from factrace.data.io import Ranking
 from factrace.errors import FactraceError
 from factrace.evaluate.metrics import hit_at, is_gold
 from factrace.serve.data import MAX_FILTER_VALUES, Passages, QueryInfo, RankingSet
+from factrace.serve.limits import shown
 
 DEFAULT_K = 10
 
@@ -26,9 +27,11 @@ def find_set(sets: list[RankingSet], name: str) -> RankingSet:
     for s in sets:
         if s.name == name:
             if s.error:
-                raise FactraceError(f"rankings set {name!r} did not load: {s.error}")
+                raise FactraceError(f"rankings set {shown(name)} did not load: "
+                                    f"{s.summary()['error']}")
             return s
-    raise FactraceError(f"no rankings set {name!r} (sets: {', '.join(s.name for s in sets)})")
+    raise FactraceError(f"no rankings set {shown(name)} (sets: "
+                        f"{', '.join(s.name for s in sets)})")
 
 
 def default_set(sets: list[RankingSet]) -> str | None:
@@ -67,7 +70,7 @@ def query_list(s: RankingSet, qrels: Mapping[str, set[str]], search: str = "",
     """The queries of ``s`` that match ``search`` (in id, prompt, target or completion, any
     case), ``correct`` (``"yes"``, ``"no"`` or ``""`` for any) and every ``field=value``."""
     if correct not in ("", "yes", "no"):
-        raise FactraceError(f"correct must be yes, no or empty; got {correct!r}")
+        raise FactraceError(f"correct must be yes, no or empty; got {shown(correct)}")
     needle = search.strip().lower()
     field_filters = dict(field_filters or {})
     rows = []
@@ -121,7 +124,7 @@ def query_detail(s: RankingSet, qid: str, qrels: Mapping[str, set[str]], passage
     missing marks) and its gold passages (with texts and their ranks: ``ranked`` are
     listed)."""
     if qid not in s.rankings:
-        raise FactraceError(f"rankings set {s.name!r} has no query {qid!r}")
+        raise FactraceError(f"rankings set {s.name!r} has no query {shown(qid)}")
     r = s.rankings[qid]
     gold = qrels.get(qid, set())
     tokens = r.extra.get("proponent_tokens")
