@@ -298,9 +298,20 @@ def _read_parquet(shard: Shard, fields: Mapping[str, str], start: int, stop: int
         if not groups:
             return offset
         batches = parquet.iter_batches(
-            batch_size=_BATCH_ROWS, row_groups=groups, columns=columns
+            batch_size=_BATCH_ROWS, row_groups=groups, columns=columns, use_threads=False
         )
-        return (yield from _values(shard, fields, batches, start, stop, offset))
+        return (yield from _values(shard, fields, _released(batches), start, stop, offset))
+
+
+def _released(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, the memory pool asked to return what it no longer uses after each: Arrow's
+    default allocator keeps freed pages for a while, and the Parquet decoder frees many."""
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    for batch in batches:
+        yield batch
+        pool.release_unused()
 
 
 def _read_arrow(shard: Shard, fields: Mapping[str, str], start: int, stop: int | None
