@@ -1,4 +1,5 @@
-"""Readers and writers of the file formats of DESIGN.md §3, with strict validation.
+"""Readers and writers of the file formats of docs/design.md § "Data formats", with strict
+validation.
 
 - corpus: JSON Lines, Parquet, a ``save_to_disk`` dataset or a directory of shards; rows with
   ``id`` (string or integer) and ``text`` — see :mod:`factrace.data.corpus`.
