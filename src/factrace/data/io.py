@@ -1,8 +1,9 @@
 """Readers and writers of the file formats of docs/design.md § "Data formats", with strict
 validation.
 
-- corpus: JSON Lines, Parquet, a ``save_to_disk`` dataset or a directory of shards; rows with
-  ``id`` (string or integer) and ``text`` — see :mod:`factrace.data.corpus`.
+- corpus: JSON Lines, Parquet, Arrow, a ``save_to_disk`` dataset or a directory of shards; rows
+  with ``id`` (string or integer) and ``text`` — see :mod:`factrace.data.shards` and
+  :mod:`factrace.data.corpus`.
 - queries: JSON Lines (or any form a corpus takes) with ``id``, ``prompt``, ``target`` (the
   target keeps its leading space).
 - a :class:`~factrace.data.sources.Source` reads a corpus or queries whose fields are kept
