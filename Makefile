@@ -1,4 +1,5 @@
-# factrace: `make demo` runs the whole pipeline on the built-in fact world; `make test` runs the tests.
+# factrace: `make demo` runs the whole pipeline on the built-in fact world; `make test` runs the tests;
+# `make docs` writes the API reference to docs/api/.
 # Each creates ./.venv when missing. PyTorch is pinned to the 2.13.0 CPU wheel: an unpinned torch
 # would pull a multi-GB CUDA build.
 
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 OUT    ?= demo_out
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,5 +32,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/encode.py
 
+# the API reference, from the docstrings (pdoc, offline): docs/api/index.html
+docs: $(STAMP)
+	$(PY) docs/build_api.py --out docs/api
+
 clean:
-	rm -rf $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(OUT) .pytest_cache .ruff_cache docs/api

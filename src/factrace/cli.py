@@ -127,28 +127,82 @@ def _encoder_config(variant="trackstar", include=None, exclude=None, only=None, 
         overflow="truncate" if truncate else None, compile=compile_ or None, **options)
 
 
-def encoder_options(fn):
-    """Give a command every encoder option (:data:`ENCODER_OPTIONS`) and ``--threads``; it
-    receives them as one ``encoder`` (an EncoderConfig) and has the threads set."""
+def with_options(fn, options: dict, call, drop: tuple[str, ...] = ()):
+    """``fn`` with the keyword options ``options`` (name → (type, default)) added to its
+    signature (and its parameters ``drop`` removed from it), called as ``call(fn, kwargs)``."""
     sig = inspect.signature(fn)
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                annotation=kind)
-             for name, (kind, default) in {**ENCODER_OPTIONS,
-                                           "threads": (Threads, None)}.items()]
+             for name, (kind, default) in options.items()]
     hints = typing.get_type_hints(fn, include_extras=True)  # the annotations, resolved
     params = [p.replace(annotation=hints.get(p.name, p.annotation))
-              for p in sig.parameters.values() if p.name != "encoder"]
+              for p in sig.parameters.values() if p.name not in drop]
 
     @functools.wraps(fn)
     def wrapper(**kwargs):
-        set_threads(kwargs.pop("threads"))
-        options = {name: kwargs.pop(name) for name in ENCODER_OPTIONS}
-        return fn(**kwargs, encoder=_encoder_config(**options))
+        return call(fn, kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=params + extra)
     wrapper.__annotations__ = {p.name: p.annotation for p in params + extra}
     del wrapper.__wrapped__  # typer reads the signature above, not the function's own
     return wrapper
+
+
+def encoder_options(fn):
+    """Give a command every encoder option (:data:`ENCODER_OPTIONS`) and ``--threads``; it
+    receives them as one ``encoder`` (an EncoderConfig) and has the threads set."""
+    def call(fn, kwargs):
+        set_threads(kwargs.pop("threads"))
+        options = {name: kwargs.pop(name) for name in ENCODER_OPTIONS}
+        return fn(**kwargs, encoder=_encoder_config(**options))
+
+    return with_options(fn, {**ENCODER_OPTIONS, "threads": (Threads, None)}, call,
+                        drop=("encoder",))
+
+
+def _column_option(flag: str, what: str, default: str):
+    return Annotated[str | None, typer.Option(
+        flag, help=f"Column (JSON Lines: key) of the {what} (default: {default}).")]
+
+
+#: The columns of a corpus and of queries, declared once: option → (field, type, default).
+CORPUS_COLUMNS = {
+    "id_field": ("id", _column_option("--id-field", "corpus's passage ids", "id"), None),
+    "text_field": ("text", _column_option("--text-field", "corpus's passage texts", "text"),
+                   None),
+}
+QUERY_COLUMNS = {
+    "query_id_field": ("id", _column_option("--query-id-field", "queries' ids", "id"), None),
+    "query_prompt_field": ("prompt", _column_option("--query-prompt-field", "queries' prompts",
+                                                    "prompt"), None),
+    "query_target_field": ("target", _column_option("--query-target-field", "queries' targets",
+                                                    "target"), None),
+}
+
+
+def data_columns(fn):
+    """Give a command that reads a corpus (a ``corpus`` parameter) ``--id-field`` and
+    ``--text-field``, and one that reads queries (``queries``) the ``--query-*-field`` options;
+    it receives its corpus (each of a list) and queries as a
+    :class:`~factrace.data.sources.Source` when a column is renamed, else as the path."""
+    from factrace.data.sources import with_columns
+
+    names = inspect.signature(fn).parameters
+    groups = {param: columns for param, columns in (("corpus", CORPUS_COLUMNS),
+                                                    ("queries", QUERY_COLUMNS))
+              if param in names}
+
+    def call(fn, kwargs):
+        for param, columns in groups.items():
+            renamed = {field: kwargs.pop(option) for option, (field, _, _) in columns.items()}
+            value = kwargs[param]
+            kwargs[param] = ([with_columns(v, **renamed) for v in value]
+                             if isinstance(value, list) else with_columns(value, **renamed))
+        return fn(**kwargs)
+
+    options = {option: (kind, default) for columns in groups.values()
+               for option, (_, kind, default) in columns.items()}
+    return with_options(fn, options, call)
 
 
 def set_threads(threads: int | None) -> None:
@@ -206,11 +260,12 @@ def _quiet_libraries():
 
 @app.command()
 @user_errors
+@data_columns
 @encoder_options
 def scan(
-    model: Model, corpus: Annotated[str, typer.Option(help="Corpus: JSONL, Parquet, saved "
+    model: Model, corpus: Annotated[str, typer.Option(help="Corpus: JSONL, Parquet, Arrow, saved "
                                                       "dataset, or a directory of them.")],
-    queries: Annotated[str, typer.Option(help="Queries JSONL (id, prompt, target).")],
+    queries: Annotated[str, typer.Option(help="Queries (id, prompt, target): JSON Lines, Parquet, Arrow, a saved dataset or a directory of them.")],
     out: Annotated[str, typer.Option(help="Rankings JSONL to write.")],
     top_k: TopK = 10,
     optimizer_state: OptState = None, engine: Engine = "local", workers: Workers = 2,
@@ -238,6 +293,7 @@ def scan(
 
 @index_app.command("build")
 @user_errors
+@data_columns
 @encoder_options
 def index_build(
     model: Model, corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
@@ -283,6 +339,7 @@ ModelOverride = Annotated[str | None, typer.Option(
 
 @index_app.command("add")
 @user_errors
+@data_columns
 def index_add(
     index: StoreOption,
     corpus: Annotated[str, typer.Option(help="Corpus of new passages to append.")],
@@ -308,6 +365,7 @@ index_app.add_typer(task_app, name="task")
 
 @task_app.command("add")
 @user_errors
+@data_columns
 def index_task_add(
     index: StoreOption,
     queries: Annotated[str, typer.Option(help="Queries JSONL defining the task's R_eval.")],
@@ -376,6 +434,7 @@ Candidates = Annotated[int | None, typer.Option(
 
 @app.command()
 @user_errors
+@data_columns
 def trace(
     index: StoreOption,
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
@@ -473,6 +532,7 @@ def ask(
 
 @app.command()
 @user_errors
+@data_columns
 def explain(
     index: StoreOption,
     queries: Annotated[str, typer.Option(help="Queries JSONL the pair was traced with, or the "
@@ -504,6 +564,7 @@ def explain(
 
 @app.command()
 @user_errors
+@data_columns
 def serve(
     index: Annotated[str | None, typer.Option("--index", help="Store built by `factrace index "
                                               "build`: passage texts, Ask and Explain.")] = None,
@@ -542,6 +603,7 @@ def serve(
 
 @app.command("eval")
 @user_errors
+@data_columns
 def eval_(
     rankings: Annotated[str, typer.Option(help="Rankings JSONL.")],
     qrels: Annotated[str, typer.Option(help="Gold passages JSONL (query_id, doc_id).")],
@@ -607,6 +669,7 @@ def eval_(
 
 @app.command()
 @user_errors
+@data_columns
 def baseline(
     method: Annotated[str, typer.Option(help="bm25 | bm25+target | dense | random")],
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
@@ -636,6 +699,7 @@ def baseline(
 
 @app.command()
 @user_errors
+@data_columns
 def compare(
     model: Model,
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],

@@ -1,7 +1,7 @@
 """Typed configuration. One dataclass per job; every field documented; hashing gives a fingerprint.
 
-The named variants of DESIGN.md §1 (the paper's ablation ladder) are ready-made
-:class:`EncoderConfig` defaults; options given explicitly override them.
+The named variants (the paper's ablation ladder, docs/design.md § "Named variants") are
+ready-made :class:`EncoderConfig` defaults; options given explicitly override them.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import numpy as np
 from factrace.data.jsonl import PathLike, shown
 from factrace.data.records import Passage
 from factrace.data.shards import Shard, corpus_shards, read_shard, shard_rows
+from factrace.data.sources import Source
 from factrace.errors import FactraceError
 
 
@@ -47,7 +48,7 @@ class CorpusInfo:
     shards: tuple[ShardInfo, ...]
 
 
-def iter_corpus(path: PathLike, *, start: int = 0, stop: int | None = None) -> Iterator[Passage]:
+def iter_corpus(path: PathLike | Source, *, start: int = 0, stop: int | None = None) -> Iterator[Passage]:
     """Stream the passages of rows ``[start, stop)`` (0-based, global across shards).
 
     Memory stays bounded whatever the corpus size. Rows are validated as they are read; rows
@@ -63,7 +64,7 @@ def iter_corpus(path: PathLike, *, start: int = 0, stop: int | None = None) -> I
 
 
 def iter_located(
-    path: PathLike, *, start: int = 0, stop: int | None = None
+    path: PathLike | Source, *, start: int = 0, stop: int | None = None
 ) -> Iterator[tuple[Shard, int, Passage]]:
     """As :func:`iter_corpus`, yielding ``(shard, number, passage)``.
 
@@ -98,12 +99,12 @@ def _located(
             yield shard, number, passage
 
 
-def corpus_size(path: PathLike) -> int:
+def corpus_size(path: PathLike | Source) -> int:
     """The number of passages, from metadata where the format has it, else by counting lines."""
     return sum(shard_rows(shard) for shard in corpus_shards(path))
 
 
-def validate_corpus(path: PathLike) -> CorpusInfo:
+def validate_corpus(path: PathLike | Source) -> CorpusInfo:
     """Read the whole corpus once, checking every row and that ids are unique.
 
     Ids are kept as 8-byte digests (8 bytes per row); only if two digests collide is the corpus

@@ -1,8 +1,13 @@
-"""Readers and writers of the file formats of DESIGN.md §3, with strict validation.
+"""Readers and writers of the file formats of docs/design.md § "Data formats", with strict
+validation.
 
-- corpus: JSON Lines, Parquet, a ``save_to_disk`` dataset or a directory of shards; rows with
-  ``id`` (string or integer) and ``text`` — see :mod:`factrace.data.corpus`.
-- queries: JSON Lines with ``id``, ``prompt``, ``target`` (the target keeps its leading space).
+- corpus: JSON Lines, Parquet, Arrow, a ``save_to_disk`` dataset or a directory of shards; rows
+  with ``id`` (string or integer) and ``text`` — see :mod:`factrace.data.shards` and
+  :mod:`factrace.data.corpus`.
+- queries: JSON Lines (or any form a corpus takes) with ``id``, ``prompt``, ``target`` (the
+  target keeps its leading space).
+- a :class:`~factrace.data.sources.Source` reads a corpus or queries whose fields are kept
+  under other names (``Source("saved/", {"text": "body"})``).
 - qrels: JSON Lines with ``query_id``, ``doc_id``, one row per gold passage.
 - rankings: JSON Lines with ``query_id``, ``doc_ids`` (best first), ``scores``; optionally
   ``opponent_ids`` and ``opponent_scores``; other fields are kept as :attr:`Ranking.extra`.
@@ -36,7 +41,6 @@ from factrace.data.jsonl import (
     as_id,
     as_ids,
     as_scores,
-    as_text,
     iter_jsonl,
     located_error,
     read_jsonl,
@@ -45,7 +49,8 @@ from factrace.data.jsonl import (
 )
 from factrace.data.jsonl import field as required
 from factrace.data.records import Query, needs_space
-from factrace.data.shards import Shard, corpus_shards
+from factrace.data.shards import Shard, corpus_shards, iter_records, read_rows
+from factrace.data.sources import QUERY_FIELDS, Source, as_source, with_columns
 from factrace.errors import FactraceError, FactraceWarning
 
 __all__ = [
@@ -53,6 +58,8 @@ __all__ = [
     "Ranking",
     "Shard",
     "ShardInfo",
+    "Source",
+    "as_source",
     "atomic_dir",
     "atomic_path",
     "atomic_write",
@@ -61,11 +68,13 @@ __all__ = [
     "iter_corpus",
     "iter_jsonl",
     "iter_located",
+    "iter_records",
     "read_jsonl",
     "read_qrels",
     "read_queries",
     "read_rankings",
     "validate_corpus",
+    "with_columns",
     "write_jsonl",
     "write_queries",
     "write_qrels",
@@ -137,41 +146,48 @@ def _ranking_problem(
     return None
 
 
-def read_queries(path: PathLike) -> list[Query]:
+def read_queries(path: PathLike | Source) -> list[Query]:
     """Read queries; ids must be unique, ``prompt`` and ``target`` non-empty strings.
 
-    Other fields (subject, relation, ...) are allowed and ignored. A target that lacks the space
-    joining it to its prompt (``"capital of"`` + ``"France"``, see
+    ``path`` is JSON Lines, or any form a corpus takes (Parquet, Arrow, a ``save_to_disk``
+    directory, a directory of shards: :mod:`factrace.data.shards`); a
+    :class:`~factrace.data.sources.Source` reads fields kept under other names. Other fields
+    (subject, relation, ...) are allowed and ignored. A target that lacks the space joining it
+    to its prompt (``"capital of"`` + ``"France"``, see
     :func:`~factrace.data.records.needs_space`) gets one prepended, with one
     :class:`~factrace.errors.FactraceWarning` giving the count and the first such line.
 
     Raises:
-        FactraceError: malformed line, missing or mistyped field, empty prompt or target,
-            repeated id, or a file without queries.
+        FactraceError: malformed line, missing or mistyped field or column (naming those
+            there are), empty prompt or target, repeated id, or a file without queries.
     """
-    expected = f"each line must be {QUERY_OBJECT}"
     queries: list[Query] = []
-    first_line: dict[str, int] = {}
-    repaired: list[int] = []
-    for number, row in iter_jsonl(path, QUERY_OBJECT):
-        where = f"{path}:{number}"
-        query_id = as_id(required(row, "id", where, expected), "id", where, expected)
-        prompt = as_text(
-            required(row, "prompt", where, expected), "prompt", where, expected, allow_empty=False
-        )
-        target = as_text(
-            required(row, "target", where, expected), "target", where, expected, allow_empty=False
-        )
-        _check_new("id", query_id, number, first_line, where, "query ids must be unique")
-        if needs_space(prompt, target):
-            repaired.append(number)
-            target = " " + target
-        queries.append(Query(query_id, prompt, target))
+    first: dict[str, tuple[Shard, int]] = {}
+    repaired: list[str] = []
+    for shard in corpus_shards(path):
+        expected = f"each {'line' if shard.format == 'jsonl' else 'row'} must be {QUERY_OBJECT}"
+        for number, (query_id, prompt, target) in read_rows(shard, QUERY_FIELDS):
+            where = shard.where(number)
+            for name, value in (("prompt", prompt), ("target", target)):
+                if not value:
+                    column = shard.column(name)
+                    raise located_error(where, f'field "{column}" is empty', expected)
+            if query_id in first:
+                earlier, line = first[query_id]
+                seen = (f"on line {line}" if earlier == shard and shard.format == "jsonl"
+                        else f"at row {line}" if earlier == shard else f"at {earlier.where(line)}")
+                raise FactraceError(f"{where}: duplicate id {shown(query_id)} (first seen "
+                                    f"{seen}); query ids must be unique")
+            first[query_id] = (shard, number)
+            if needs_space(prompt, target):
+                repaired.append(where)
+                target = " " + target
+            queries.append(Query(query_id, prompt, target))
     if not queries:
         raise FactraceError(f"{path}: no queries (expected one line per query, {QUERY_OBJECT})")
     if repaired:
         warnings.warn(
-            f"{path}:{repaired[0]}: {len(repaired)} of {len(queries)} targets had no leading "
+            f"{repaired[0]}: {len(repaired)} of {len(queries)} targets had no leading "
             "space after a prompt not ending in one; a space was prepended (targets keep their "
             "leading space, see File formats in the README)",
             FactraceWarning,

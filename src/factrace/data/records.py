@@ -1,4 +1,5 @@
-"""The records of DESIGN.md §3: training passages and (prompt, target) queries.
+"""Training passages and (prompt, target) queries: the records of docs/design.md §
+"Data formats".
 
 Ids are kept as strings everywhere inside factrace (an integer id ``7`` in a corpus becomes
 ``"7"``), so corpora, qrels and rankings compare ids the same way whatever their files used.

@@ -1,38 +1,44 @@
-"""Corpus shards: finding them and streaming passages out of each, whatever its format.
+"""Corpus shards: finding them and streaming rows out of each, whatever its format.
 
-A corpus path is one of
+A corpus (or query set) path is one of
 
 - a JSON Lines file (``*.jsonl``, ``*.ndjson``, anything else not listed below; ``*.gz`` is
   gunzipped): one object per line with ``id`` (string or integer) and ``text`` (string);
-- a Parquet file (``*.parquet``) or an Arrow IPC file (``*.arrow``) with columns ``id`` and
-  ``text`` (other columns are ignored and never read);
+- a Parquet file (``*.parquet``) or an Arrow IPC file (``*.arrow``, the stream or the file
+  format) with columns ``id`` and ``text`` (other columns are ignored and never read);
 - a directory saved by ``datasets.Dataset.save_to_disk`` (``state.json`` + Arrow files);
 - a directory of shards: its ``*.jsonl``, ``*.jsonl.gz``, ``*.ndjson``, ``*.parquet`` and
   ``*.arrow`` files, in order of file name. Names starting with ``.`` or ``_`` are skipped.
 
-Readers stream: JSON Lines line by line, Parquet in small record batches, Arrow memory-mapped,
-so memory does not grow with the corpus. Rows are numbered from 1 in error messages: the line
-number for JSON Lines (blank lines are skipped but counted), the row number otherwise.
+Fields kept under other names are read through a :class:`~factrace.data.sources.Source`
+(``Source(path, {"text": "body"})``); each shard carries the renames of its source.
+
+Readers stream: JSON Lines line by line, Parquet in small record batches, Arrow one record
+batch at a time, so memory does not grow with the corpus. Rows are numbered from 1 in error
+messages: the line number for JSON Lines (blank lines are skipped but counted), the row number
+otherwise.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from factrace.data.jsonl import (
     PathLike,
     as_id,
     as_text,
     count_lines,
-    field,
     iter_lines,
+    located_error,
     parse_line,
 )
 from factrace.data.records import Passage
+from factrace.data.sources import CORPUS_FIELDS, FIELD_OPTIONS, Source, as_source
 from factrace.errors import FactraceError
 
 if TYPE_CHECKING:  # pyarrow is imported by the readers of Parquet and Arrow shards
@@ -53,21 +59,30 @@ _SHARD_SUFFIXES = {
 }
 _BATCH_ROWS = 1024  # Parquet rows decoded at a time: bounds memory for long documents.
 _READ_BUFFER = 1 << 20  # Parquet column chunks are read through a buffer this size, never whole.
+_KINDS = {"id": "string or integer", "str": "string"}
 
 #: What a shard reader yields, ``(number, passage)``, and returns: the rows it went through.
 PassageStream = Generator[tuple[int, Passage], None, int]
+#: What :func:`read_rows` yields, ``(number, values)``, and returns.
+RowStream = Generator[tuple[int, tuple[Any, ...]], None, int]
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One corpus file; ``format`` is ``"jsonl"``, ``"parquet"`` or ``"arrow"``."""
+    """One corpus file; ``format`` is ``"jsonl"``, ``"parquet"`` or ``"arrow"``; ``renamed``:
+    the ``(field, column)`` pairs of its :class:`~factrace.data.sources.Source`."""
 
     path: Path
     format: str
+    renamed: tuple[tuple[str, str], ...] = ()
 
     def where(self, number: int) -> str:
         """How an error names row ``number`` (1-based): ``file:17`` or ``file: row 17``."""
         return f"{self.path}:{number}" if self.format == "jsonl" else f"{self.path}: row {number}"
+
+    def column(self, name: str) -> str:
+        """The column (JSON Lines: the key) that holds field ``name``."""
+        return dict(self.renamed).get(name, name)
 
 
 def shard_format(name: str) -> str | None:
@@ -78,13 +93,17 @@ def shard_format(name: str) -> str | None:
     return None
 
 
-def corpus_shards(path: PathLike) -> list[Shard]:
+def corpus_shards(path: PathLike | Source) -> list[Shard]:
     """The shards of the corpus at ``path``, in global row order (see the module docstring)."""
-    path = Path(path)
+    source = as_source(path)
+    return [Shard(path, kind, source.renamed) for path, kind in _files(Path(source.path))]
+
+
+def _files(path: Path) -> list[tuple[Path, str]]:
     if not path.exists():
         raise FactraceError(f"{path}: no such file or directory")
     if not path.is_dir():
-        return [Shard(path, shard_format(path.name) or "jsonl")]
+        return [(path, shard_format(path.name) or "jsonl")]
     if (path / "dataset_dict.json").is_file():
         splits = sorted(child.name for child in path.iterdir() if child.is_dir())
         raise FactraceError(
@@ -92,23 +111,23 @@ def corpus_shards(path: PathLike) -> list[Shard]:
             f"pass one split's directory, e.g. {path / (splits[0] if splits else 'train')}"
         )
     if (path / "state.json").is_file():
-        return _saved_dataset_shards(path)
-    shards = [
-        Shard(child, kind)
+        return _saved_dataset_files(path)
+    files = [
+        (child, kind)
         for child in sorted(path.iterdir(), key=lambda child: child.name)
         if child.name[:1] not in (".", "_")
         and (kind := shard_format(child.name)) is not None
         and child.is_file()
     ]
-    if not shards:
+    if not files:
         raise FactraceError(
             f"{path}: no corpus files in this directory (expected *.jsonl, *.jsonl.gz, *.parquet "
             "or *.arrow shards, or a dataset saved with datasets' save_to_disk)"
         )
-    return shards
+    return files
 
 
-def _saved_dataset_shards(path: Path) -> list[Shard]:
+def _saved_dataset_files(path: Path) -> list[tuple[Path, str]]:
     """The Arrow files of a ``save_to_disk`` directory, in the order ``state.json`` lists them."""
     state_path = path / "state.json"
     expected = "expected a dataset saved with datasets' Dataset.save_to_disk"
@@ -119,11 +138,10 @@ def _saved_dataset_shards(path: Path) -> list[Shard]:
         raise FactraceError(
             f"{state_path}: cannot read its list of data files ({error}); {expected}"
         ) from None
-    shards = [Shard(path / name, "arrow") for name in files]
-    for shard in shards:
-        if not shard.path.is_file():
-            raise FactraceError(f"{shard.path}: listed in {state_path} but missing; {expected}")
-    return shards
+    for name in files:
+        if not (path / name).is_file():
+            raise FactraceError(f"{path / name}: listed in {state_path} but missing; {expected}")
+    return [(path / name, "arrow") for name in files]
 
 
 def shard_rows(shard: Shard) -> int:
@@ -148,16 +166,59 @@ def read_shard(shard: Shard, start: int = 0, stop: int | None = None) -> Passage
     ``number`` is the 1-based line (JSON Lines) or row number used in error messages. Returns
     the number of rows gone through: the shard's row count when read to the end, else ``stop``.
     """
+    rows = read_rows(shard, CORPUS_FIELDS, start, stop)
+    while True:
+        try:
+            number, (passage_id, text) = next(rows)
+        except StopIteration as done:
+            return done.value
+        yield number, Passage(passage_id, text)
+
+
+def read_rows(shard: Shard, fields: Mapping[str, str], start: int = 0,
+              stop: int | None = None) -> RowStream:
+    """Stream ``(number, values)`` for rows ``[start, stop)``: the values of ``fields`` (name →
+    ``"id"`` or ``"str"``, see :data:`~factrace.data.sources.CORPUS_FIELDS`), each read from its
+    column and checked (an id as a string). Returns as :func:`read_shard`.
+
+    Raises:
+        FactraceError: a missing or mistyped column (naming the columns there are), a null,
+            a malformed line.
+    """
     if shard.format == "jsonl":
-        return (yield from _read_jsonl(shard, start, stop))
+        return (yield from _read_jsonl(shard, fields, start, stop))
     import pyarrow as pa
 
     try:
         if shard.format == "parquet":
-            return (yield from _read_parquet(shard, start, stop))
-        return (yield from _read_arrow(shard, start, stop))
+            return (yield from _read_parquet(shard, fields, start, stop))
+        return (yield from _read_arrow(shard, fields, start, stop))
     except (pa.ArrowException, OSError) as error:
         raise _unreadable(shard, error) from None
+
+
+def iter_records(path: PathLike | Source) -> Iterator[dict[str, Any]]:
+    """Every row of every shard as a dict of all its fields (columns), in order: for small
+    tables such as queries, whose fields beyond the required ones are shown."""
+    for shard in corpus_shards(path):
+        if shard.format == "jsonl":
+            for number, raw in iter_lines(shard.path):
+                yield parse_line(shard.where(number), raw)
+            continue
+        import pyarrow as pa
+
+        try:
+            if shard.format == "parquet":
+                with _open_parquet(shard.path) as parquet:
+                    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
+                        yield from batch.to_pylist()
+                continue
+            _, _, batches = _arrow_batches(shard.path, 0)
+            with closing(batches):
+                for batch in batches:
+                    yield from batch.to_pylist()
+        except (pa.ArrowException, OSError) as error:
+            raise _unreadable(shard, error) from None
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
@@ -172,30 +233,59 @@ def _unreadable(shard: Shard, error: Exception) -> FactraceError:
     return FactraceError(f"{shard.path}: not readable as {kind} file ({error})")
 
 
-def _read_jsonl(shard: Shard, start: int, stop: int | None) -> PassageStream:
+def _object_hint(shard: Shard, fields: Mapping[str, str]) -> str:
+    """``a JSON object with "id" and "text"``, in the shard's own column names."""
+    names = [f'"{shard.column(name)}"' for name in fields]
+    return "a JSON object with " + (", ".join(names[:-1]) + " and " + names[-1])
+
+
+def _read_jsonl(shard: Shard, fields: Mapping[str, str], start: int, stop: int | None
+                ) -> RowStream:
     """JSON Lines rows ``[start, stop)``; rows before ``start`` are counted, not parsed."""
     row = 0
     for number, raw in iter_lines(shard.path):
         if stop is not None and row >= stop:
             return row
         if row >= start:
-            yield number, passage_from_line(shard.where(number), raw)
+            yield number, line_values(shard, fields, shard.where(number), raw)
         row += 1
     return row
 
 
-def passage_from_line(where: str, raw: bytes) -> Passage:
-    """One JSON Lines corpus row; ``where`` (``"file:line"``) prefixes any error."""
-    value = parse_line(where, raw, CORPUS_OBJECT)
-    passage_id = as_id(field(value, "id", where, CORPUS_EXPECTED), "id", where, CORPUS_EXPECTED)
-    text = as_text(field(value, "text", where, CORPUS_EXPECTED), "text", where, CORPUS_EXPECTED)
+def line_values(shard: Shard, fields: Mapping[str, str], where: str, raw: bytes
+                ) -> tuple[Any, ...]:
+    """The values of ``fields`` in one JSON Lines row; ``where`` (``"file:line"``) prefixes any
+    error. A missing key is named with the keys the line has."""
+    hint = _object_hint(shard, fields)
+    expected = f"each line must be {hint}"
+    value = parse_line(where, raw, hint)
+    values = []
+    for name, kind in fields.items():
+        key = shard.column(name)
+        if key not in value:
+            present = ", ".join(value) or "none"
+            raise located_error(where, f'missing field "{key}"',
+                                f"the line has: {present}; {expected}")
+        if kind == "id":
+            values.append(as_id(value[key], key, where, expected))
+        else:
+            values.append(as_text(value[key], key, where, expected))
+    return tuple(values)
+
+
+def passage_from_line(where: str, raw: bytes, shard: Shard | None = None) -> Passage:
+    """One JSON Lines corpus row; ``where`` (``"file:line"``) prefixes any error; ``shard``:
+    the file it is read from, for its column names."""
+    shard = shard or Shard(Path(where), "jsonl")
+    passage_id, text = line_values(shard, CORPUS_FIELDS, where, raw)
     return Passage(passage_id, text)
 
 
-def _read_parquet(shard: Shard, start: int, stop: int | None) -> PassageStream:
+def _read_parquet(shard: Shard, fields: Mapping[str, str], start: int, stop: int | None
+                  ) -> RowStream:
     """Parquet rows ``[start, stop)``, skipping whole row groups before ``start``."""
     with _open_parquet(shard.path) as parquet:
-        _check_schema(shard, parquet.schema_arrow)
+        columns = _check_schema(shard, parquet.schema_arrow, fields)
         metadata = parquet.metadata
         first_group, offset = 0, 0
         while first_group < metadata.num_row_groups:
@@ -208,19 +298,110 @@ def _read_parquet(shard: Shard, start: int, stop: int | None) -> PassageStream:
         if not groups:
             return offset
         batches = parquet.iter_batches(
-            batch_size=_BATCH_ROWS, row_groups=groups, columns=["id", "text"]
+            batch_size=_BATCH_ROWS, row_groups=groups, columns=columns, use_threads=False
         )
-        return (yield from _passages(shard, batches, start, stop, offset))
+        return (yield from _values(shard, fields, _released(batches), start, stop, offset))
 
 
-def _read_arrow(shard: Shard, start: int, stop: int | None) -> PassageStream:
-    """Arrow IPC rows ``[start, stop)``, memory-mapped: skipped batches are never decoded."""
+def _released(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, the memory pool asked to return what it no longer uses after each: Arrow's
+    default allocator keeps freed pages for a while, and the Parquet decoder frees many."""
     import pyarrow as pa
 
-    with pa.memory_map(str(shard.path), "r") as source:
-        schema, batches = _ipc_reader(source)
-        _check_schema(shard, schema)
-        return (yield from _passages(shard, batches, start, stop, 0))
+    pool = pa.default_memory_pool()
+    for batch in batches:
+        yield batch
+        pool.release_unused()
+
+
+def _read_arrow(shard: Shard, fields: Mapping[str, str], start: int, stop: int | None
+                ) -> RowStream:
+    """Arrow IPC rows ``[start, stop)``: batches before ``start`` are skipped by their
+    metadata, the others read one at a time."""
+    schema, offset, batches = _arrow_batches(shard.path, start)
+    with closing(batches):
+        _check_schema(shard, schema, fields)
+        return (yield from _values(shard, fields, batches, start, stop, offset))
+
+
+def _arrow_batches(path: Path, start: int
+                   ) -> tuple[pa.Schema, int, Generator[pa.RecordBatch, None, None]]:
+    """An Arrow IPC file's schema, the index of the first row of the batch holding row
+    ``start``, and the record batches from that one on.
+
+    Batches before it are counted in a memory map, from their metadata: their data is not
+    touched. The batches read are read from the file one at a time, into memory freed with
+    each (a memory map would keep every page read mapped, and so resident, to the end).
+    A stream with dictionary batches is read memory-mapped.
+    """
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    with pa.memory_map(str(path), "r") as mapped:
+        try:
+            messages = pyarrow.ipc.MessageReader.open_stream(mapped)
+            schema = pyarrow.ipc.read_schema(messages.read_next_message())
+        except (pa.ArrowInvalid, StopIteration):
+            return _arrow_file_batches(path, start)
+        offset, position = 0, mapped.tell()
+        while True:
+            position = mapped.tell()
+            try:
+                message = messages.read_next_message()
+            except StopIteration:
+                break
+            if message.type != "record batch":
+                return schema, 0, _mapped_stream_batches(path)
+            size = pyarrow.ipc.read_record_batch(message, schema).num_rows
+            if offset + size > start:
+                break
+            offset += size
+    return schema, offset, _stream_batches(path, schema, position)
+
+
+def _stream_batches(path: Path, schema: pa.Schema, position: int
+                    ) -> Generator[pa.RecordBatch, None, None]:
+    """The record batches of an Arrow IPC stream from byte ``position`` on, read one by one."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    with pa.OSFile(str(path), "rb") as handle:
+        handle.seek(position)
+        for message in pyarrow.ipc.MessageReader.open_stream(handle):
+            if message.type == "record batch":
+                yield pyarrow.ipc.read_record_batch(message, schema)
+
+
+def _mapped_stream_batches(path: Path) -> Generator[pa.RecordBatch, None, None]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path), "r") as mapped:
+        yield from _ipc_reader(mapped)[1]
+
+
+def _arrow_file_batches(path: Path, start: int
+                        ) -> tuple[pa.Schema, int, Generator[pa.RecordBatch, None, None]]:
+    """As :func:`_arrow_batches` for the IPC file format (random access: batches by index)."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    with pa.memory_map(str(path), "r") as mapped:
+        reader = pyarrow.ipc.open_file(mapped)
+        schema, first, offset = reader.schema, 0, 0
+        while first < reader.num_record_batches:
+            size = reader.get_batch(first).num_rows
+            if offset + size > start:
+                break
+            offset += size
+            first += 1
+
+    def batches() -> Generator[pa.RecordBatch, None, None]:
+        with pa.OSFile(str(path), "rb") as handle:
+            reader = pyarrow.ipc.open_file(handle)
+            for index in range(first, reader.num_record_batches):
+                yield reader.get_batch(index)
+
+    return schema, offset, batches()
 
 
 def _ipc_reader(source: pa.NativeFile) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -255,46 +436,56 @@ def _is_id(kind: pa.DataType) -> bool:
     return _is_string(kind) or pa.types.is_integer(kind)
 
 
-def _check_schema(shard: Shard, schema: pa.Schema) -> None:
-    """Columns ``id`` (string or integer) and ``text`` (string) exist exactly once."""
-    for name, accepts, wanted in (
-        ("id", _is_id, "string or integer"),
-        ("text", _is_string, "string"),
-    ):
-        indices = schema.get_all_field_indices(name)
+def columns_needed(shard: Shard, fields: Mapping[str, str]) -> str:
+    """``a corpus needs columns "id" (string or integer) and "text" (string)``, in the
+    shard's column names, and the options that choose others."""
+    what = "a corpus needs" if tuple(fields) == tuple(CORPUS_FIELDS) else "queries need"
+    names = [f'"{shard.column(name)}" ({_KINDS[kind]})' for name, kind in fields.items()]
+    needed = f"{what} columns {', '.join(names[:-1])} and {names[-1]}"
+    options = FIELD_OPTIONS.get(tuple(fields))
+    if options:
+        needed += f"; {', '.join(options.values())} choose others"
+    return needed
+
+
+def _check_schema(shard: Shard, schema: pa.Schema, fields: Mapping[str, str]) -> list[str]:
+    """Each field's column exists exactly once, of its type; returns the columns, in order."""
+    columns = []
+    for name, kind in fields.items():
+        column = shard.column(name)
+        indices = schema.get_all_field_indices(column)
+        listed = ", ".join(schema.names) or "none"
         if not indices:
-            columns = ", ".join(schema.names) or "none"
-            message = (
-                f'{shard.path}: missing column "{name}" (columns: {columns}; {COLUMNS_EXPECTED})'
-            )
-            raise FactraceError(message)
+            raise FactraceError(f'{shard.path}: missing column "{column}" (columns: {listed}; '
+                                f"{columns_needed(shard, fields)})")
         if len(indices) > 1:
-            raise FactraceError(f'{shard.path}: column "{name}" appears {len(indices)} times')
-        kind = schema.field(indices[0]).type
-        if not accepts(kind):
-            raise FactraceError(f'{shard.path}: column "{name}" has type {kind}, expected {wanted}')
+            raise FactraceError(f'{shard.path}: column "{column}" appears {len(indices)} times')
+        found = schema.field(indices[0]).type
+        if not (_is_id if kind == "id" else _is_string)(found):
+            raise FactraceError(f'{shard.path}: column "{column}" has type {found}, expected '
+                                f"{_KINDS[kind]} (columns: {listed})")
+        columns.append(column)
+    return columns
 
 
-def _passages(
-    shard: Shard, batches: Iterable[pa.RecordBatch], start: int, stop: int | None, offset: int
-) -> PassageStream:
+def _values(shard: Shard, fields: Mapping[str, str], batches: Iterable[pa.RecordBatch],
+            start: int, stop: int | None, offset: int) -> RowStream:
     """Rows ``[start, stop)`` of consecutive batches whose first row has index ``offset``."""
+    columns = [(shard.column(name), kind) for name, kind in fields.items()]
     for batch in batches:
         end = offset + batch.num_rows
         low, high = max(start, offset), end if stop is None else min(stop, end)
         if low < high:
             piece = batch.slice(low - offset, high - low)
-            ids = piece.column("id").to_pylist()
-            texts = piece.column("text").to_pylist()
-            for index, (passage_id, text) in enumerate(zip(ids, texts, strict=True)):
-                number = low + index + 1
-                if passage_id is None or text is None:
-                    name = "id" if passage_id is None else "text"
-                    message = (
-                        f'{shard.where(number)}: "{name}" is null ({COLUMNS_EXPECTED}, no nulls)'
-                    )
-                    raise FactraceError(message)
-                yield number, Passage(str(passage_id), text)
+            values = [piece.column(column).to_pylist() for column, _ in columns]
+            for index, row in enumerate(zip(*values, strict=True)):
+                if None in row:
+                    column = columns[row.index(None)][0]
+                    raise FactraceError(f'{shard.where(low + index + 1)}: "{column}" is null '
+                                        f'(column "{column}" must have no nulls)')
+                yield low + index + 1, tuple(
+                    str(value) if kind == "id" else value
+                    for value, (_, kind) in zip(row, columns, strict=True))
         offset = end
         if stop is not None and offset >= stop:
             return stop

@@ -1,4 +1,4 @@
-"""Tokenisation and loss masks (DESIGN.md §1 "Loss").
+"""Tokenisation and loss masks (docs/design.md § "Loss").
 
 A tokenised example carries a loss mask over its tokens: ``loss_mask[j] = 1`` when token ``j`` is
 a prediction target, i.e. contributes ``CE(logits[j - 1], input_ids[j])``. Position 0 is never a

@@ -1,8 +1,9 @@
 """The Encoder: training passages and queries → TrackStar encodings ψ(z).
 
-Stages, in the order of DESIGN.md §1: gradient capture (hooks) → optimizer correction →
-projection (:class:`ProjectedGradients` does these three in one backward) → R_train's basis and
-the query-time R (:class:`~factrace.encode.whitening.TaskWhitening`) → unit norm.
+Stages, in the order of docs/design.md § "The method": gradient capture (hooks) → optimizer
+correction → projection (:class:`ProjectedGradients` does these three in one backward) →
+R_train's basis and the query-time R (:class:`~factrace.encode.whitening.TaskWhitening`) → unit
+norm.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Optimizer correction ``G ⊙ (sqrt(V) + ε)^{-1}`` in its modes (DESIGN.md §1).
+"""Optimizer correction ``G ⊙ (sqrt(V) + ε)^{-1}`` in its modes (docs/design.md §
+"Optimizer correction").
 
 Everything here is in the canonical ``[d_out, d_in]`` layout of a tracked module. The factored
 forms use the rank-one approximation ``V ≈ r cᵀ / Σr`` (r, c the row and column sums of V), so

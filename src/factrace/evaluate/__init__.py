@@ -1,5 +1,6 @@
-"""Fact-tracing evaluation (DESIGN.md §2): attribution metrics (MRR, Recall@10), tail-patch
-influence, baseline rankers and the ablation-ladder results table with the paper's findings.
+"""Fact-tracing evaluation: attribution metrics (MRR, Recall@10), tail-patch influence, baseline
+rankers and the ablation-ladder results table with the paper's findings (docs/design.md §
+"Evaluation").
 
 bm25s, sentence-transformers and tqdm are imported by the functions that use them, and each name
 here by its first use (PyTorch only for tail-patch). The tail-patch function is

@@ -1,4 +1,5 @@
-"""Baseline rankers of the fact-tracing evaluation (DESIGN.md §2): BM25, dense retrieval, random.
+"""Baseline rankers of the fact-tracing evaluation: BM25, dense retrieval, random
+(docs/design.md § "Baselines").
 
 Each returns one :class:`~factrace.data.io.Ranking` per query, in query order, with the top ``k``
 passages best first and their scores (``k`` larger than the corpus gives every passage). Ties are

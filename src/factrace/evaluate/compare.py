@@ -22,6 +22,7 @@ from factrace.data.atomic import atomic_write
 from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import Ranking, read_qrels, read_queries
 from factrace.data.outputs import check_at_least, check_output_dir
+from factrace.data.sources import Source, source_meta
 from factrace.encode.encoder import Encoder
 from factrace.encode.whitening import TaskWhitening
 from factrace.errors import FactraceError
@@ -51,8 +52,8 @@ class CompareConfig:
     optimizer_state: str | None
     """AdamW state; ``None``: give ``second_moment="estimate"`` (V estimated from the corpus)
     and, for tail-patch, ``lr`` (an SGD step)."""
-    corpus: str
-    queries: str
+    corpus: str | Source
+    queries: str | Source
     qrels: str
     out: str
     """Directory for rankings/, results.json, results.md and report.html."""
@@ -149,8 +150,9 @@ def rankings_metadata(cfg: CompareConfig, method: str) -> dict:
     """What ``rankings/<method>.jsonl.meta.json`` records: the method and, as absolute paths,
     the queries, qrels and corpus it ranked (so that the file opens on its own, as those of
     ``scan`` and ``trace`` do)."""
-    meta = {"command": "compare", "method": method, "queries": absolute(cfg.queries),
-            "qrels": absolute(cfg.qrels), "corpus": absolute(cfg.corpus),
+    meta = {"command": "compare", "method": method,
+            **source_meta("queries", cfg.queries, absolute(cfg.queries)),
+            "qrels": absolute(cfg.qrels), **source_meta("corpus", cfg.corpus, absolute(cfg.corpus)),
             "model": cfg.model, "top_k": cfg.top_k}
     if method not in cfg.baselines:
         meta["encoder"] = {"config": _variant(cfg, method).to_dict()}

@@ -7,8 +7,8 @@ A row is one method (a baseline or a rung of the ablation ladder)::
 
 (``tail_patch`` and ``tail_patch_se`` are ``None`` when tail-patch was not run for the method.)
 
-:func:`findings` checks the paper's claims (DESIGN.md §2) on those rows and says, for each,
-whether it held here and by how much, whichever way it went. A claim is "held" when the
+:func:`findings` checks the paper's claims (docs/design.md § "The paper's findings") on those
+rows and says, for each, whether it held here and by how much, whichever way it went. A claim is "held" when the
 difference is at least :data:`SIGNIFICANT_SE` combined standard errors in its favour, "did not
 hold" when it is at least that much against it, and "not significant" in between; a claim whose
 methods are absent is "not measured".
@@ -119,7 +119,7 @@ def _compare(claim: str, winner: dict | None, others: Sequence[dict], key: str) 
 
 
 def findings(rows: Sequence[dict]) -> list[Finding]:
-    """The paper's findings (DESIGN.md §2) checked on ``rows``.
+    """The paper's findings (docs/design.md § "The paper's findings") checked on ``rows``.
 
     - BM25 wins at attribution: the better BM25 variant beats every gradient method (the ladder)
       on MRR, and on Recall@10.

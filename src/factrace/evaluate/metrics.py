@@ -1,4 +1,5 @@
-"""Fact-tracing attribution metrics (DESIGN.md §2): MRR and Recall@10 against gold passages.
+"""Fact-tracing attribution metrics: MRR and Recall@10 against gold passages (docs/design.md §
+"Attribution: MRR and recall@10").
 
 A ranking is judged by its passage ids, best first. A passage id counts as gold when it is in the
 query's qrels or when it is a window ``<doc>#<n>`` of a gold passage ``<doc>`` (see

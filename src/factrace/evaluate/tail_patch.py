@@ -1,4 +1,5 @@
-"""Tail-patch: the causal influence of retrieved passages on a fact (DESIGN.md §2).
+"""Tail-patch: the causal influence of retrieved passages on a fact (docs/design.md §
+"Influence: tail-patch").
 
 For each query and each of its top-k passages separately, start from the final weights and the
 final optimizer state, take ONE AdamW step on that passage's training loss, and measure
@@ -210,7 +211,7 @@ def tail_patch(
     n_queries: int | None = None,
     progress: bool = True,
 ) -> TailPatchResult:
-    """Tail-patch scores of ``rankings`` (DESIGN.md §2).
+    """Tail-patch scores of ``rankings`` (docs/design.md § "Influence: tail-patch").
 
     Args:
         loaded: the final checkpoint, in eval mode.

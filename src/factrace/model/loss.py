@@ -1,4 +1,4 @@
-"""The per-example loss of DESIGN.md §1: ``L(z) = Σ_t m_t · CE(logits_{t-1}, y_t)``."""
+"""The per-example loss ``L(z) = Σ_t m_t · CE(logits_{t-1}, y_t)`` (docs/design.md § "Loss")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Optimizer state: the second moment V of DESIGN.md §1, read from what training left behind.
+"""Optimizer state: the second moment V (docs/design.md § "Optimizer correction"), read from
+what training left behind.
 
 Accepted files:
 - a Hugging Face Trainer ``optimizer.pt`` (a torch ``state_dict`` whose param ids follow the

@@ -11,6 +11,7 @@ this module holds the generation, the span and the record of an answer.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from factrace.data.io import Ranking
 from factrace.data.jsonl import as_id, as_list, as_text, iter_jsonl, located_error
 from factrace.data.jsonl import field as required
 from factrace.data.records import Query
+from factrace.data.shards import shard_format
+from factrace.data.sources import Source
 from factrace.data.tokenize import TokenizedExample, tokenize_query
 from factrace.errors import FactraceError
 from factrace.run.explain import token_pieces
@@ -174,9 +177,13 @@ class Asked:
     span: tuple[int, int] | None
 
 
-def is_answers(path: str) -> bool:
+def is_answers(path: str | Source) -> bool:
     """Whether a JSON Lines file's first row is an answers row (``query_id`` and
-    ``completion``), not a query (the file's other rows are checked when read)."""
+    ``completion``), not a query (the file's other rows are checked when read). Queries read
+    with renamed columns, or kept in another format, are not answers."""
+    if isinstance(path, Source) and path.renamed or not os.path.isfile(path) \
+            or shard_format(os.fspath(path)) not in (None, "jsonl"):
+        return False
     for _, row in iter_jsonl(path):
         return "query_id" in row and "completion" in row
     return False

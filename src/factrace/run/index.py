@@ -30,6 +30,7 @@ from factrace.data.atomic import atomic_path
 from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import read_queries
 from factrace.data.outputs import check_output_dir
+from factrace.data.sources import Source, source_meta
 from factrace.encode.encoder import Encoder
 from factrace.encode.state import EncoderState
 from factrace.errors import FactraceError, FactraceWarning
@@ -62,7 +63,7 @@ class IndexConfig(EncodingJob):
 
     out: str
     """Store directory to build (or resume)."""
-    queries: str | None = None
+    queries: str | Source | None = None
     """Optional: a query set whose R_eval becomes the store's default task."""
     task_name: str = "default"
     """Name of that task."""
@@ -228,7 +229,8 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
             # absolute paths: the store is used later, from any working directory
             config = {"encoder": encoder.metadata(), "model": absolute(cfg.model),
                       "optimizer_state": absolute(cfg.optimizer_state),
-                      "corpus": absolute(cfg.corpus), "corpus_rows": info.n_rows,
+                      **source_meta("corpus", cfg.corpus, absolute(cfg.corpus)),
+                      "corpus_rows": info.n_rows,
                       "shard_rows": rows, "fit": record, "factrace": _version()}
             if cfg.overwrite and path.is_dir():
                 for child in path.iterdir():
@@ -254,7 +256,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
                     results = kept.shards(encoder, todo)
                 else:
                     results = engine.map("encode_rows",
-                                         [(str(cfg.corpus), a, b) for a, b in todo])
+                                         [(cfg.corpus, a, b) for a, b in todo])
                 _encode_shards(results, writer, cfg.corpus, todo, cfg.progress,
                                "encoding corpus", engine)
                 _finish(writer, 0, cfg.corpus, cfg.progress)
@@ -372,7 +374,7 @@ class TaskConfig:
     """An ``index task add`` job."""
 
     index: str
-    queries: str
+    queries: str | Source
     name: str
     default: bool = False
     model: str | None = None
@@ -483,7 +485,7 @@ class AddConfig:
     """An ``index add`` job: append a corpus to a store, encoded as the store's own rows."""
 
     index: str
-    corpus: str
+    corpus: str | Source
     model: str | None = None
     optimizer_state: str | None = None
     device: str | None = None

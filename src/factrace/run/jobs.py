@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from factrace.config import EncoderConfig
 from factrace.data.outputs import check_at_least
+from factrace.data.sources import Source
 from factrace.run.engines import make_engine
 from factrace.run.progress import say_coverage
 from factrace.run.worker import EncoderSpec
@@ -25,8 +26,9 @@ class EncodingJob:
 
     model: str
     """Hugging Face model directory, or a GGUF file."""
-    corpus: str
-    """Training corpus (JSONL, Parquet, saved HF dataset, or a directory of them)."""
+    corpus: str | Source
+    """Training corpus (JSONL, Parquet, Arrow, saved HF dataset, or a directory of them); a
+    :class:`~factrace.data.sources.Source` when its fields are columns of other names."""
     optimizer_state: str | None = None
     """Optimizer state file (HF ``optimizer.pt``, torch state_dict or safetensors)."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

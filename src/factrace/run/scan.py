@@ -13,6 +13,7 @@ from factrace.data.atomic import atomic_write
 from factrace.data.corpus import validate_corpus
 from factrace.data.io import Ranking, read_queries, write_rankings
 from factrace.data.outputs import META_SUFFIX, check_at_least, check_output_file, meta_path
+from factrace.data.sources import Source, source_meta
 from factrace.encode.budget import peak_rss
 from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
@@ -25,7 +26,7 @@ from factrace.search.topk import TopK, exact_topk
 class ScanConfig(EncodingJob):
     """A ``scan`` job."""
 
-    queries: str
+    queries: str | Source
     """Queries JSONL (id, prompt, target)."""
     out: str | None = None
     """Rankings JSONL to write (and ``<out>.meta.json`` beside it); ``None`` → not written."""
@@ -71,7 +72,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
             scorer = task.scorer(y, own=True)
         timings["fit_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        tasks = [(str(cfg.corpus), start, stop, scorer, cfg.top_k) for start, stop
+        tasks = [(cfg.corpus, start, stop, scorer, cfg.top_k) for start, stop
                  in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]
         total = TopK(len(queries), cfg.top_k)
         ranges = [(start, stop) for _, start, stop, *_ in tasks]
@@ -92,9 +93,9 @@ def scan(cfg: ScanConfig) -> ScanResult:
             "command": "scan",
             "model": str(cfg.model),
             "optimizer_state": cfg.optimizer_state,
-            "corpus": str(cfg.corpus),
+            **source_meta("corpus", cfg.corpus),
             "corpus_rows": info.n_rows,
-            "queries": str(cfg.queries),
+            **source_meta("queries", cfg.queries),
             "top_k": cfg.top_k,
             "engine": cfg.engine,
             "encoder": engine.encoder.metadata(task),

@@ -27,6 +27,7 @@ import torch
 from factrace.data.io import Ranking, read_queries
 from factrace.data.outputs import META_SUFFIX, check_at_least, check_output_file
 from factrace.data.records import Query
+from factrace.data.sources import Source, source_meta
 from factrace.data.tokenize import TokenizedExample
 from factrace.encode.whitening import TaskScorer, TaskWhitening
 from factrace.errors import FactraceError
@@ -459,7 +460,7 @@ class TraceConfig:
     """A ``trace`` job against a built store."""
 
     index: str
-    queries: str
+    queries: str | Source
     out: str | None = None
     top_k: int = 10
     task: str | None = None
@@ -493,7 +494,7 @@ def trace(cfg: TraceConfig) -> ScanResult:
         tracer.task(cfg.task)  # a task that does not exist fails before any encoding
     rankings, metadata = tracer.trace(queries, cfg.top_k, cfg.task, cfg.faiss, cfg.nprobe,
                                       cfg.report_recall, cfg.candidates)
-    metadata["queries"] = str(cfg.queries)
+    metadata.update(source_meta("queries", cfg.queries))
     if cfg.out:
         write_with_metadata(cfg.out, rankings, metadata)
     return ScanResult(rankings, metadata)
@@ -564,7 +565,7 @@ class ExplainConfig:
     """An ``explain`` job: one (query, passage) pair's score, token by token."""
 
     index: str
-    queries: str
+    queries: str | Source
     """The queries file the pair was traced with (R_eval comes from it, as in ``trace``), or
     the answers file of an ``ask`` (``ask --out``): its answers as they were traced."""
     query_id: str
@@ -593,7 +594,7 @@ def explain(cfg: ExplainConfig) -> dict:
     if answers:
         queries = tracer.answer_queries(queries)
     result = tracer.explain(queries[ids.index(cfg.query_id)], cfg.doc_id, queries, cfg.task)
-    result["queries"] = str(cfg.queries)
+    result.update(source_meta("queries", cfg.queries))
     if cfg.out:
         import json
 

@@ -17,6 +17,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
+from factrace.data.sources import Source
 from factrace.errors import FactraceError
 
 __all__ = ["ServeConfig", "bind", "load_explorer", "serve"]
@@ -32,9 +33,9 @@ class ServeConfig:
     """Rankings files, or directories of them (a ``compare`` output directory)."""
     qrels: str | None = None
     """Gold passages (default: the qrels the rankings' metadata name, as ``compare``'s do)."""
-    queries: str | None = None
+    queries: str | Source | None = None
     """Queries for every rankings file (default: each file's own, from its metadata)."""
-    corpus: list[str] = field(default_factory=list)
+    corpus: list[str | Source] = field(default_factory=list)
     """Corpora for passage texts (default: the store's, else the one the rankings' metadata
     name, as ``compare``'s do)."""
     model: str | None = None

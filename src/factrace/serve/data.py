@@ -25,6 +25,8 @@ from typing import Any
 from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings
 from factrace.data.jsonl import iter_jsonl
 from factrace.data.outputs import meta_path
+from factrace.data.shards import iter_records
+from factrace.data.sources import QUERY_FIELDS, Source, as_source, source_from_meta
 from factrace.errors import FactraceError, FactraceWarning
 from factrace.store.ids import passage_of
 from factrace.store.locations import Locations
@@ -74,7 +76,8 @@ class RankingSet:
     rankings: dict[str, Ranking] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     queries: dict[str, QueryInfo] = field(default_factory=dict)
-    queries_path: str | None = None
+    queries_path: str | Source | None = None
+    """The queries (a :class:`~factrace.data.sources.Source` when read from renamed columns)."""
     error: str | None = None
 
     def summary(self) -> dict:
@@ -83,7 +86,8 @@ class RankingSet:
             self.error.replace(self.path, file_name(self.path)))
         return {"name": self.name, "path": file_name(self.path), "method": self.method,
                 "command": self.meta.get("command"), "queries": len(self.rankings),
-                "queries_path": file_name(self.queries_path), "error": error}
+                "queries_path": file_name(None if self.queries_path is None
+                                          else str(self.queries_path)), "error": error}
 
 
 def rankings_files(paths: list[str]) -> list[Path]:
@@ -129,7 +133,7 @@ def read_meta(path: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def read_query_table(path: str) -> dict[str, QueryInfo]:
+def read_query_table(path: str | Source) -> dict[str, QueryInfo]:
     """Queries with every field beyond id, prompt and target as metadata, plus the fields of a
     ``facts.jsonl`` beside the file (rows keyed by ``query_id``).
 
@@ -140,12 +144,14 @@ def read_query_table(path: str) -> dict[str, QueryInfo]:
         warnings.simplefilter("ignore", FactraceWarning)  # the repair is trace's to report
         queries = read_queries(path)
     table = {q.id: QueryInfo(q.id, q.prompt, q.target) for q in queries}
-    for _, row in iter_jsonl(path):
-        info = table.get(str(row.get("id")))
+    source = as_source(path)
+    own = tuple(source.column(name) for name in QUERY_FIELDS)
+    for row in iter_records(source):
+        info = table.get(str(row.get(own[0])))
         if info is not None:
-            info.fields.update(_scalars(row, ("id", "prompt", "target")))
-    facts = Path(path).parent / "facts.jsonl"
-    if facts.is_file() and facts.resolve() != Path(path).resolve():
+            info.fields.update(_scalars(row, own))
+    facts = Path(source.path).parent / "facts.jsonl"
+    if facts.is_file() and facts.resolve() != Path(source.path).resolve():
         try:
             for _, row in iter_jsonl(facts):
                 info = table.get(str(row.get("query_id")))
@@ -175,7 +181,7 @@ def load_set(path: Path, name: str, queries_override: str | None,
                       stacklevel=2)
         return found
     found.rankings = {r.query_id: r for r in rankings}
-    queries_path = queries_override or meta.get("queries")
+    queries_path = queries_override or source_from_meta(meta, "queries")
     table: dict[str, QueryInfo] = {}
     if queries_path:
         if queries_path not in query_tables:
@@ -262,12 +268,13 @@ def load_qrels(path: str | None) -> dict[str, set[str]]:
     return read_qrels(path) if path else {}
 
 
-def named_in_metadata(sets: list[RankingSet], key: str) -> list[str]:
+def named_in_metadata(sets: list[RankingSet], key: str) -> list[str | Source]:
     """The files the loaded sets' metadata name under ``key`` (``compare`` records its
-    ``corpus`` and ``qrels``), each once; one that is not there is left out, with a warning."""
-    named = dict.fromkeys(s.meta[key] for s in sets
+    ``corpus`` and ``qrels``; with the columns a corpus was read from), each once; one that is
+    not there is left out, with a warning."""
+    named = dict.fromkeys(source_from_meta(s.meta, key) for s in sets
                           if not s.error and isinstance(s.meta.get(key), str))
-    found = [path for path in named if Path(path).is_file()]
+    found = [path for path in named if Path(path).exists()]
     for path in named:
         if path not in found:
             warnings.warn(f"the rankings' metadata name the {key} {path}, which is not there "

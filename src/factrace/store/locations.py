@@ -4,7 +4,10 @@ A store records, for every corpus it encoded (the build's, then each ``index add
 *location table*: one row per passage in corpus order, ``(file, row, offset)`` — the index of
 its corpus file, its row in that file (0-based, blank JSON Lines not counted) and the byte
 offset of its line in an uncompressed JSON Lines file (``-1`` for gzip, Parquet and Arrow, read
-by row: Parquet by row group, Arrow memory-mapped; gzip by reading up to the row). Passage ids
+by row: Parquet by row group, Arrow by record batch, those before the row skipped by their
+metadata; gzip by reading up to the row). A corpus read with renamed columns (a
+:class:`~factrace.data.sources.Source`) has them recorded with each of its files, so its
+passages are read back the same way. Passage ids
 are found by their 8-byte digests, sorted (:func:`factrace.data.corpus.id_digest`): 24 bytes a
 passage in the table, 16 in the look-up, a few megabytes per million passages, and no text is
 held in memory.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from factrace.data.corpus import id_digest
 from factrace.data.jsonl import shown
 from factrace.data.records import Passage
 from factrace.data.shards import Shard, corpus_shards, passage_from_line, read_shard
+from factrace.data.sources import Source
 from factrace.errors import FactraceError
 
 SAMPLE_BYTES = 1 << 20
@@ -48,20 +52,29 @@ def file_sample(path: str | Path) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One corpus file as the store saw it."""
+    """One corpus file as the store saw it; ``columns``: the fields its corpus read under
+    other names (``{"text": "body"}``), empty when ``id`` and ``text`` are its own."""
 
     path: str
     format: str
     size: int
     sample: str
+    columns: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(Path(self.path), self.format, tuple(sorted(self.columns.items())))
 
     @property
     def seekable(self) -> bool:
         return self.format == "jsonl" and not self.path.endswith(".gz")
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "format": self.format, "size": self.size,
-                "sample": self.sample}
+        saved = {"path": self.path, "format": self.format, "size": self.size,
+                 "sample": self.sample}
+        if self.columns:
+            saved["columns"] = dict(self.columns)
+        return saved
 
 
 class Locations:
@@ -78,13 +91,15 @@ class Locations:
         return self.table.shape[0]
 
     @classmethod
-    def build(cls, corpus: str) -> Locations:
-        """One pass over ``corpus``: every passage's file, row and offset, and its id's digest."""
+    def build(cls, corpus: str | Source) -> Locations:
+        """One pass over ``corpus``: every passage's file, row and offset, and its id's digest
+        (a :class:`~factrace.data.sources.Source`'s renamed columns are kept with its files)."""
         shards = corpus_shards(corpus)
         files, rows, digests = [], [], []
         for k, shard in enumerate(shards):
             size, sample = file_sample(shard.path)
-            files.append(SourceFile(str(Path(shard.path).resolve()), shard.format, size, sample))
+            files.append(SourceFile(str(Path(shard.path).resolve()), shard.format, size, sample,
+                                    dict(shard.renamed)))
             for row, (offset, passage_id) in enumerate(_ids_with_offsets(shard, files[-1])):
                 rows.append((k, row, offset))
                 digests.append(id_digest(passage_id))
@@ -144,14 +159,14 @@ class Locations:
         self.check()
         k, row, offset = (int(x) for x in self.table[index])
         f = self.files[k]
-        shard = Shard(Path(f.path), f.format)
+        shard = f.shard
         if offset >= 0:
             with open(f.path, "rb") as handle:
                 handle.seek(offset)
                 raw = handle.readline()
             if offset == 0 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
-            return passage_from_line(f"{f.path}:{row + 1}", raw)
+            return passage_from_line(f"{f.path}:{row + 1}", raw, shard)
         if f.format == "parquet":
             return _parquet_row(shard, row)
         for _, passage in read_shard(shard, row, row + 1):
@@ -182,7 +197,7 @@ def _ids_with_offsets(shard: Shard, source: SourceFile):
             number += 1
             line = raw[len(_BOM):] if number == 1 and raw.startswith(_BOM) else raw
             if line and not line.isspace():
-                yield offset, passage_from_line(f"{shard.path}:{number}", line).id
+                yield offset, passage_from_line(f"{shard.path}:{number}", line, shard).id
             offset += len(raw)
 
 
@@ -195,9 +210,10 @@ def _parquet_row(shard: Shard, row: int) -> Passage:
         for group in range(metadata.num_row_groups):
             size = metadata.row_group(group).num_rows
             if row < start + size:
-                table = parquet.read_row_group(group, columns=["id", "text"])
+                columns = [shard.column("id"), shard.column("text")]
+                table = parquet.read_row_group(group, columns=columns)
                 got = table.slice(row - start, 1).to_pylist()[0]
-                return Passage(str(got["id"]), got["text"])
+                return Passage(str(got[columns[0]]), got[columns[1]])
             start += size
     raise FactraceError(f"{shard.path}: has no row {row + 1} any more; rebuild the store")
 
