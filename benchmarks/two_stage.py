@@ -12,6 +12,13 @@ and added, then Q random questions timed (median) with R = identity:
 
     python benchmarks/two_stage.py synthetic --rows 1000000 --dim 1024 --candidates 100 1000
 
+Compact mode: the compact twin of a built store (``index build --compact``, the same corpus,
+model and encoder configuration, the same default task when the store has one), then each
+query traced on the twin (candidates re-encoded) and compared with exact trace of the store;
+the second stage's seconds per re-encoded row are timed:
+
+    python benchmarks/two_stage.py compact --index STORE --queries Q.jsonl --task half --candidates 100 200
+
 Prints one JSON object per C, and the build's seconds and bytes per passage of the codes.
 """
 
@@ -125,6 +132,54 @@ def synthetic_mode(args) -> None:
     shutil.rmtree(work)
 
 
+def compact_mode(args) -> None:
+    from factrace.config import EncoderConfig
+    from factrace.data.io import read_queries
+    from factrace.run.index import IndexConfig, TaskConfig, add_task, build_index
+    from factrace.run.tracer import Tracer
+
+    full = Tracer.open(args.index)
+    config = full.store.config
+    work = Path(tempfile.mkdtemp(prefix="two_stage_compact_", dir=args.tmp))
+    path = work / "store"
+    t = time.perf_counter()
+    build_index(IndexConfig(model=config["model"], corpus=config["corpus"], out=str(path),
+                            optimizer_state=config["optimizer_state"],
+                            encoder=EncoderConfig.from_dict(config["encoder"]["config"]).replace(
+                                dim=full.store.dim),
+                            shard_rows=config["shard_rows"], progress=False, compact=True,
+                            compact_spec=args.spec))
+    build_s = time.perf_counter() - t
+    for name, entry in full.store.manifest.get("tasks", {}).items():
+        add_task(TaskConfig(index=str(path), queries=entry["queries"], name=name,
+                            default=name == full.store.manifest.get("default_task"),
+                            progress=False))
+    small = Tracer.open(str(path))
+    codes = sum((path / e["codes"]).stat().st_size for e in small.store.manifest["shards"])
+    print(json.dumps({"build_s": round(build_s, 1), "compact": small.store.manifest["compact"],
+                      "code_bytes_per_passage": codes / small.store.n_rows,
+                      "float16_row_bytes": 2 * small.store.dim}), flush=True)
+    queries = read_queries(args.queries)[:args.max_queries]
+    exact, _ = full.trace(queries, 10, task=args.task)
+    for c in args.candidates:
+        two, meta = small.trace(queries, 10, task=args.task, candidates=c)
+        shared = [abs(a - b) for x, y in zip(exact, two, strict=True)
+                  for d, a in zip(x.doc_ids, x.scores, strict=True)
+                  for e, b in zip(y.doc_ids, y.scores, strict=True) if d == e]
+        record = meta["two_stage"]
+        print(json.dumps({"C": c, "queries": len(queries), "task": args.task,
+                          "top10_equal": float(np.mean([a.doc_ids == b.doc_ids for a, b in
+                                                        zip(exact, two, strict=True)])),
+                          "recall_at_10": recall_at_k(two, exact, 10),
+                          "max_score_difference": max(shared),
+                          "rows_re_encoded": record["rows_read"],
+                          "second_stage_s": round(record["second_stage_s"], 2),
+                          "ms_per_re_encoded_row": round(1e3 * record["second_stage_s"]
+                                                         / record["rows_read"], 2),
+                          "first_stage_s": round(record["first_stage_s"], 3)}), flush=True)
+    shutil.rmtree(work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -133,17 +188,23 @@ def main() -> None:
     s.add_argument("--queries", required=True)
     s.add_argument("--task", default=None)
     s.add_argument("--max-queries", type=int, default=1000)
+    k = sub.add_parser("compact")
+    k.add_argument("--index", required=True)
+    k.add_argument("--queries", required=True)
+    k.add_argument("--task", default=None)
+    k.add_argument("--max-queries", type=int, default=1000)
+    k.add_argument("--tmp", default=None)
     y = sub.add_parser("synthetic")
     y.add_argument("--rows", type=int, default=1_000_000)
     y.add_argument("--dim", type=int, default=1024)
     y.add_argument("--shard-rows", type=int, default=65536)
     y.add_argument("--queries", type=int, default=20)
     y.add_argument("--tmp", default=None)
-    for p in (s, y):
+    for p in (s, y, k):
         p.add_argument("--spec", default=None)
         p.add_argument("--candidates", type=int, nargs="+", default=[50, 100, 200])
     args = parser.parse_args()
-    store_mode(args) if args.mode == "store" else synthetic_mode(args)
+    {"store": store_mode, "synthetic": synthetic_mode, "compact": compact_mode}[args.mode](args)
 
 
 if __name__ == "__main__":

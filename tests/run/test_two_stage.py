@@ -246,3 +246,28 @@ def test_cli_index_approx_and_trace_candidates(world, store_copy, tmp_path, caps
     assert main(argv) == 0
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     assert meta["search"] == "two-stage" and meta["two_stage"]["candidates"] == 30
+
+
+def test_equal_scores_come_in_row_order(tmp_path):
+    import torch
+
+    from factrace.encode.whitening import TaskWhitening, _Block
+    from factrace.store.encodings import StoreWriter
+
+    n = 600
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((n, 8)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    equal = [3, 120, 250, 333, 599]
+    rows[equal] = rows[3]  # equal rows: equal scores, in any order from torch.topk
+    ids = [f"r{i}" for i in range(n)]
+    writer = StoreWriter.create_or_resume(tmp_path / "s", {"model": "x"}, 8)
+    writer.write_shard(0, ids, rows)
+    writer.finish()
+    store = EncodingStore.open(tmp_path / "s")
+    scorer = TaskWhitening("none", 8, [_Block(0, 8, torch.ones(8))]).scorer(
+        torch.from_numpy(np.stack([rows[3], -rows[3]])))
+    candidates = np.stack([rng.permutation(n), rng.permutation(n)])
+    found, _ = twostage.rerank(scorer, store, ids, candidates, candidates[:, ::-1].copy(), 10)
+    expected = [f"r{i}" for i in equal]
+    assert found[0][0][:5] == expected and found[1][2][:5] == expected  # best, and opponents

@@ -109,7 +109,10 @@ def _side(scores: torch.Tensor, union: np.ndarray, chosen: np.ndarray, k: int,
     kept = []
     for q in range(scores.shape[0]):
         real = torch.isfinite(values[q])
-        kept.append((union[index[q][real].numpy()], values[q][real].tolist()))
+        positions, found = union[index[q][real].numpy()], values[q][real].numpy()
+        # equal scores in row order, as exact search gives them (topk orders ties anyhow)
+        order = np.lexsort((positions, -found if largest else found))
+        kept.append((positions[order], found[order].tolist()))
     return kept
 
 
