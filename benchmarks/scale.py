@@ -47,8 +47,8 @@ def synthetic_rows(rng, n: int, dim: int) -> np.ndarray:
 
 def build(path: Path, rows: int, dim: int, spec: str | None, shard_rows: int,
           pool_rows: int = 10_000) -> dict:
-    from factrace.run.index import _save_bytes
     from factrace.search.approx import CODEC_FILE, Codec, default_spec
+    from factrace.store import manifest as mf
     from factrace.store.encodings import StoreWriter
 
     rng = np.random.default_rng(0)
@@ -60,7 +60,7 @@ def build(path: Path, rows: int, dim: int, spec: str | None, shard_rows: int,
     pool_codes = codec.encode(pool)
     encode_s_per_row = (time.perf_counter() - t) / pool_rows
     writer = StoreWriter.create_or_resume(path, {"model": "synthetic"}, dim)
-    sha = _save_bytes(path / CODEC_FILE, codec.to_bytes())
+    sha = mf.write_bytes_atomic(path / CODEC_FILE, codec.to_bytes())
     writer.set("compact", {"requested": codec.spec, **codec.entry(), "file": CODEC_FILE,
                            "sha256": sha})
     t = time.perf_counter()

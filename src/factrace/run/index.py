@@ -1,4 +1,5 @@
-"""``index build``, ``index add``, ``index task add`` and ``trace``: the store users keep.
+"""``index build``, ``index add``, ``index task add`` and ``index approx``: the jobs that write the
+store users keep (its files are :mod:`factrace.store`'s).
 
 A store keeps, per passage, its corrected projection rotated into R_train's eigenbasis and unit
 normalised (float16), and the fitted encoder state (:class:`~factrace.encode.state.EncoderState`:
@@ -13,10 +14,8 @@ process writes a store at a time (:func:`~factrace.store.lock.write_lock`).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ import numpy as np
 import torch
 
 from factrace.config import EncoderConfig
-from factrace.data.atomic import atomic_path
 from factrace.data.corpus import iter_corpus, validate_corpus
 from factrace.data.io import read_queries
 from factrace.data.outputs import check_output_dir
@@ -38,13 +36,13 @@ from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_bar, progress_step, row_progress, say_coverage
 from factrace.store import manifest as mf
+from factrace.store import tasks
 from factrace.store.encodings import EncodingStore, StoreWriter
 from factrace.store.ids import first_repeat
 from factrace.store.locations import Locations
 from factrace.store.lock import write_lock
 
 STATE_FILE = "encoder_state.pt"
-TASKS_DIR = "tasks"
 FINGERPRINT_LABELS = {
     "model": "model weights",
     "tokenizer": "tokenizer",
@@ -54,7 +52,6 @@ FINGERPRINT_LABELS = {
     "second_moment": "optimizer correction (second moment)",
     "hessian": "R_train (Hessian approximation)",
 }
-_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(kw_only=True)
@@ -182,7 +179,7 @@ def _codec(writer: StoreWriter, rows: np.ndarray, progress: bool):
     with progress_step(f"training the codes ({entry['requested']}) on {len(rows)} rows",
                        progress):
         codec = Codec.train(rows, entry["requested"])
-    sha = _save_bytes(writer.path / CODEC_FILE, codec.to_bytes())
+    sha = mf.write_bytes_atomic(writer.path / CODEC_FILE, codec.to_bytes())
     writer.set("compact", {**entry, **codec.entry(), "file": CODEC_FILE, "sha256": sha})
     return codec
 
@@ -209,7 +206,7 @@ def build_index(cfg: IndexConfig) -> EncodingStore:
     _check_store_path(path)
     queries = read_queries(cfg.queries) if cfg.queries else []
     if queries:
-        _check_task_name(cfg.task_name)
+        tasks.check_name(cfg.task_name)
     info = validate_corpus(cfg.corpus)
     with write_lock(path):
         earlier = None if cfg.overwrite else _earlier_build(path, cfg.corpus, info.n_rows)
@@ -306,12 +303,6 @@ def _finish(writer: StoreWriter, position: int, corpus: str, progress: bool) -> 
 
 
 # tasks -------------------------------------------------------------------------------------------
-def _check_task_name(name: str) -> None:
-    if not _TASK_NAME.match(name):
-        raise FactraceError(f"task name {name!r}: use letters, digits, '.', '_' or '-' "
-                            "(at most 64, starting with a letter or digit)")
-
-
 def store_norms(store: EncodingStore, task, start_row: int = 0, progress: bool = False,
                 chunk_rows: int = 1024) -> np.ndarray:
     """Every stored row's norm under ``task`` (from row ``start_row`` on), float32."""
@@ -330,43 +321,18 @@ def store_norms(store: EncodingStore, task, start_row: int = 0, progress: bool =
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def _save_bytes(path: Path, data: bytes) -> str:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def _add_task(store: EncodingStore, encoder: Encoder, queries, name: str, source: str | None,
               default: bool, progress: bool) -> dict:
     """Encode ``queries``, keep their rotated projections (R_eval) and every row's norm under
-    the task; record it in the manifest (``default``: as the store's default task)."""
+    the task (:mod:`factrace.store.tasks`; ``default``: as the store's default task)."""
     with progress_step(f"task {name}: encoding {len(queries)} queries", progress):
         ids, y = encoder.query_vectors(queries)
     task = encoder.task(y)
-    folder = store.path / TASKS_DIR
-    buffer = io.BytesIO()
-    torch.save({"ids": ids, "y": y.float()}, buffer)
-    entry = {
-        "queries": source, "n_queries": len(queries), "n_examples": len(ids),
-        "lambda": task.lam, "rows": store.n_rows,
-        "file": f"{TASKS_DIR}/{name}.pt", "sha256": _save_bytes(folder / f"{name}.pt",
-                                                                 buffer.getvalue()),
-    }
-    if not store.compact:  # a compact store's rows get their norms when re-encoded
-        norms = store_norms(store, task, progress=progress)
-        entry.update(norms=f"{TASKS_DIR}/{name}.norms.npy",
-                     norms_sha256=_save_bytes(folder / f"{name}.norms.npy", _npy_bytes(norms)))
-    tasks = {**store.manifest.get("tasks", {}), name: entry}
-    store.record("tasks", tasks)
-    if default or not store.manifest.get("default_task"):
-        store.record("default_task", name)
-    return entry
+    # a compact store's rows get their norms when re-encoded
+    norms = None if store.compact else store_norms(store, task, progress=progress)
+    facts = {"queries": source, "n_queries": len(queries), "n_examples": len(ids),
+             "lambda": task.lam}
+    return tasks.save(store, name, ids, y, norms, facts, default)
 
 
 @dataclass
@@ -385,7 +351,7 @@ class TaskConfig:
 
 def add_task(cfg: TaskConfig) -> dict:
     """Add (or replace) the task ``cfg.name``: R_eval from ``cfg.queries``."""
-    _check_task_name(cfg.name)
+    tasks.check_name(cfg.name)
     queries = read_queries(cfg.queries)
     with write_lock(cfg.index):
         store = EncodingStore.open(cfg.index, verify="once")
@@ -401,30 +367,8 @@ def add_task(cfg: TaskConfig) -> dict:
 def load_task(store: EncodingStore, name: str
               ) -> tuple[list[str], torch.Tensor, np.ndarray | None]:
     """A task's query ids, rotated projections ``[T, d]`` and row norms ``[n_rows]`` (None in
-    a compact store: its rows' norms come with the rows)."""
-    tasks = store.manifest.get("tasks", {})
-    if name not in tasks:
-        known = ", ".join(sorted(tasks)) or "none"
-        raise FactraceError(f"{store.path} has no task {name!r} (tasks: {known}); add it with "
-                            f"`factrace index task add --index {store.path} --queries FILE "
-                            f"--name {name}`")
-    entry = tasks[name]
-    data = {}
-    for key, sha in (("file", "sha256"), ("norms", "norms_sha256"))[:1 + ("norms" in entry)]:
-        raw = (store.path / entry[key]).read_bytes() if (store.path / entry[key]).is_file() \
-            else None
-        if raw is None or hashlib.sha256(raw).hexdigest() != entry[sha]:
-            raise FactraceError(f"{store.path}: task {name!r} is missing or damaged "
-                                f"({entry[key]}); add it again with `factrace index task add`")
-        data[key] = raw
-    saved = torch.load(io.BytesIO(data["file"]), map_location="cpu", weights_only=True)
-    if "norms" not in data:
-        return saved["ids"], saved["y"], None
-    norms = np.load(io.BytesIO(data["norms"]), allow_pickle=False)
-    if norms.shape[0] != store.n_rows:
-        raise FactraceError(f"{store.path}: task {name!r} covers {norms.shape[0]} rows, the "
-                            f"store has {store.n_rows}; add the task again")
-    return saved["ids"], saved["y"], norms
+    a compact store): :func:`factrace.store.tasks.load`."""
+    return tasks.load(store, name)
 
 
 # opening a store for queries ---------------------------------------------------------------------
@@ -539,18 +483,16 @@ def add_to_index(cfg: AddConfig) -> EncodingStore:
                        "encoding the addition")
         # every task's row norms, extended to the new rows
         grown = EncodingStore(Path(cfg.index), writer.manifest)
-        tasks = dict(writer.manifest.get("tasks", {}))
-        for name, entry in tasks.items():
+        kept = dict(writer.manifest.get("tasks", {}))
+        for name, entry in kept.items():
             if "norms" not in entry:  # a compact store's task
-                entry["rows"] = grown.n_rows
+                kept[name] = {**entry, "rows": grown.n_rows}
                 continue
-            ids, y, norms = _task_files(grown, name)
-            task = encoder.task(y)
-            new = store_norms(grown, task, start_row=known_rows)
-            norms = np.concatenate([norms[:known_rows], new])
-            entry["norms_sha256"] = _save_bytes(grown.path / entry["norms"], _npy_bytes(norms))
-            entry["rows"] = int(norms.shape[0])
-        writer.set("tasks", tasks)
+            _, y, norms = tasks.load(grown, name, whole=False)
+            new = store_norms(grown, encoder.task(y), start_row=known_rows)
+            kept[name] = tasks.replace_norms(grown, name, np.concatenate([norms[:known_rows],
+                                                                          new]))
+        writer.set("tasks", kept)
         if "approx" in writer.manifest:  # the saved index gets the new rows' codes, untrained
             from factrace.search.approx import extend_saved
 
@@ -588,14 +530,6 @@ def build_approx(cfg: ApproxConfig) -> dict:
         spec = cfg.spec or default_spec(store.dim)
         approx = ApproxIndex.build(store, spec, train_rows=cfg.train_rows, seed=cfg.seed)
         return approx.save(store)
-
-
-def _task_files(store: EncodingStore, name: str):
-    """Like :func:`load_task`, without requiring the norms to cover every row."""
-    entry = store.manifest["tasks"][name]
-    saved = torch.load(store.path / entry["file"], map_location="cpu", weights_only=True)
-    norms = np.load(store.path / entry["norms"], allow_pickle=False)
-    return saved["ids"], saved["y"], norms
 
 
 def _refuse_duplicates(store: EncodingStore, corpus: str) -> None:

@@ -4,7 +4,8 @@ A store directory holds ``manifest.json`` and, per shard, ``shard-NNNNN.npy`` (f
 encodings ``[rows, dim]``) and ``shard-NNNNN.ids.json`` (a JSON list of ``rows`` string ids).
 A compact store keeps ``shard-NNNNN.codes.npy`` instead (uint8 ``[rows, code bytes]``, the rows'
 codes under its ``codec.faiss``; the shard entry's key is ``codes``, not ``encodings``).
-Every file is written under a temporary name (``.NAME.tmp``) and renamed when complete, so a
+Every file is written under a temporary name (``.NAME.<pid>-<random>.tmp``, by
+:func:`factrace.data.atomic.atomic_path`) and renamed when complete, so a
 reader never sees half a file and a killed writer leaves only temporaries, which are removed
 when the build resumes.
 
@@ -52,6 +53,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from factrace.data.atomic import atomic_path
 from factrace.errors import FactraceError
 
 FORMAT_VERSION = 3
@@ -87,13 +89,9 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def tmp_path(path: Path) -> Path:
-    """The temporary name a file is written under before it is renamed to ``path``."""
-    return path.with_name(f".{path.name}{TMP_SUFFIX}")
-
-
 def is_tmp(path: Path) -> bool:
-    """Whether ``path`` is a temporary left by :func:`tmp_path` (e.g. by a killed writer)."""
+    """Whether ``path`` is a temporary of :func:`factrace.data.atomic.atomic_path` (e.g. left by
+    a killed writer)."""
     return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
 
 
@@ -115,22 +113,17 @@ class _HashingWriter:
 
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> str:
-    """Write ``path`` through ``write(file)`` under a temporary name, then rename it into place.
+    """Write ``path`` through ``write(file)`` with :func:`factrace.data.atomic.atomic_path` (a
+    temporary renamed into place, the one atomic writer of factrace), synced to disk first.
 
     Returns the sha256 (hex) of the bytes written. On any error the temporary is removed and
     ``path`` is untouched.
     """
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            hashing = _HashingWriter(f)
-            write(hashing)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        hashing = _HashingWriter(f)
+        write(hashing)
+        f.flush()
+        os.fsync(f.fileno())
     return hashing.sha256.hexdigest()
 
 
