@@ -43,15 +43,16 @@ def _reference(index: GroupedFastScan, codes: np.ndarray, q: np.ndarray) -> np.n
     return q @ np.hstack(parts).T
 
 
-def test_groups_split_the_sub_quantizers_evenly():
+def test_groups_split_the_sub_quantizers_evenly(monkeypatch):
+    monkeypatch.setattr(fastscan, "GROUP_SUBQUANTIZERS", 1024)
     assert groups_for(1024) == 1 and groups_for(8192) == 8 and groups_for(32768) == 32
     assert groups_for(3 * 1024) == 3 and groups_for(100) == 1 and groups_for(1536) == 2
 
 
-def test_a_row_like_the_query_is_found_first(monkeypatch):
+def test_a_row_like_the_query_is_found(monkeypatch):
     """One fast-scan index of 8,192 sub-quantizers wraps the best rows of queries that resemble
     stored rows around to the lowest scores; groups of 1,024 rank them as their decoded codes
-    do."""
+    do, and with the default groups they are among both ends of a short candidate list."""
     from factrace.search.compact import candidate_depth
 
     d, m = 16384, 8192
@@ -60,16 +61,22 @@ def test_a_row_like_the_query_is_found_first(monkeypatch):
     x = rng.standard_normal((700, d), dtype=np.float32) * scale
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = (x[:8] + 0.1 * x[8:16]).astype(np.float32)  # each close to one stored row
-    depths = {}
-    for size in (m, fastscan.GROUP_SUBQUANTIZERS):
+    scores = {}
+    default = fastscan.GROUP_SUBQUANTIZERS
+    for size in (m, 1024, default):
         monkeypatch.setattr(fastscan, "GROUP_SUBQUANTIZERS", size)
         index = GroupedFastScan.empty(d, m)
         index.train(x)
         codes = index.sa_encode(x)
         reference = _reference(index, codes, q)
-        depths[size] = candidate_depth(index.holding(codes).all_scores(q), reference, 10)
-    assert (depths[1024] <= 12).all()  # the reference's top 10 among the first 12
-    assert (depths[m] >= 100).mean() >= 0.5
+        scores[size] = index.holding(codes).all_scores(q)
+    depth = {size: candidate_depth(s, reference, 10) for size, s in scores.items()}
+    assert (depth[1024] <= 12).all()  # the reference's top 10 among the first 12
+    assert (depth[m] >= 100).mean() >= 0.5
+    best = np.argsort(-reference, axis=1)[:, :10]
+    ends = np.hstack([np.argsort(-scores[default], axis=1)[:, :50],
+                      np.argsort(scores[default], axis=1)[:, :50]])
+    assert all(np.isin(b, e).all() for b, e in zip(best, ends, strict=True))
 
 
 def test_grouped_scores_are_those_of_the_decoded_codes(data, monkeypatch):
