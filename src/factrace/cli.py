@@ -429,7 +429,7 @@ def index_approx(
 Candidates = Annotated[int | None, typer.Option(
     help="Two-stage search: exact scores of this many candidates per query (and per side) "
     "from the store's saved index (`factrace index approx`); a compact store's codes are "
-    "its index, and it takes 100 when none are given.")]
+    "its index, and it takes 200 when none are given.")]
 
 
 @app.command()

@@ -97,7 +97,7 @@ def test_without_candidates_a_compact_store_searches_in_two_stages(world, store,
     exact, _ = Tracer.open(store.out).trace(queries, 10)
     two, meta = Tracer.open(str(compact)).trace(queries, 10)
     assert meta["two_stage"]["candidates"] == COMPACT_CANDIDATES
-    _assert_same(exact, two)  # 100 candidates: every row of this store
+    _assert_same(exact, two)  # the default candidates: every row of this store
 
 
 def test_a_wrong_first_stage_is_caught(world, store, compact, monkeypatch):
@@ -273,3 +273,27 @@ def test_cli_compact_build_and_trace_at_the_defaults(world, tmp_path, capsys):
     assert main(["index", "approx", "--index", str(path)]) == 2
     assert "compact store" in capsys.readouterr().err
     assert main(["index", "verify", "--index", str(path)]) == 0
+
+
+def test_serve_asks_and_shows_passages_of_a_compact_store(world, store, compact, tmp_path):
+    from starlette.testclient import TestClient
+
+    from factrace.cli import main
+    from factrace.serve import ServeConfig, load_explorer
+    from factrace.serve.app import create_app
+
+    ranked = tmp_path / "r.jsonl"
+    assert main(["trace", "--index", str(compact), "--queries", world["queries"], "--out",
+                 str(ranked), "-q"]) == 0
+    explorer = load_explorer(ServeConfig(index=str(compact), rankings=[str(ranked)]))
+    client = TestClient(create_app(explorer), base_url="http://127.0.0.1")
+    answer = client.post("/api/ask", json={"prompt": "Alba was born in", "max_new_tokens": 4,
+                                           "top_k": 3})
+    assert answer.status_code == 200
+    # the explorer traces the whole completion unless a span is chosen
+    expected = Tracer.open(store.out).ask("Alba was born in", max_new_tokens=4, top_k=3,
+                                          span="whole")
+    assert [p["id"] for p in answer.json()["proponents"]] == expected.ranking.doc_ids
+    doc = expected.ranking.doc_ids[0]
+    shown = client.get(f"/api/passages/{doc}")
+    assert shown.status_code == 200 and shown.json()["text"]

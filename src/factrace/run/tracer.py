@@ -43,7 +43,7 @@ from factrace.store.ids import passage_of
 # Tokens of largest contribution kept per explained proponent in an answer's rankings row.
 TOP_TOKENS = 5
 #: Candidates per query (and side) of a compact store's two-stage search when none are asked for.
-COMPACT_CANDIDATES = 100
+COMPACT_CANDIDATES = 200
 
 
 class Tracer:
