@@ -646,47 +646,17 @@ def eval_(
 ):
     """MRR, recall@10 and (optionally) tail-patch of a rankings file, each mean ± se."""
     _quiet_libraries()
-    import json
-
-    from factrace.data.atomic import atomic_write
-    from factrace.data.io import read_qrels, read_queries, read_rankings
-    from factrace.data.outputs import check_at_least, check_output_file
-    from factrace.evaluate.ladder import results_rows
-    from factrace.evaluate.metrics import check_coverage
+    from factrace.evaluate.evaluation import EvalConfig, evaluate
     from factrace.report import print_table
 
-    check_at_least(1, tail_patch_k=tail_patch_k, tail_patch_queries=tail_patch_queries)
-    if out:
-        check_output_file(out, overwrite=overwrite)
-    ranked = read_rankings(rankings)
-    gold = read_qrels(qrels)
-    check_coverage([r.query_id for r in ranked], gold, rankings, qrels)
-    patched = {}
-    if tail_patch:
-        missing = [n for n, v in (("--model", model), ("--corpus", corpus),
-                                  ("--queries", queries)) if v is None]
-        if optimizer_state is None and lr is None:
-            missing.append("--optimizer-state (or, without it, --lr for an SGD step)")
-        if missing:
-            raise FactraceError(f"--tail-patch needs {', '.join(missing)}")
-        from factrace.data.corpus import iter_corpus
-        from factrace.evaluate.tail_patch import tail_patch as run_tail_patch
-        from factrace.model.load import load_model
-
-        loaded = load_model(model, device, "float32")
-        texts = {p.id: p.text for p in iter_corpus(corpus)}
-        patched["rankings"] = run_tail_patch(loaded, optimizer_state, read_queries(queries),
-                                             ranked, texts, k=tail_patch_k, lr=lr,
-                                             n_queries=tail_patch_queries, progress=not quiet)
-    rows = results_rows({"rankings": ranked}, gold, patched)
+    rows = evaluate(EvalConfig(rankings=rankings, qrels=qrels, out=out, tail_patch=tail_patch,
+                               model=model, optimizer_state=optimizer_state, corpus=corpus,
+                               queries=queries, tail_patch_k=tail_patch_k,
+                               tail_patch_queries=tail_patch_queries, lr=lr, device=device,
+                               progress=not quiet, overwrite=overwrite))
     print_table(rows)
-    if patched:
-        step = patched["rankings"].describe()
-        typer.echo(f"tail-patch: {step}")
-        rows[0]["tail_patch_step"] = step
-    if out:
-        with atomic_write(out, "w") as f:
-            json.dump(rows[0], f, indent=2)
+    if "tail_patch_step" in rows[0]:
+        typer.echo(f"tail-patch: {rows[0]['tail_patch_step']}")
 
 
 @app.command()
