@@ -523,6 +523,69 @@ def test_every_encoder_option_reaches_the_configuration(world, tmp_path, capsys)
             config["aspect"], config["loss_reduction"]) == (3, 7, 1e-6, 2.0, "mean")
 
 
+#: EncoderConfig fields that are no command's option, and why.
+NOT_OPTIONS = {
+    "normalize": "set by the variant alone (grad-dot is grad-cos without the unit norm)",
+    "extra": "free-form notes a library caller records, not a setting of the encoder",
+}
+#: Fields whose option is not --<field>.
+FLAGS = {"lambda_": "--lambda", "overflow": "--truncate", "compile": "--compile"}
+ENCODING_COMMANDS = [("scan",), ("index", "build"), ("compare",)]
+
+
+@pytest.mark.parametrize("command", ENCODING_COMMANDS, ids=" ".join)
+def test_every_encoding_command_takes_every_encoder_option(command):
+    import typer
+
+    from factrace.cli import app
+    from factrace.config import EncoderConfig
+
+    cmd = typer.main.get_command(app)
+    for name in command:
+        cmd = cmd.commands[name]
+    flags = {flag for param in cmd.params for flag in param.opts}
+    fields = set(EncoderConfig.__dataclass_fields__) - set(NOT_OPTIONS)
+    if command == ("compare",):
+        fields.remove("variant")  # compare runs every variant; its options apply to each
+    missing = sorted(f for f in fields if FLAGS.get(f, "--" + f.replace("_", "-")) not in flags)
+    assert not missing, f"{' '.join(command)} lacks the options of {missing}"
+    assert "--threads" in flags
+
+
+def test_compare_passes_every_encoder_option_to_every_variant(world, tmp_path, monkeypatch):
+    import dataclasses
+
+    import factrace.evaluate.compare as compare
+
+    original = compare.compare
+
+    def quicker(cfg):  # two rungs and one baseline: the options' path, not the whole ladder
+        return original(dataclasses.replace(cfg, variants=("grad-dot", "trackstar-paper"),
+                                            baselines=("bm25",)))
+
+    monkeypatch.setattr(compare, "compare", quicker)
+    qrels = _write(tmp_path / "qrels.jsonl",
+                   [json.dumps({"query_id": q["id"], "doc_id": world["rows"][0]["id"]})
+                    for q in map(json.loads, Path(world["queries"]).read_text().splitlines())])
+    out = tmp_path / "compared"
+    assert main(["compare", "--model", world["model"], "--optimizer-state", world["optimizer"],
+                 "--corpus", world["corpus"], "--queries", world["queries"], "--qrels",
+                 str(qrels), "--out", str(out), "--no-tail-patch", "--hessian-structure",
+                 "block", "--max-length", "24", "--include", "lm_head", "--damping", "3",
+                 "--threads", "1", "--dim", "80", "--train-examples", "16", "-q"]) == 0
+    configs = {m: json.loads((out / "rankings" / f"{m}.jsonl.meta.json").read_text())
+               ["encoder"]["config"] for m in ("grad-dot", "trackstar-paper")}
+    for config in configs.values():
+        assert (config["hessian_structure"], config["max_length"], config["include"],
+                config["damping"], config["dim"]) == ("block", 24, ["lm_head"], 3.0, 80)
+    # each variant keeps the defaults no option overrides
+    assert (configs["grad-dot"]["second_moment"], configs["grad-dot"]["normalize"]) == \
+        ("none", False)
+    assert configs["trackstar-paper"]["hessian"] == "mixed"
+    results = json.loads((out / "results.json").read_text())
+    assert results["metadata"]["encoder_options"]["max_length"] == 24
+
+
 def test_threads_below_one_is_a_one_line_error(world, tmp_path, capsys):
     code, out = _scan(world, tmp_path, extra=["--threads", "0"])
     err = capsys.readouterr().err.strip()

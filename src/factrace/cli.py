@@ -117,14 +117,21 @@ ENCODER_OPTIONS = {
 }
 
 
-def _encoder_config(variant="trackstar", include=None, exclude=None, only=None, truncate=False,
-                    compile_=False, **options):
+def _encoder_overrides(include=None, exclude=None, only=None, truncate=False, compile_=False,
+                       **options) -> dict:
+    """The encoder options given on the command line, as EncoderConfig fields (those not given
+    are left out: they keep a variant's defaults)."""
+    given = dict(options, include=tuple(include) if include else None,
+                 exclude=tuple(exclude) if exclude else None,
+                 only=tuple(only) if only else None,
+                 overflow="truncate" if truncate else None, compile=compile_ or None)
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _encoder_config(variant="trackstar", **options):
     from factrace.config import variant_config
 
-    return variant_config(
-        variant, include=tuple(include) if include else None,
-        exclude=tuple(exclude) if exclude else None, only=tuple(only) if only else None,
-        overflow="truncate" if truncate else None, compile=compile_ or None, **options)
+    return variant_config(variant, **_encoder_overrides(**options))
 
 
 def with_options(fn, options: dict, call, drop: tuple[str, ...] = ()):
@@ -148,16 +155,31 @@ def with_options(fn, options: dict, call, drop: tuple[str, ...] = ()):
     return wrapper
 
 
+def _with_encoder_options(fn, options: dict, param: str, build):
+    """``fn`` with the encoder ``options`` and ``--threads``: the threads are set and the
+    options reach ``fn`` as its one parameter ``param``, ``build(options)``."""
+    def call(fn, kwargs):
+        set_threads(kwargs.pop("threads"))
+        given = {name: kwargs.pop(name) for name in options}
+        return fn(**kwargs, **{param: build(given)})
+
+    return with_options(fn, {**options, "threads": (Threads, None)}, call, drop=(param,))
+
+
 def encoder_options(fn):
     """Give a command every encoder option (:data:`ENCODER_OPTIONS`) and ``--threads``; it
     receives them as one ``encoder`` (an EncoderConfig) and has the threads set."""
-    def call(fn, kwargs):
-        set_threads(kwargs.pop("threads"))
-        options = {name: kwargs.pop(name) for name in ENCODER_OPTIONS}
-        return fn(**kwargs, encoder=_encoder_config(**options))
+    return _with_encoder_options(fn, ENCODER_OPTIONS, "encoder",
+                                 lambda given: _encoder_config(**given))
 
-    return with_options(fn, {**ENCODER_OPTIONS, "threads": (Threads, None)}, call,
-                        drop=("encoder",))
+
+def ladder_options(fn):
+    """Give a command that runs every variant (``compare``) every encoder option but
+    ``--variant``, and ``--threads``; it receives those given as one ``encoder_options`` (a dict
+    of EncoderConfig fields: each overrides every variant's default) and has the threads set."""
+    options = {name: spec for name, spec in ENCODER_OPTIONS.items() if name != "variant"}
+    return _with_encoder_options(fn, options, "encoder_options",
+                                 lambda given: _encoder_overrides(**given))
 
 
 def _column_option(flag: str, what: str, default: str):
@@ -624,47 +646,17 @@ def eval_(
 ):
     """MRR, recall@10 and (optionally) tail-patch of a rankings file, each mean ± se."""
     _quiet_libraries()
-    import json
-
-    from factrace.data.atomic import atomic_write
-    from factrace.data.io import read_qrels, read_queries, read_rankings
-    from factrace.data.outputs import check_at_least, check_output_file
-    from factrace.evaluate.ladder import results_rows
-    from factrace.evaluate.metrics import check_coverage
+    from factrace.evaluate.evaluation import EvalConfig, evaluate
     from factrace.report import print_table
 
-    check_at_least(1, tail_patch_k=tail_patch_k, tail_patch_queries=tail_patch_queries)
-    if out:
-        check_output_file(out, overwrite=overwrite)
-    ranked = read_rankings(rankings)
-    gold = read_qrels(qrels)
-    check_coverage([r.query_id for r in ranked], gold, rankings, qrels)
-    patched = {}
-    if tail_patch:
-        missing = [n for n, v in (("--model", model), ("--corpus", corpus),
-                                  ("--queries", queries)) if v is None]
-        if optimizer_state is None and lr is None:
-            missing.append("--optimizer-state (or, without it, --lr for an SGD step)")
-        if missing:
-            raise FactraceError(f"--tail-patch needs {', '.join(missing)}")
-        from factrace.data.corpus import iter_corpus
-        from factrace.evaluate.tail_patch import tail_patch as run_tail_patch
-        from factrace.model.load import load_model
-
-        loaded = load_model(model, device, "float32")
-        texts = {p.id: p.text for p in iter_corpus(corpus)}
-        patched["rankings"] = run_tail_patch(loaded, optimizer_state, read_queries(queries),
-                                             ranked, texts, k=tail_patch_k, lr=lr,
-                                             n_queries=tail_patch_queries, progress=not quiet)
-    rows = results_rows({"rankings": ranked}, gold, patched)
+    rows = evaluate(EvalConfig(rankings=rankings, qrels=qrels, out=out, tail_patch=tail_patch,
+                               model=model, optimizer_state=optimizer_state, corpus=corpus,
+                               queries=queries, tail_patch_k=tail_patch_k,
+                               tail_patch_queries=tail_patch_queries, lr=lr, device=device,
+                               progress=not quiet, overwrite=overwrite))
     print_table(rows)
-    if patched:
-        step = patched["rankings"].describe()
-        typer.echo(f"tail-patch: {step}")
-        rows[0]["tail_patch_step"] = step
-    if out:
-        with atomic_write(out, "w") as f:
-            json.dump(rows[0], f, indent=2)
+    if "tail_patch_step" in rows[0]:
+        typer.echo(f"tail-patch: {rows[0]['tail_patch_step']}")
 
 
 @app.command()
@@ -700,6 +692,7 @@ def baseline(
 @app.command()
 @user_errors
 @data_columns
+@ladder_options
 def compare(
     model: Model,
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
@@ -707,30 +700,26 @@ def compare(
     qrels: Annotated[str, typer.Option(help="Gold passages JSONL.")],
     out: Annotated[str, typer.Option(help="Output directory.")],
     top_k: TopK = 10,
-    dim: Dim = None, layout: Layout = None, layer_groups: LayerGroups = None,
-    seed: Seed = None, damping: Damping = None, train_examples: TrainExamples = None,
     optimizer_state: Annotated[str | None, typer.Option(
         "--optimizer-state", help="AdamW state (without it: --second-moment estimate, and "
         "--lr for tail-patch's SGD step).")] = None,
-    second_moment: SecondMoment = None,
     tail_patch: Annotated[bool, typer.Option(help="Measure tail-patch.")] = True,
     tail_patch_k: TailPatchK = 10,
     tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate.")] = None,
     engine: Engine = "local", workers: Workers = 2, ray_address: RayAddress = None,
-    device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
-    threads: Threads = None,
+    quiet: Quiet = False, overwrite: Overwrite = False,
+    encoder_options=None,
 ):
-    """The ladder (grad-dot … trackstar) and the baselines: results.json/.md and report.html."""
-    set_threads(threads)
+    """The ladder (grad-dot … trackstar) and the baselines: results.json/.md and report.html.
+    Encoder options apply to every variant, over its own defaults."""
     _quiet_libraries()
     from factrace.evaluate.compare import CompareConfig
     from factrace.evaluate.compare import compare as run_compare
     from factrace.report import print_table
 
-    options = {k: v for k, v in dict(dim=dim, layout=layout, layer_groups=layer_groups,
-                                     seed=seed, damping=damping,
-                                     train_examples=train_examples).items() if v is not None}
+    options = dict(encoder_options)  # the correction and device have fields of their own
+    second_moment, device = options.pop("second_moment", None), options.pop("device", None)
     result = run_compare(CompareConfig(model, optimizer_state, corpus, queries, qrels, out,
                                        top_k=top_k, encoder_options=options,
                                        second_moment=second_moment,

@@ -61,7 +61,9 @@ class CompareConfig:
     variants: tuple[str, ...] = (*LADDER, "trackstar-paper")
     baselines: tuple[str, ...] = BASELINES
     encoder_options: dict = field(default_factory=dict)
-    """Options for every variant (dim, seed, damping, train_examples, …)."""
+    """EncoderConfig fields for every variant (dim, seed, damping, hessian_structure,
+    max_length, …), each overriding the variant's own default (``device`` and the correction
+    have fields of their own below)."""
     second_moment: str | None = None
     """The optimizer correction of the variants that have one (``estimate`` without optimizer
     state); ``None``: each variant's own (``factored``)."""
@@ -195,6 +197,8 @@ def compare(cfg: CompareConfig) -> dict:
     check_at_least(1, top_k=cfg.top_k, tail_patch_k=cfg.tail_patch_k,
                    tail_patch_queries=cfg.tail_patch_queries,
                    **{k: cfg.encoder_options.get(k) for k in ("dim", "train_examples")})
+    for name in cfg.variants:  # every variant's configuration is refused or taken up front
+        _variant(cfg, name)
     if cfg.optimizer_state is None:
         if cfg.second_moment not in ("estimate", "none"):
             raise FactraceError("compare without --optimizer-state: pass --second-moment "
