@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from factrace.errors import FactraceError, FactraceWarning
+from factrace.extras import require
 from factrace.run.process import tune_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -241,6 +242,12 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
+def _require_engine(command: str, engine: str) -> None:
+    """--engine ray needs the ray extra (said before any work)."""
+    if engine == "ray":
+        require(f"factrace {command} --engine ray", "ray")
+
+
 def user_errors(fn):
     """Turn a FactraceError into one line on stderr and exit code 2, and each FactraceWarning
     into one line on stderr."""
@@ -296,6 +303,7 @@ def scan(
     encoder=None,
 ):
     """Score every corpus passage against every query in one streaming pass (the paper's mode)."""
+    _require_engine("scan", engine)
     _quiet_libraries()
     from factrace.run.scan import ScanConfig
     from factrace.run.scan import scan as run_scan
@@ -337,6 +345,7 @@ def index_build(
     encoder=None,
 ):
     """Encode every passage into a persistent, fingerprinted, resumable store."""
+    _require_engine("index build", engine)
     _quiet_libraries()
     from factrace.run.index import IndexConfig, build_index
 
@@ -612,6 +621,7 @@ def serve(
     threads: Threads = None,
 ):
     """A local web explorer: browse and compare rankings, ask the model, explain a score."""
+    require("factrace serve", "serve")
     set_threads(threads)
     _quiet_libraries()
     from factrace.serve import ServeConfig
@@ -679,6 +689,8 @@ def baseline(
 
     if method not in BASELINES:
         raise FactraceError(f"--method must be one of {', '.join(BASELINES)}; got {method!r}")
+    if method != "random":
+        require(f"factrace baseline --method {method}", "baselines")
     check_at_least(1, top_k=top_k)
     check_output_file(out, overwrite=overwrite)
     qs = read_queries(queries)
@@ -713,6 +725,7 @@ def compare(
 ):
     """The ladder (grad-dot … trackstar) and the baselines: results.json/.md and report.html.
     Encoder options apply to every variant, over its own defaults."""
+    require("factrace compare", "baselines", "report", *(("ray",) if engine == "ray" else ()))
     _quiet_libraries()
     from factrace.evaluate.compare import CompareConfig
     from factrace.evaluate.compare import compare as run_compare
@@ -754,6 +767,7 @@ def demo(
     quiet: Quiet = False, overwrite: Overwrite = False,
 ):
     """Fact world → tiny pretrained Llama → TrackStar and baselines → evaluation and report."""
+    require("factrace demo", "baselines", "report")
     _quiet_libraries()
     from factrace.report import print_table
     from factrace.run.demo import DemoConfig, run_demo

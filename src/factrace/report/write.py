@@ -17,6 +17,7 @@ from typing import Any
 
 from factrace.data.atomic import atomic_write
 from factrace.evaluate.ladder import SIGNIFICANT_SE, Finding
+from factrace.extras import require
 from factrace.report.examples import ReportExample
 from factrace.report.plot import scatter_png
 from factrace.report.table import COLUMNS, format_value, markdown_report, verdict
@@ -115,6 +116,7 @@ def write_report(
     Returns:
         ``{"json": ..., "markdown": ..., "html": ...}`` plus ``"plot"`` when a plot was drawn.
     """
+    require("the report", "report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     found = [as_finding(f) for f in findings]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from factrace.errors import FactraceError
+from factrace.extras import require
 from factrace.run.worker import EncoderSpec, ShardWorker
 
 
@@ -44,10 +45,9 @@ class RayEngine:
 
     def __init__(self, spec: EncoderSpec, workers: int = 2, address: str | None = None,
                  gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0):
-        try:
-            import ray
-        except ImportError as e:  # pragma: no cover - ray is a dependency
-            raise FactraceError("--engine ray needs the 'ray' package") from e
+        require("--engine ray", "ray")
+        import ray
+
         self.ray = ray
         self._started = False
         if not ray.is_initialized():

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from factrace.data.sources import Source
 from factrace.errors import FactraceError
+from factrace.extras import require
 
 __all__ = ["ServeConfig", "bind", "load_explorer", "serve"]
 
@@ -115,6 +116,7 @@ def url_of(sock: socket.socket) -> str:
 def serve(cfg: ServeConfig, announce=None) -> None:
     """Bind, load, say where it listens (``announce(url)``; default: a line on stderr) and
     serve until interrupted."""
+    require("factrace serve", "serve")
     import uvicorn
 
     from factrace.serve.app import create_app
