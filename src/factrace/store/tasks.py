@@ -59,16 +59,20 @@ def save(store: EncodingStore, name: str, ids: list[str], y: torch.Tensor,
         entry.update(norms=f"{TASKS_DIR}/{name}.norms.npy",
                      norms_sha256=mf.write_bytes_atomic(
                          store.path / TASKS_DIR / f"{name}.norms.npy", npy_bytes(norms)))
-    store.record("tasks", {**store.manifest.get("tasks", {}), name: entry})
+    # one manifest write: the task (and its being the default) appears at once
+    record = {"tasks": {**store.manifest.get("tasks", {}), name: entry}}
     if default or not store.manifest.get("default_task"):
-        store.record("default_task", name)
+        record["default_task"] = name
+    store.record_all(record)
     return entry
 
 
 def replace_norms(store: EncodingStore, name: str, norms: np.ndarray) -> dict:
-    """Task ``name``'s entry with ``norms`` written in place of its row norms (``index add``:
-    the caller records the entry)."""
+    """Task ``name``'s entry with ``norms`` as its row norms (``index add``: the caller records
+    the entry), written as ``tasks/NAME.norms-ROWS.npy``, beside the file the committed manifest
+    names (never over it: a reader of the store as it was may still read it)."""
     entry = dict(store.manifest["tasks"][name])
+    entry["norms"] = f"{TASKS_DIR}/{name}.norms-{int(norms.shape[0]):010d}.npy"
     entry["norms_sha256"] = mf.write_bytes_atomic(store.path / entry["norms"], npy_bytes(norms))
     entry["rows"] = int(norms.shape[0])
     return entry
