@@ -81,25 +81,34 @@ def test_readers_see_the_store_as_it_was_until_an_addition_commits(world, store_
                  (mf.LOCK, mf.VERIFIED, mf.MANIFEST)}
     queries = read_queries(world["queries"])
     early = Tracer.open(str(out))  # opened before the addition: its snapshot
-    expected, _ = early.trace(queries, 5)
+    expected, _ = early.trace(queries, 5, task="default")
     seen = []
-    real = StoreWriter.write_shard
 
-    def write_then_read(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        # mid-addition: the shard is on disk, the store opens as it was (verified)
+    def read(when):
+        # mid-addition: the store opens as it was (verified), a new reader answers as before
         store = EncodingStore.open(out)
         assert store.manifest == before and store.n_rows == EncodingStore(out, before).n_rows
         reader = Tracer.open(str(out))
-        got, _ = reader.trace(queries, 5)
-        approx, _ = reader.trace(queries, 5, candidates=store.n_rows)
+        got, _ = reader.trace(queries, 5, task="default")
+        approx, _ = reader.trace(queries, 5, task="default", candidates=store.n_rows)
         assert [r.doc_ids for r in got] == [r.doc_ids for r in approx] == \
             [r.doc_ids for r in expected]
-        seen.append(self.done_shards)
+        seen.append(when)
+
+    real_shard, real_commit = StoreWriter.write_shard, mf.commit
+
+    def write_then_read(self, *args, **kwargs):
+        real_shard(self, *args, **kwargs)  # the addition's shard is on disk
+        read(self.done_shards)
+
+    def read_then_commit(directory, manifest):
+        read("commit")  # every file of the addition written: the task's norms, the index
+        real_commit(directory, manifest)
 
     monkeypatch.setattr(StoreWriter, "write_shard", write_then_read)
+    monkeypatch.setattr(mf, "commit", read_then_commit)
     grown = add_to_index(AddConfig(index=str(out), corpus=_extra(tmp_path), progress=False))
-    assert seen == [len(before["shards"]) + 1, len(before["shards"]) + 2]
+    assert seen == [len(before["shards"]) + 1, len(before["shards"]) + 2, "commit"]
     assert grown.n_rows == EncodingStore(out, before).n_rows + 20 and grown.is_passage("x3")
     # the files the old snapshot names were never rewritten in place: a replaced one (the
     # approximate index, the task's row norms) is gone after the commit, the rest unchanged
@@ -108,7 +117,7 @@ def test_readers_see_the_store_as_it_was_until_an_addition_commits(world, store_
         if name not in replaced:
             assert _sha(next(out.rglob(name))) == sha, name
     # the tracer opened before keeps reading its snapshot (its rows, its task, loaded already)
-    again, _ = early.trace(queries, 5)
+    again, _ = early.trace(queries, 5, task="default")
     assert [r.doc_ids for r in again] == [r.doc_ids for r in expected]
     assert Tracer.open(str(out)).store.n_rows == grown.n_rows
 
