@@ -202,3 +202,32 @@ def test_a_build_killed_at_any_write_resumes_to_the_same_store(world, store, tmp
         np.testing.assert_array_equal(EncodingStore.open(out).ids, EncodingStore.open(
             store.out).ids)
     print(f"{n} write points in {time.time() - started:.1f} s")
+
+
+def test_a_replaced_task_appears_at_once_and_leaves_the_old_one_until_then(world, store_copy,
+                                                                          monkeypatch):
+    from factrace.run.index import TaskConfig, add_task
+    from factrace.store import tasks
+
+    out = store_copy
+    old = EncodingStore.open(out)
+    old_entry = old.manifest["tasks"]["default"]
+    real = EncodingStore.record_all
+    checked = []
+
+    def check_then_record(self, values):
+        # the new task's files are written: the store as it was still reads its own
+        assert tasks.load(EncodingStore.open(out), "default")[0] == \
+            tasks.load(old, "default")[0]
+        checked.append(sorted(values))
+        real(self, values)
+
+    monkeypatch.setattr(EncodingStore, "record_all", check_then_record)
+    fewer = out.parent / "fewer.jsonl"  # other queries: other task files
+    fewer.write_text("".join(open(world["queries"]).readlines()[:-1]))
+    add_task(TaskConfig(index=str(out), queries=str(fewer), name="default", progress=False))
+    assert checked == [["tasks"]]  # one manifest write
+    new_entry = mf.read_manifest(out)["tasks"]["default"]
+    assert new_entry["file"] != old_entry["file"] and new_entry["norms"] != old_entry["norms"]
+    assert not (out / old_entry["file"]).exists() and not (out / old_entry["norms"]).exists()
+    tasks.load(EncodingStore.open(out), "default")
