@@ -20,6 +20,7 @@ import typer
 from factrace.errors import FactraceError, FactraceWarning
 from factrace.extras import require
 from factrace.run.process import tune_process
+from factrace.store.manifest import DISK_FULL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Trace a language model's outputs back to its pretraining data (TrackStar).")
@@ -268,6 +269,13 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
             except FactraceError as e:
                 typer.echo(f"factrace: error: {e}", err=True)
+                raise typer.Exit(2) from None
+            except OSError as e:  # a full disk outside the store's own writes
+                if e.errno not in DISK_FULL:
+                    raise
+                where = f" writing {e.filename}" if e.filename else ""
+                typer.echo(f"factrace: error: no space left on device{where}; free space and "
+                           "rerun the same command to resume", err=True)
                 raise typer.Exit(2) from None
     return wrapper
 

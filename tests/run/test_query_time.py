@@ -145,7 +145,7 @@ def test_an_interrupted_addition_resumes_to_the_same_store(world, tmp_path, monk
     rows = [json.loads(line) for line in open(world["corpus"])]
     first = _write(tmp_path / "a.jsonl", rows[:30])
     second = _write(tmp_path / "b.jsonl", rows[30:])
-    _build(world, tmp_path / "full", corpus=first, queries=world["queries"])
+    n_first = _build(world, tmp_path / "full", corpus=first, queries=world["queries"]).n_rows
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     add_to_index(AddConfig(index=str(tmp_path / "full"), corpus=second, progress=False))
 
@@ -158,8 +158,10 @@ def test_an_interrupted_addition_resumes_to_the_same_store(world, tmp_path, monk
     monkeypatch.setattr(index_module, "_encode_shards", two_shards_then_die)
     with pytest.raises(KeyboardInterrupt):
         add_to_index(AddConfig(index=str(tmp_path / "cut"), corpus=second, progress=False))
-    with pytest.raises(FactraceError, match="incomplete"):
-        EncodingStore.open(tmp_path / "cut")
+    # readers see the store as it was before the addition, until the addition completes
+    before = EncodingStore.open(tmp_path / "cut")
+    assert (before.n_rows, len(before.corpora)) == (n_first, 1)
+    assert (tmp_path / "cut" / mf.PENDING).is_file()
     with pytest.raises(FactraceError, match="interrupted"):
         add_to_index(AddConfig(index=str(tmp_path / "cut"), corpus=first, progress=False))
     monkeypatch.setattr(index_module, "_encode_shards", real)
@@ -167,6 +169,7 @@ def test_an_interrupted_addition_resumes_to_the_same_store(world, tmp_path, monk
 
     def content(root):
         skip = {mf.LOCK, mf.VERIFIED, mf.MANIFEST}
+        assert not (root / mf.PENDING).exists()
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
                 if p.is_file() and p.name not in skip}
 

@@ -354,6 +354,7 @@ def add_task(cfg: TaskConfig) -> dict:
     tasks.check_name(cfg.name)
     queries = read_queries(cfg.queries)
     with write_lock(cfg.index):
+        _refuse_unfinished_addition(cfg.index)
         store = EncodingStore.open(cfg.index, verify="once")
         encoder = open_encoder_for(store, cfg.model, cfg.optimizer_state, cfg.device,
                                    cfg.progress)
@@ -442,9 +443,12 @@ def add_to_index(cfg: AddConfig) -> EncodingStore:
 
     info = validate_corpus(cfg.corpus)
     with write_lock(cfg.index):
-        manifest = mf.read_manifest(Path(cfg.index))
+        # an unfinished addition's manifest, or (older stores) a manifest left incomplete
+        unfinished = mf.read_pending(Path(cfg.index))
+        manifest = unfinished or mf.read_manifest(Path(cfg.index))
         additions = manifest.get("additions", [])
-        pending = additions[-1] if additions and not additions[-1]["complete"] else None
+        pending = additions[-1] if additions and (unfinished or not additions[-1]["complete"]) \
+            else None
         corpus = absolute(cfg.corpus)
         if pending is not None and pending["corpus"] != corpus:
             raise FactraceError(f"{cfg.index}: an addition of {pending['corpus']} was "
@@ -523,6 +527,7 @@ def build_approx(cfg: ApproxConfig) -> dict:
     from factrace.search.approx import ApproxIndex, default_spec
 
     with write_lock(cfg.index):
+        _refuse_unfinished_addition(cfg.index)
         store = EncodingStore.open(cfg.index, verify="once")
         if store.compact:
             raise FactraceError(f"{cfg.index} is a compact store: its codes are its approximate "
@@ -530,6 +535,15 @@ def build_approx(cfg: ApproxConfig) -> dict:
         spec = cfg.spec or default_spec(store.dim)
         approx = ApproxIndex.build(store, spec, train_rows=cfg.train_rows, seed=cfg.seed)
         return approx.save(store)
+
+
+def _refuse_unfinished_addition(index: str) -> None:
+    """An interrupted ``index add`` is finished before the store takes other changes."""
+    pending = mf.read_pending(Path(index))
+    if pending is not None:
+        corpus = pending.get("additions", [{}])[-1].get("corpus")
+        raise FactraceError(f"{index}: an addition of {corpus} was interrupted; run `factrace "
+                            "index add` with that corpus first to finish it")
 
 
 def _refuse_duplicates(store: EncodingStore, corpus: str) -> None:

@@ -459,15 +459,18 @@ def extend_saved(store: EncodingStore, record: Callable[[str, Any], None] | None
 
 def _write(store: EncodingStore, index: faiss.Index, entry: dict,
            record: Callable[[str, Any], None] | None) -> dict:
-    """Save ``index`` under a name of its row count, record it, remove any other index file."""
+    """Save ``index`` under a name of its row count and record it; recorded in the store's
+    manifest (no ``record``), any other index file is removed then, else (an addition's pending
+    manifest) when the addition commits (:func:`factrace.store.manifest.commit`)."""
     name = INDEX_FILE.format(rows=int(index.ntotal))
     data = _serialize(index)
     sha = mf.write_atomic(store.path / name, lambda f: f.write(memoryview(data)))
     entry = {**entry, "file": name, "rows": int(index.ntotal), "sha256": sha}
     (record or store.record)(MANIFEST_KEY, entry)
-    for old in store.path.glob(INDEX_GLOB):
-        if old.name != name:
-            old.unlink()
+    if record is None:
+        for old in store.path.glob(INDEX_GLOB):
+            if old.name != name:
+                old.unlink()
     return entry
 
 

@@ -36,9 +36,18 @@ if TYPE_CHECKING:  # imported by the writer, which rounds with it (reading needs
 class StoreWriter:
     """Writes the shards of one store in order; the manifest is rewritten after every shard."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]):
+    def __init__(self, path: Path, manifest: dict[str, Any], over: str | None = None):
         self.path = path
         self._manifest = manifest
+        self._over = over  # an addition: the sha256 of the committed manifest it grows
+
+    def _save(self) -> None:
+        """Write the manifest being built: ``manifest.json`` for a build, the pending manifest
+        for an addition (readers keep the committed one until :meth:`finish`)."""
+        if self._over is None:
+            mf.write_manifest(self.path, self._manifest)
+        else:
+            mf.write_pending(self.path, self._manifest, self._over)
 
     @classmethod
     def create_or_resume(
@@ -84,8 +93,9 @@ class StoreWriter:
         return cls(path, manifest)
 
     @classmethod
-    def _resume(cls, path: Path, fingerprints: dict[str, str], dim: int) -> StoreWriter:
-        manifest = mf.read_manifest(path)
+    def _resume(cls, path: Path, fingerprints: dict[str, str], dim: int,
+                manifest: dict[str, Any] | None = None) -> StoreWriter:
+        manifest = mf.read_manifest(path) if manifest is None else manifest
         stored = manifest["fingerprints"]
         phrases = mf.fingerprint_differences(stored, fingerprints, both_ways=True)
         if manifest["dim"] != dim:
@@ -102,18 +112,29 @@ class StoreWriter:
 
     @classmethod
     def reopen(cls, path: str | Path, fingerprints: Mapping[str, str], dim: int) -> StoreWriter:
-        """Open a store (complete or not) to append shards (``index add``): it is marked
-        incomplete until :meth:`finish`, so no reader uses it half-grown."""
-        writer = cls._resume(Path(path), mf.check_fingerprints(fingerprints), dim)
-        if writer._manifest["complete"]:
+        """Open a store to append shards (``index add``), resuming an unfinished addition: a
+        complete store's growth is recorded in its pending manifest, and readers see the store
+        as it was until :meth:`finish` commits it (:mod:`factrace.store.manifest`)."""
+        path = Path(path)
+        fingerprints = mf.check_fingerprints(fingerprints)
+        pending = mf.read_pending(path)
+        if pending is not None:
+            return cls(path, cls._resume(path, fingerprints, dim, pending)._manifest,
+                       mf.sha256_file(path / mf.MANIFEST))
+        (path / mf.PENDING).unlink(missing_ok=True)  # stale: its addition was committed
+        writer = cls._resume(path, fingerprints, dim)
+        if writer._manifest["complete"]:  # else: a store interrupted before snapshots
+            writer._over = mf.sha256_file(path / mf.MANIFEST)
             writer._manifest["complete"] = False
-            mf.write_manifest(writer.path, writer._manifest)
+            _remove_temporaries(path)
+            _remove_unlisted_shards(path, writer._manifest)
+            writer._save()
         return writer
 
     def set(self, key: str, value: Any) -> None:
         """Record ``value`` (JSON-able) under ``key`` of the manifest, now."""
         self._manifest[key] = json.loads(json.dumps(value))
-        mf.write_manifest(self.path, self._manifest)
+        self._save()
 
     @property
     def complete(self) -> bool:
@@ -192,7 +213,7 @@ class StoreWriter:
         if inputs is not None:
             entry["inputs_sha256"] = inputs
         self._manifest["shards"].append(entry)
-        mf.write_manifest(self.path, self._manifest)
+        self._save()
 
     @property
     def compact(self) -> bool:
@@ -213,10 +234,15 @@ class StoreWriter:
         self.set("locations", [*entries[:position], entry])
 
     def finish(self) -> None:
-        """Mark the store complete; only then can :meth:`EncodingStore.open` read it."""
+        """Mark the store complete; only then can :meth:`EncodingStore.open` read it (an
+        addition: commit it, by one atomic write of ``manifest.json``)."""
         if not self.complete:
             self._manifest["complete"] = True
-            mf.write_manifest(self.path, self._manifest)
+            if self._over is None:
+                mf.write_manifest(self.path, self._manifest)
+            else:
+                mf.commit(self.path, self._manifest)
+                self._over = None
 
 
 class EncodingStore:
@@ -423,7 +449,11 @@ class EncodingStore:
     def record(self, key: str, value: Any) -> None:
         """Record ``value`` (JSON-able) under ``key`` of the manifest, on disk now (the caller
         holds the store's write lock)."""
-        self._manifest[key] = json.loads(json.dumps(value))
+        self.record_all({key: value})
+
+    def record_all(self, values: Mapping[str, Any]) -> None:
+        """:meth:`record` of several keys, by one manifest write."""
+        self._manifest.update(json.loads(json.dumps(dict(values))))
         mf.write_manifest(self.path, self._manifest)
 
     def record_approx(self, entry: Mapping[str, Any] | None) -> None:

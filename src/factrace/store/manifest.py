@@ -40,10 +40,27 @@ fingerprints were computed otherwise.
 
 Beside it: ``.write.lock`` (held by the one process writing the store) and ``verified.json``
 (which shard files were hashed, at which size and modification time).
+
+Snapshots: ``manifest.json`` is the store as readers see it, and it changes only by one atomic
+rename. While ``index add`` appends a corpus, ``manifest.json`` keeps the last complete store
+(``complete`` true, its shards, tasks, locations, approximate index) and the addition's progress
+goes to ``manifest.pending.json`` (the manifest the store will have, with ``pending_over``: the
+sha256 of the ``manifest.json`` it grows); readers never read it, so a ``trace`` during an
+addition sees the store as it was before, and the addition commits by writing ``manifest.json``
+once, at its end (:func:`commit`). The addition's new files (shards, a task's longer row norms,
+the extended approximate index, its location table) take names no committed manifest uses, so
+what a reader opened before an addition knows is never rewritten in place; files the new
+manifest no longer names (a replaced index or row norms) are removed after the commit. Shard files
+of an unfinished addition may lie beside the committed ones; readers use the listed shards only.
+An interrupted addition resumes from the pending manifest; one whose commit happened (its
+``pending_over`` no longer matches) leaves a stale file, which the next writer removes. Only a
+first ``index build`` leaves ``manifest.json`` itself incomplete: there is no earlier store to
+show.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -58,6 +75,7 @@ from factrace.errors import FactraceError
 
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
+PENDING = "manifest.pending.json"
 LOCK = ".write.lock"
 VERIFIED = "verified.json"
 DTYPE = "float16"
@@ -117,14 +135,33 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> str:
     temporary renamed into place, the one atomic writer of factrace), synced to disk first.
 
     Returns the sha256 (hex) of the bytes written. On any error the temporary is removed and
-    ``path`` is untouched.
+    ``path`` is untouched; a full disk (or quota) is a :class:`DiskFull` naming ``path``.
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        hashing = _HashingWriter(f)
-        write(hashing)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            hashing = _HashingWriter(f)
+            write(hashing)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise DiskFull(path) from e
+        raise
     return hashing.sha256.hexdigest()
+
+
+#: The errors of a write that found no space: the device is full, or the user's quota is.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(FactraceError):
+    """No space left writing a store's file: the file is untouched (its temporary removed), so
+    the same command, rerun once there is space, resumes."""
+
+    def __init__(self, path: Path | str):
+        self.path = path
+        super().__init__(f"no space left on device writing {path}; free space and rerun the "
+                         "same command to resume")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> str:
@@ -167,6 +204,55 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
 def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
     """Replace ``directory/manifest.json`` atomically."""
     write_bytes_atomic(directory / MANIFEST, manifest_bytes(manifest))
+
+
+def write_pending(directory: Path, manifest: Mapping[str, Any], over: str) -> None:
+    """Replace ``directory/manifest.pending.json``: the manifest an addition is building,
+    growing the committed ``manifest.json`` whose sha256 is ``over``."""
+    write_bytes_atomic(directory / PENDING, manifest_bytes({**manifest, "pending_over": over}))
+
+
+def read_pending(directory: Path) -> dict[str, Any] | None:
+    """The manifest of an unfinished addition (without its ``pending_over``), or None: there is
+    none, or it is stale (it grows another ``manifest.json`` than the one there now: its commit
+    happened)."""
+    path = Path(directory) / PENDING
+    if not path.is_file() or not (Path(directory) / MANIFEST).is_file():
+        return None
+    try:
+        pending = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # a pending file is written atomically: this one is not factrace's
+    if not isinstance(pending, dict) or \
+            pending.pop("pending_over", None) != sha256_file(Path(directory) / MANIFEST):
+        return None
+    return pending
+
+
+def commit(directory: Path, manifest: Mapping[str, Any]) -> None:
+    """Make ``manifest`` the store readers see (one atomic write of ``manifest.json``), forget
+    the pending manifest, then remove the files the previous manifest named and this one does
+    not (a replaced approximate index or task row norms)."""
+    directory = Path(directory)
+    before = read_manifest(directory) if (directory / MANIFEST).is_file() else {}
+    write_manifest(directory, manifest)
+    (directory / PENDING).unlink(missing_ok=True)
+    for name in sorted(named_files(before) - named_files(manifest)):
+        (directory / name).unlink(missing_ok=True)
+
+
+def named_files(manifest: Mapping[str, Any]) -> set[str]:
+    """The files (relative names) a manifest names: shards, state, codec, approximate index,
+    location tables, tasks."""
+    names = {entry[key] for entry in manifest.get("shards", [])
+             for key in ("encodings", "codes", "ids") if key in entry}
+    for key in ("state", "approx", "compact"):
+        if "file" in manifest.get(key, {}):
+            names.add(manifest[key]["file"])
+    names.update(entry["file"] for entry in manifest.get("locations", []))
+    for entry in manifest.get("tasks", {}).values():
+        names.update(entry[key] for key in ("file", "norms") if key in entry)
+    return names
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -52,23 +52,39 @@ def save(store: EncodingStore, name: str, ids: list[str], y: torch.Tensor,
     check_name(name)
     buffer = io.BytesIO()
     torch.save({"ids": list(ids), "y": y.float()}, buffer)
-    entry = {**facts, "rows": store.n_rows, "file": f"{TASKS_DIR}/{name}.pt",
-             "sha256": mf.write_bytes_atomic(store.path / TASKS_DIR / f"{name}.pt",
-                                             buffer.getvalue())}
+    before = store.manifest.get("tasks", {}).get(name, {})
+    used = {before.get("file"), before.get("norms")}
+    same = {before.get("sha256"), before.get("norms_sha256")}
+
+    def write(file: str, data: bytes) -> tuple[str, str]:
+        # a task replaced by another gets files of new names: a reader of the store as it was
+        # still reads the old ones, removed once the manifest names the new (the same content,
+        # e.g. a resumed build's task, keeps its name)
+        if f"{TASKS_DIR}/{file}" in used and hashlib.sha256(data).hexdigest() not in same:
+            stem, dot, suffix = file.partition(".")
+            file = f"{stem}.{hashlib.sha256(data).hexdigest()[:12]}{dot}{suffix}"
+        return f"{TASKS_DIR}/{file}", mf.write_bytes_atomic(store.path / TASKS_DIR / file, data)
+
+    entry = {**facts, "rows": store.n_rows}
+    entry["file"], entry["sha256"] = write(f"{name}.pt", buffer.getvalue())
     if norms is not None:
-        entry.update(norms=f"{TASKS_DIR}/{name}.norms.npy",
-                     norms_sha256=mf.write_bytes_atomic(
-                         store.path / TASKS_DIR / f"{name}.norms.npy", npy_bytes(norms)))
-    store.record("tasks", {**store.manifest.get("tasks", {}), name: entry})
+        entry["norms"], entry["norms_sha256"] = write(f"{name}.norms.npy", npy_bytes(norms))
+    # one manifest write: the task (and its being the default) appears at once
+    record = {"tasks": {**store.manifest.get("tasks", {}), name: entry}}
     if default or not store.manifest.get("default_task"):
-        store.record("default_task", name)
+        record["default_task"] = name
+    store.record_all(record)
+    for old in used - {entry["file"], entry.get("norms"), None}:
+        (store.path / old).unlink(missing_ok=True)
     return entry
 
 
 def replace_norms(store: EncodingStore, name: str, norms: np.ndarray) -> dict:
-    """Task ``name``'s entry with ``norms`` written in place of its row norms (``index add``:
-    the caller records the entry)."""
+    """Task ``name``'s entry with ``norms`` as its row norms (``index add``: the caller records
+    the entry), written as ``tasks/NAME.norms-ROWS.npy``, beside the file the committed manifest
+    names (never over it: a reader of the store as it was may still read it)."""
     entry = dict(store.manifest["tasks"][name])
+    entry["norms"] = f"{TASKS_DIR}/{name}.norms-{int(norms.shape[0]):010d}.npy"
     entry["norms_sha256"] = mf.write_bytes_atomic(store.path / entry["norms"], npy_bytes(norms))
     entry["rows"] = int(norms.shape[0])
     return entry
