@@ -242,6 +242,9 @@ def tail_patch(
     if optimizer_path is None and lr is None:
         raise FactraceError("tail-patch without optimizer state takes one SGD step: give its "
                             "learning rate (--lr), or the AdamW state (--optimizer-state)")
+    if optimizer_path is not None and os.path.isdir(optimizer_path):
+        # a checkpoint: the step needs the whole AdamW state the Trainer saved
+        optimizer_path = os.path.join(optimizer_path, "optimizer.pt")
     if optimizer_path is not None and not os.path.isfile(optimizer_path):
         raise FactraceError(f"{optimizer_path}: optimizer state file not found; tail-patch "
                             "needs the AdamW state saved at the end of training (or, without "

@@ -245,11 +245,18 @@ def model_fingerprint(loaded: LoadedModel) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A fingerprint of the vocabulary, merges and special tokens."""
+    """A fingerprint of the vocabulary, merges and special tokens. The backend's truncation and
+    padding settings are left out: calling the tokenizer with ``truncation=True`` (or saving it
+    after) changes them, not what it tokenizes into."""
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        from tokenizers import Tokenizer
+
+        plain = Tokenizer.from_str(backend.to_str())
+        plain.no_truncation()
+        plain.no_padding()
+        h.update(plain.to_str().encode())
     elif hasattr(tokenizer, "get_vocab"):
         for token, idx in sorted(tokenizer.get_vocab().items()):
             h.update(f"{token}\t{idx}\n".encode())

@@ -7,7 +7,10 @@ Accepted files:
 - a plain torch ``AdamW``/``Adam`` ``state_dict`` whose ids follow ``model.parameters()``;
 - the same from Adafactor (``exp_avg_sq_row/col`` as in transformers, ``row_var/col_var`` as in
   torch), factored state used directly;
-- a safetensors file mapping parameter names (optionally suffixed ``.exp_avg_sq``) to ``exp_avg_sq``.
+- a safetensors file mapping parameter names (optionally suffixed ``.exp_avg_sq``) to ``exp_avg_sq``
+  (and ``.exp_avg_sq_row``/``.exp_avg_sq_col`` to Adafactor's factored state), with Adam's
+  ``step`` and ``beta2`` in its metadata when known: what :mod:`factrace.integrations` writes;
+- a checkpoint directory holding one of these.
 """
 
 from __future__ import annotations
@@ -146,28 +149,69 @@ def _from_state_dict(sd: dict, model: nn.Module, source: str) -> OptimizerState:
                                             for g in groups])
 
 
+#: The second moment a checkpoint marked for factrace keeps (:mod:`factrace.integrations`).
+SECOND_MOMENT_FILE = "factrace_optimizer.safetensors"
+_SUFFIXES = (".exp_avg_sq_row", ".exp_avg_sq_col", ".exp_avg_sq")
+
+
 def _from_safetensors(path: Path, model: nn.Module) -> OptimizerState:
+    """Parameter names (optionally suffixed ``.exp_avg_sq``, or ``.exp_avg_sq_row``/
+    ``.exp_avg_sq_col`` for Adafactor's factored state) to second moments; the file's metadata
+    may give Adam's ``step`` and ``beta2`` (for the bias correction)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    step = float(meta["step"]) if meta.get("step") not in (None, "", "None") else None
+    beta2 = float(meta["beta2"]) if meta.get("beta2") not in (None, "", "None") else None
     named = dict(model.named_parameters())
-    moments = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        name = key[: -len(".exp_avg_sq")] if key.endswith(".exp_avg_sq") else key
+        suffix = next((x for x in _SUFFIXES if key.endswith(x)), "")
+        name = key[: len(key) - len(suffix)]
         if name not in named:
             raise FactraceError(f"{path}: tensor {key!r} names no parameter of the model")
-        if tuple(value.shape) != tuple(named[name].shape):
+        parts.setdefault(name, {})[suffix or ".exp_avg_sq"] = value
+    moments = {}
+    for name, got in parts.items():
+        want = tuple(named[name].shape)
+        if ".exp_avg_sq" in got:
+            shape, moment = tuple(got[".exp_avg_sq"].shape), ParamMoment(
+                exp_avg_sq=got[".exp_avg_sq"], step=step, beta2=beta2)
+        elif ".exp_avg_sq_row" in got and ".exp_avg_sq_col" in got:
+            row, col = got[".exp_avg_sq_row"], got[".exp_avg_sq_col"]
+            shape, moment = (*row.shape, col.shape[-1]), ParamMoment(row=row, col=col, step=step)
+        else:
+            raise FactraceError(f"{path}: parameter {name!r} has half of a factored state")
+        if shape != want:
             raise FactraceError(
                 f"{path}: optimizer state does not fit the model: parameter {name!r} has shape "
-                f"{tuple(named[name].shape)} in the model but {tuple(value.shape)} in the file"
+                f"{want} in the model but {shape} in the file"
             )
-        moments[name] = ParamMoment(exp_avg_sq=value)
-    return OptimizerState(moments, str(path))
+        moments[name] = moment
+    return OptimizerState(moments, str(path), [{"beta2": beta2}] if beta2 is not None else [])
+
+
+def optimizer_file(path: str | os.PathLike) -> Path:
+    """``path``, or in a checkpoint directory its :data:`SECOND_MOMENT_FILE` (else the
+    Trainer's ``optimizer.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (SECOND_MOMENT_FILE, "optimizer.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise FactraceError(f"{path}: a checkpoint directory without {SECOND_MOMENT_FILE} or "
+                            "optimizer.pt")
+    return path
 
 
 def load_optimizer_state(path: str | os.PathLike, model: nn.Module) -> OptimizerState:
-    """Read an optimizer state file and map it onto ``model``'s parameter names."""
-    path = Path(path)
+    """Read an optimizer state file and map it onto ``model``'s parameter names. A directory
+    is a checkpoint: its :data:`SECOND_MOMENT_FILE` (written by
+    :class:`factrace.integrations.FactraceCallback`), else the Trainer's ``optimizer.pt``."""
+    path = optimizer_file(path)
     if not path.is_file():
         raise FactraceError(f"{path}: optimizer state file not found")
     if path.suffix == ".safetensors":
