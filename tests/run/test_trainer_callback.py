@@ -121,3 +121,34 @@ def test_an_optimizer_without_a_second_moment_is_refused(world, tmp_path):
     with pytest.raises(FactraceError, match="keeps no second moment"):
         mark_checkpoint(tmp_path / "ckpt", model, optimizer)
     assert not (tmp_path / "ckpt" / "factrace.json").exists()
+
+
+def test_compare_takes_a_marked_checkpoint_with_tail_patch(trained, world, tmp_path,
+                                                            monkeypatch):
+    """compare (tail-patch included: the Trainer's whole AdamW state in the same directory)
+    accepts a checkpoint the callback marked, as it is."""
+    import dataclasses
+
+    import factrace.evaluate.compare as compare
+    from factrace.cli import main
+
+    original = compare.compare
+
+    def quicker(cfg):  # one rung and one baseline: the checkpoint's path, not the ladder
+        return original(dataclasses.replace(cfg, variants=("trackstar",), baselines=("bm25",)))
+
+    monkeypatch.setattr(compare, "compare", quicker)
+    root, _, _ = trained
+    checkpoint = str(root / "out" / "checkpoint-4")
+    queries = [json.loads(line) for line in open(world["queries"])]
+    qrels = tmp_path / "qrels.jsonl"
+    qrels.write_text("".join(json.dumps({"query_id": q["id"], "doc_id": world["rows"][0]["id"]})
+                             + "\n" for q in queries))
+    out = tmp_path / "compared"
+    assert main(["compare", "--model", checkpoint, "--optimizer-state", checkpoint,
+                 "--corpus", world["corpus"], "--queries", world["queries"], "--qrels",
+                 str(qrels), "--out", str(out), "--tail-patch-queries", "2", "--dim", "64",
+                 "--train-examples", "16", "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "AdamW" in results["metadata"]["tail_patch"]["step"]  # the Trainer's own state
+    assert any(row.get("tail_patch") is not None for row in results["rows"])
