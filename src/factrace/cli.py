@@ -17,10 +17,9 @@ from typing import Annotated
 
 import typer
 
-from factrace.errors import FactraceError, FactraceWarning
+from factrace.errors import DISK_FULL, FactraceError, FactraceWarning
 from factrace.extras import require
 from factrace.run.process import tune_process
-from factrace.store.manifest import DISK_FULL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Trace a language model's outputs back to its pretraining data (TrackStar).")

@@ -9,6 +9,8 @@ A :class:`FactraceWarning` is something the user should know but that does not s
 :func:`warnings.warn`; the CLI prints it as one line, ``factrace: warning: ...``.
 """
 
+import errno
+
 
 class FactraceError(Exception):
     """An error the user can fix; the message says what is wrong and what to do."""
@@ -16,3 +18,7 @@ class FactraceError(Exception):
 
 class FactraceWarning(UserWarning):
     """A one-line notice for the user: the work goes on, but something was repaired or skipped."""
+
+
+#: errno values of a full disk (or quota): one line and a resumable store, never a traceback.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

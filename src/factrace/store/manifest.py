@@ -60,7 +60,6 @@ show.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -71,7 +70,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from factrace.data.atomic import atomic_path
-from factrace.errors import FactraceError
+from factrace.errors import DISK_FULL, FactraceError
 
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
@@ -148,10 +147,6 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> str:
             raise DiskFull(path) from e
         raise
     return hashing.sha256.hexdigest()
-
-
-#: The errors of a write that found no space: the device is full, or the user's quota is.
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFull(FactraceError):
