@@ -281,7 +281,7 @@ def run_load(url: str, browse: dict[str, object], asks: list[dict], answers: lis
     return load
 
 
-def ask_mix(prompts: list[str], new_tokens=(2, 4, 8), top_ks=(5, 10)) -> list[dict]:
+def ask_mix(prompts: list[str], new_tokens=(2, 4, 8, 16), top_ks=(5, 10, 20)) -> list[dict]:
     """Asks over ``prompts`` with several ``max_new_tokens`` and ``top_k``: more distinct asks
     than the server keeps answers for, so that most asks run the model."""
     return [{"prompt": p, "max_new_tokens": m, "top_k": k}
@@ -292,6 +292,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", help="store (for Ask; without it only browsing runs)")
     parser.add_argument("--rankings", nargs="*", default=[])
+    parser.add_argument("--qrels")
+    parser.add_argument("--queries", help="the queries of every rankings file")
     parser.add_argument("--prompt", action="append", default=[],
                         help="a prompt to ask (repeatable; default: the first set's)")
     parser.add_argument("--prompts", type=int, default=8, help="prompts taken from the set")
@@ -306,8 +308,11 @@ def main() -> None:
     argv = [sys.executable, "-c", ENTRY, "serve", "--port", "0"]
     if args.index:
         argv += ["--index", args.index]
-    if args.rankings:
-        argv += ["--rankings", *args.rankings]
+    for rankings in args.rankings:
+        argv += ["--rankings", rankings]
+    for name in ("qrels", "queries"):
+        if getattr(args, name):
+            argv += [f"--{name}", getattr(args, name)]
     if args.max_queue is not None:
         argv += ["--max-queue", str(args.max_queue)]
     server = subprocess.Popen(argv + args.extra, stderr=subprocess.PIPE, text=True)
