@@ -102,15 +102,17 @@ def compare_explorer(compare_out, serve_inputs):
 
 
 @contextmanager
-def _served(explorer):
-    """The app on a free loopback port, served by uvicorn in a thread: its URL."""
+def _served(explorer, **app_options):
+    """The app on a free loopback port, served by uvicorn in a thread: its URL
+    (``app_options``: those of :func:`~factrace.serve.app.create_app`)."""
     import uvicorn
 
     from factrace.serve import bind, url_of
     from factrace.serve.app import create_app
 
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(explorer, **app_options),
+                                                  log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -133,3 +135,9 @@ def live_server(explorer):
 def compare_server(compare_explorer):
     with _served(compare_explorer) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def served():
+    """:func:`_served`, for a test that serves an explorer of its own."""
+    return _served
