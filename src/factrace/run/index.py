@@ -514,7 +514,7 @@ class ApproxConfig:
 
     index: str
     spec: str | None = None
-    """FAISS factory spec (default :func:`~factrace.search.approx.default_spec`, ``PQ{d/4}x8``,
+    """FAISS factory spec (default :func:`~factrace.search.approx.default_spec`, ``PQ{d/2}x4fs``,
     cut to what the training rows support)."""
     train_rows: int | None = None
     """Rows sampled for training (default: FAISS's needs, at most about 2 GiB of float32)."""
