@@ -203,3 +203,103 @@ def test_a_long_string_in_a_manifest_field_is_not_echoed():
     """A guard of the message-length rule itself: it must be able to fail."""
     with pytest.raises(AssertionError):
         _outcome(lambda _: (_ for _ in ()).throw(FactraceError("x" * 2000)), None)
+
+
+# A damaged store: flipped or cut bytes in manifest.json, a task file or a location table,
+# and manifests of any JSON values, give a FactraceError from opening it or reading from it.
+
+
+def _store_reads(path: Path, passage_id: str, task: str | None):
+    from factrace.store import tasks
+    from factrace.store.encodings import EncodingStore
+
+    store = EncodingStore.open(path)
+    store.passage(passage_id)
+    store.is_passage("no such passage")
+    if task is not None:
+        tasks.load(store, task)
+    return store
+
+
+def _damaged_copy(store) -> Path:
+    return Path(shutil.copytree(store.out, Path(tempfile.mkdtemp(prefix="fuzz")) / "store"))
+
+
+def _store_facts(store):
+    from factrace.store.encodings import EncodingStore
+
+    opened = EncodingStore.open(store.out)
+    manifest = opened.manifest
+    return manifest, opened.ids[0], manifest.get("default_task")
+
+
+def _damage(data: bytes, edits) -> bytes:
+    data = bytearray(data)
+    for kind, at, byte in edits:
+        if not data:
+            break
+        at %= len(data)
+        if kind == "flip":
+            data[at] ^= 1 << (byte % 8)
+        elif kind == "set":
+            data[at] = byte
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+EDITS = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut"]), st.integers(0, 10**7),
+                           st.integers(0, 255)), min_size=1, max_size=3)
+
+
+@FUZZ
+@given(st.sampled_from(["manifest", "task", "norms", "locations"]), EDITS)
+def test_damaged_store_files(store, which, edits):
+    manifest, passage_id, task = _store_facts(store)
+    files = {"manifest": "manifest.json", "locations": manifest["locations"][0]["file"],
+             "task": manifest["tasks"][task]["file"],
+             "norms": manifest["tasks"][task].get("norms")}
+    copy = _damaged_copy(store)
+    try:
+        target = copy / (files[which] or files["task"])
+        target.write_bytes(_damage(target.read_bytes(), edits))
+        _outcome(lambda p: _store_reads(p, passage_id, task), copy)
+    finally:
+        shutil.rmtree(copy.parent)
+
+
+@st.composite
+def manifests(draw, real):
+    """The real manifest with some values (anywhere in it) replaced by any JSON value, some
+    keys dropped, or an unrelated JSON value."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(VALUES)
+    manifest = json.loads(json.dumps(real))
+    for _ in range(draw(st.integers(1, 3))):
+        node, path = manifest, []
+        while isinstance(node, dict | list) and node and draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict)
+                                       else range(len(node))))
+            path.append((node, key))
+            node = node[key]
+        if not path:
+            continue
+        parent, key = path[-1]
+        if isinstance(parent, dict) and draw(st.booleans()):
+            del parent[key]
+        else:
+            parent[key] = draw(VALUES)
+    return manifest
+
+
+@FUZZ
+@given(st.data())
+def test_manifests_of_any_values(store, data):
+    real, passage_id, task = _store_facts(store)
+    manifest = data.draw(manifests(real))
+    copy = _damaged_copy(store)
+    try:
+        (copy / "manifest.json").write_text(json.dumps(manifest, allow_nan=True))
+        _outcome(lambda p: _store_reads(p, passage_id, task), copy)
+    finally:
+        shutil.rmtree(copy.parent)
