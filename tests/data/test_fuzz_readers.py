@@ -186,6 +186,8 @@ def tables(draw):
 
 @FUZZ
 @given(tables(), st.booleans(), st.integers(0, 10**6), st.integers(0, 255))
+@example(pa.table({"text": ["a", None], "prompt": ["a", None]}), True, 908489, 129)  # schema
+# metadata no longer UTF-8: pyarrow raised UnicodeDecodeError
 def test_parquet_files(table, damage, where, byte):
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=1)
@@ -301,5 +303,23 @@ def test_manifests_of_any_values(store, data):
     try:
         (copy / "manifest.json").write_text(json.dumps(manifest, allow_nan=True))
         _outcome(lambda p: _store_reads(p, passage_id, task), copy)
+    finally:
+        shutil.rmtree(copy.parent)
+
+
+@pytest.mark.parametrize("edit", [
+    {"shards": [None]}, {"locations": [{"file": None}]}, {"tasks": {"default": {"file": 3}}},
+    {"config": {"corpus": 7}}, {"additions": [None]}, {"dim": "256"}, {"complete": "yes"},
+    {"format_version": "x" * 5000}, {"tasks": {"default": {"file": "../../etc/passwd"}}},
+])
+def test_manifest_values_found_by_the_fuzzer(store, edit):
+    """Values that made opening or reading a store raise TypeError, KeyError or
+    AttributeError, or echo a whole field, before manifests were checked."""
+    real, passage_id, task = _store_facts(store)
+    copy = _damaged_copy(store)
+    try:
+        (copy / "manifest.json").write_text(json.dumps({**real, **edit}))
+        assert isinstance(_outcome(lambda p: _store_reads(p, passage_id, task), copy),
+                          FactraceError)
     finally:
         shutil.rmtree(copy.parent)

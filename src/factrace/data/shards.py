@@ -157,7 +157,7 @@ def shard_rows(shard: Shard) -> int:
                 return parquet.metadata.num_rows
         with pa.memory_map(str(shard.path), "r") as source:
             return sum(batch.num_rows for batch in _ipc_reader(source)[1])
-    except (pa.ArrowException, OSError) as error:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         raise _unreadable(shard, error) from None
 
 
@@ -194,7 +194,7 @@ def read_rows(shard: Shard, fields: Mapping[str, str], start: int = 0,
         if shard.format == "parquet":
             return (yield from _read_parquet(shard, fields, start, stop))
         return (yield from _read_arrow(shard, fields, start, stop))
-    except (pa.ArrowException, OSError) as error:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         raise _unreadable(shard, error) from None
 
 
@@ -218,7 +218,7 @@ def iter_records(path: PathLike | Source) -> Iterator[dict[str, Any]]:
             with closing(batches):
                 for batch in batches:
                     yield from batch.to_pylist()
-        except (pa.ArrowException, OSError) as error:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
             raise _unreadable(shard, error) from None
 
 
