@@ -311,11 +311,15 @@ def test_manifests_of_any_values(store, data):
     {"shards": [None]}, {"locations": [{"file": None}]}, {"tasks": {"default": {"file": 3}}},
     {"config": {"corpus": 7}}, {"additions": [None]}, {"dim": "256"}, {"complete": "yes"},
     {"format_version": "x" * 5000}, {"tasks": {"default": {"file": "../../etc/passwd"}}},
+    "no files",
 ])
 def test_manifest_values_found_by_the_fuzzer(store, edit):
-    """Values that made opening or reading a store raise TypeError, KeyError or
-    AttributeError, or echo a whole field, before manifests were checked."""
+    """Values that made opening or reading a store raise TypeError, KeyError,
+    AttributeError or IndexError (a location table naming files its entry no longer lists),
+    or echo a whole field, before manifests were checked."""
     real, passage_id, task = _store_facts(store)
+    if edit == "no files":
+        edit = {"locations": [{**real["locations"][0], "files": []}]}
     copy = _damaged_copy(store)
     try:
         (copy / "manifest.json").write_text(json.dumps({**real, **edit}))
