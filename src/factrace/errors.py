@@ -16,6 +16,14 @@ class FactraceError(Exception):
     """An error the user can fix; the message says what is wrong and what to do."""
 
 
+def one_line(text: object, limit: int = 200) -> str:
+    """``str(text)`` for an error message: whitespace runs (newlines included) made one space,
+    cut to ``limit`` characters. Library messages (pyarrow's, numpy's) may span lines or quote
+    a whole damaged header."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
 class FactraceWarning(UserWarning):
     """A one-line notice for the user: the work goes on, but something was repaired or skipped."""
 

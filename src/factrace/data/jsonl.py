@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from factrace.data.atomic import atomic_path
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, one_line
 
 PathLike = str | os.PathLike[str]
 
@@ -92,7 +92,7 @@ def iter_lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
             except StopIteration:
                 return
             except _READ_ERRORS as error:
-                raise FactraceError(f"{path}:{number + 1}: cannot read ({error})") from None
+                raise FactraceError(f"{path}:{number + 1}: cannot read ({one_line(error)})") from None
             number += 1
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
@@ -121,6 +121,8 @@ def parse_line(where: str, raw: bytes, expected: str = "a JSON object") -> dict[
         raise located_error(where, message, hint) from None
     except RecursionError:
         raise located_error(where, "JSON nested too deeply", hint) from None
+    except ValueError as error:  # an integer literal past Python's digit limit
+        raise located_error(where, f"not usable JSON ({one_line(error, 80)})", hint) from None
     if not isinstance(value, dict):
         message = f"expected a JSON object, got {describe(value)}"
         if isinstance(value, list):

@@ -36,10 +36,11 @@ from factrace.data.jsonl import (
     iter_lines,
     located_error,
     parse_line,
+    shown,
 )
 from factrace.data.records import Passage
 from factrace.data.sources import CORPUS_FIELDS, FIELD_OPTIONS, Source, as_source
-from factrace.errors import FactraceError
+from factrace.errors import FactraceError, one_line
 
 if TYPE_CHECKING:  # pyarrow is imported by the readers of Parquet and Arrow shards
     import pyarrow as pa
@@ -136,7 +137,7 @@ def _saved_dataset_files(path: Path) -> list[tuple[Path, str]]:
         files = [entry["filename"] for entry in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise FactraceError(
-            f"{state_path}: cannot read its list of data files ({error}); {expected}"
+            f"{state_path}: cannot read its list of data files ({one_line(error)}); {expected}"
         ) from None
     for name in files:
         if not (path / name).is_file():
@@ -156,7 +157,7 @@ def shard_rows(shard: Shard) -> int:
                 return parquet.metadata.num_rows
         with pa.memory_map(str(shard.path), "r") as source:
             return sum(batch.num_rows for batch in _ipc_reader(source)[1])
-    except (pa.ArrowException, OSError) as error:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         raise _unreadable(shard, error) from None
 
 
@@ -193,7 +194,7 @@ def read_rows(shard: Shard, fields: Mapping[str, str], start: int = 0,
         if shard.format == "parquet":
             return (yield from _read_parquet(shard, fields, start, stop))
         return (yield from _read_arrow(shard, fields, start, stop))
-    except (pa.ArrowException, OSError) as error:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         raise _unreadable(shard, error) from None
 
 
@@ -217,7 +218,7 @@ def iter_records(path: PathLike | Source) -> Iterator[dict[str, Any]]:
             with closing(batches):
                 for batch in batches:
                     yield from batch.to_pylist()
-        except (pa.ArrowException, OSError) as error:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
             raise _unreadable(shard, error) from None
 
 
@@ -230,7 +231,7 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
 
 def _unreadable(shard: Shard, error: Exception) -> FactraceError:
     kind = "a Parquet" if shard.format == "parquet" else "an Arrow"
-    return FactraceError(f"{shard.path}: not readable as {kind} file ({error})")
+    return FactraceError(f"{shard.path}: not readable as {kind} file ({one_line(error)})")
 
 
 def _object_hint(shard: Shard, fields: Mapping[str, str]) -> str:
@@ -263,7 +264,8 @@ def line_values(shard: Shard, fields: Mapping[str, str], where: str, raw: bytes
     for name, kind in fields.items():
         key = shard.column(name)
         if key not in value:
-            present = ", ".join(value) or "none"
+            present = ", ".join(shown(k) for k in list(value)[:8]) or "none"
+            present += ", ..." if len(value) > 8 else ""
             raise located_error(where, f'missing field "{key}"',
                                 f"the line has: {present}; {expected}")
         if kind == "id":

@@ -27,7 +27,7 @@ import numpy as np
 from factrace.data.records import Passage
 from factrace.errors import FactraceError
 from factrace.store import manifest as mf
-from factrace.store.locations import Locations, load_arrays, save_arrays
+from factrace.store.locations import Locations, load_arrays, save_arrays, table_problem
 
 if TYPE_CHECKING:  # imported by the writer, which rounds with it (reading needs numpy only)
     import torch
@@ -338,7 +338,11 @@ class EncodingStore:
                 if mf.sha256_file(file) != entry["sha256"]:
                     raise FactraceError(f"{file} does not match its checksum in the manifest; "
                                         "rebuild the store")
-                tables.append(Locations.from_saved(entry, load_arrays(file)))
+                arrays = load_arrays(file)
+                problem = table_problem(entry, arrays)
+                if problem:
+                    raise FactraceError(f"{file} {problem}; rebuild the store")
+                tables.append(Locations.from_saved(entry, arrays))
             self._locations = tables
         return self._locations
 

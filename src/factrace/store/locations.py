@@ -225,6 +225,20 @@ def save_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+def table_problem(entry: dict, arrays: dict[str, np.ndarray]) -> str | None:
+    """What makes saved arrays unusable as the table of ``entry`` (its manifest record), or
+    ``None``: ``table`` int64 ``[rows, 3]`` whose files are among ``entry["files"]``,
+    ``digests`` uint64 ``[rows]``."""
+    table, digests = arrays.get("table"), arrays.get("digests")
+    if (table is None or digests is None or table.dtype != np.int64 or table.ndim != 2
+            or table.shape[1] != 3 or digests.dtype != np.uint64
+            or digests.shape != (table.shape[0],)):
+        return "holds no location table of the expected shape"
+    if table.shape[0] and (table[:, 0].min() < 0 or table[:, 0].max() >= len(entry["files"])):
+        return f"names corpus files beyond the {len(entry['files'])} its manifest entry lists"
+    return None
+
+
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as saved:
         return {k: saved[k] for k in saved.files}

@@ -70,7 +70,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from factrace.data.atomic import atomic_path
-from factrace.errors import DISK_FULL, FactraceError
+from factrace.errors import DISK_FULL, FactraceError, one_line
 
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
@@ -261,8 +261,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FactraceError(
-            f"{path} is not a readable store manifest ({e}); rebuild the store"
-        ) from e
+            f"{path} is not a readable store manifest ({one_line(e)}); rebuild the store"
+        ) from None
+    except (ValueError, RecursionError) as e:  # a number past Python's limits, deep nesting
+        raise FactraceError(
+            f"{path} is not a usable store manifest ({one_line(e, 80) or 'nested too deeply'}); "
+            "rebuild the store"
+        ) from None
     required = ("format_version", "dtype", "dim", "fingerprints", "shards", "complete")
     missing = [key for key in required if not isinstance(manifest, dict) or key not in manifest]
     if missing:
@@ -275,12 +280,119 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         how = ("`factrace index build --overwrite` with the same options" if older
                else "this factrace version")
         raise FactraceError(
-            f"{path} has store format version {manifest['format_version']}, this factrace reads "
+            f"{path} has store format version {_value(manifest['format_version'])}, this "
+            f"factrace reads "
             f"version {FORMAT_VERSION}; rebuild the store with {how}"
         )
     if manifest["dtype"] != DTYPE:
-        raise FactraceError(f"{path} has dtype {manifest['dtype']!r}, expected {DTYPE!r}")
+        raise FactraceError(f"{path} has dtype {_value(manifest['dtype'])}, expected {DTYPE!r}")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise FactraceError(f"{path} is damaged: {problem}; rebuild the store")
     return manifest
+
+
+def _value(value: Any) -> str:
+    """A manifest value as JSON, short enough for one line of an error message."""
+    return one_line(json.dumps(value, allow_nan=True, default=str), 60)
+
+
+def _file_name(value: Any) -> bool:
+    """A file name inside the store: relative, never leaving it."""
+    return (isinstance(value, str) and bool(value) and not value.startswith(("/", "\\"))
+            and ".." not in Path(value).parts and "\0" not in value)
+
+
+def _structure_problem(manifest: Mapping[str, Any]) -> str | None:
+    """What in a manifest's structure a reader cannot use (a field of the wrong type, a file
+    name outside the store), or ``None``. Values are checked where readers rely on them."""
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    def checked(entry: Any, where: str, names: tuple[str, ...]) -> str | None:
+        if not isinstance(entry, dict):
+            return f"{where} is {_value(entry)}, expected an object"
+        for key in names:
+            if key in entry and not _file_name(entry[key]):
+                return f'{where}["{key}"] is {_value(entry[key])}, expected a file of the store'
+            sha = entry.get("sha256") if key == "file" else None
+            if key in entry and key == "file" and not isinstance(sha, str):
+                return f'{where}["sha256"] is {_value(sha)}, expected a checksum'
+        return None
+
+    if not count(manifest["dim"]) or not manifest["dim"]:
+        return f'"dim" is {_value(manifest["dim"])}, expected a positive integer'
+    prints = manifest["fingerprints"]
+    if not isinstance(prints, dict) or not all(isinstance(v, str) for v in prints.values()):
+        return '"fingerprints" must map names to strings'
+    if not isinstance(manifest["complete"], bool):
+        return f'"complete" is {_value(manifest["complete"])}, expected true or false'
+    if not isinstance(manifest["shards"], list):
+        return f'"shards" is {_value(manifest["shards"])}, expected a list'
+    for index, entry in enumerate(manifest["shards"]):
+        where = f'"shards"[{index}]'
+        kind = "codes" if isinstance(entry, dict) and "codes" in entry else "encodings"
+        problem = checked(entry, where, (kind, "ids"))
+        if problem:
+            return problem
+        if not isinstance(entry.get("name"), str) or not count(entry.get("rows")):
+            return f"{where} lacks a name or a row count"
+        if not all(_file_name(entry.get(key)) for key in (kind, "ids")):
+            return f'{where} lacks its files ("{kind}", "ids")'
+        sha = entry.get("sha256")
+        if not isinstance(sha, dict) or not all(isinstance(sha.get(k), str) for k in (kind, "ids")):
+            return f'{where}["sha256"] is {_value(sha)}, expected the checksums of its files'
+    for key in ("config", "approx", "compact", "state"):
+        problem = checked(manifest.get(key, {}), f'"{key}"', ("file",))
+        if problem:
+            return problem
+    corpus = manifest.get("config", {}).get("corpus")
+    if corpus is not None and not isinstance(corpus, str):
+        return f'"config"["corpus"] is {_value(corpus)}, expected a path'
+    additions = manifest.get("additions", [])
+    if not isinstance(additions, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("corpus"), str | None) for a in additions):
+        return '"additions" must be a list of objects naming their "corpus"'
+    locations = manifest.get("locations", [])
+    if not isinstance(locations, list):
+        return f'"locations" is {_value(locations)}, expected a list'
+    for index, entry in enumerate(locations):
+        where = f'"locations"[{index}]'
+        problem = checked(entry, where, ("file",))
+        if problem:
+            return problem
+        if "file" not in entry or not isinstance(entry.get("corpus"), str):
+            return f'{where} lacks its "file" or "corpus"'
+        files = entry.get("files")
+        if not isinstance(files, list) or not all(_source_file(f) for f in files):
+            return f'{where}["files"] must list the corpus files (path, format, size, sample)'
+    tasks = manifest.get("tasks", {})
+    if not isinstance(tasks, dict):
+        return f'"tasks" is {_value(tasks)}, expected an object'
+    for name, entry in tasks.items():
+        where = f'"tasks"[{_value(name)}]'
+        problem = checked(entry, where, ("file", "norms"))
+        if problem:
+            return problem
+        if "file" not in entry or ("norms" in entry and
+                                   not isinstance(entry.get("norms_sha256"), str)):
+            return f'{where} lacks its "file" or the checksum of its "norms"'
+    default = manifest.get("default_task")
+    if default is not None and not isinstance(default, str):
+        return f'"default_task" is {_value(default)}, expected a task name'
+    return None
+
+
+def _source_file(entry: Any) -> bool:
+    """A location table's record of one corpus file (see ``locations.SourceFile``)."""
+    if not isinstance(entry, dict) or not set(entry) <= {"path", "format", "size", "sample",
+                                                         "columns"}:
+        return False
+    columns = entry.get("columns", {})
+    return (isinstance(entry.get("path"), str) and isinstance(entry.get("format"), str)
+            and isinstance(entry.get("size"), int) and isinstance(entry.get("sample"), str)
+            and isinstance(columns, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()))
 
 
 def check_fingerprints(fingerprints: Mapping[str, str]) -> dict[str, str]:
