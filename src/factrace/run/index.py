@@ -191,12 +191,7 @@ def _saved_codec(writer: StoreWriter):
     entry = writer.manifest["compact"]
     if "file" not in entry:
         return None
-    path = writer.path / entry["file"]
-    data = path.read_bytes() if path.is_file() else b""
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise FactraceError(f"{path} is missing or damaged (checksum); rebuild the store with "
-                            "--overwrite")
-    return Codec.from_bytes(data, entry)
+    return Codec.load(writer.path, entry, "rebuild the store with --overwrite")
 
 
 def build_index(cfg: IndexConfig) -> EncodingStore:

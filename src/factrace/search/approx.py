@@ -14,6 +14,7 @@ first stage of :mod:`factrace.search.twostage`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 
 from factrace.data.io import Ranking
 from factrace.errors import FactraceError
-from factrace.search.fastscan import MAGIC, GroupedFastScan
+from factrace.search.fastscan import MAGIC, GroupedFastScan, fast_scan_holding
 from factrace.store import manifest as mf
 from factrace.store.encodings import EncodingStore
 
@@ -113,6 +114,18 @@ def _factory(dim: int, spec: str) -> faiss.Index | GroupedFastScan:
         raise FactraceError(f"FAISS cannot build index {spec!r}: {str(e).splitlines()[-1]}") from e
 
 
+def _trained(spec: str, rows: np.ndarray, seed: int
+             ) -> tuple[faiss.Index | GroupedFastScan, str, list[str]]:
+    """``spec`` checked, cut by :func:`supported_spec` to the rows, built and trained on
+    ``rows`` (float32 ``[n, d]``): the index, the spec built, what was cut."""
+    _check_pq(spec, rows.shape[1])
+    spec, notes = supported_spec(spec, rows.shape[0])
+    index = _factory(rows.shape[1], spec)
+    _configure_training(index, seed)
+    index.train(rows)
+    return index, spec, notes
+
+
 def _sample(source: Source, positions: np.ndarray, dim: int) -> np.ndarray:
     """Rows at sorted global ``positions``, float32 ``[len(positions), dim]``."""
     out = np.empty((len(positions), dim), dtype=np.float32)
@@ -133,10 +146,10 @@ def _configure_training(index: faiss.Index, seed: int) -> None:
         for group in index.groups:
             group.pq.cp.seed = seed
         return
-    try:
-        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    except RuntimeError:
-        return  # not an IVF index
+    ivf = _ivf(index)
+    if ivf is None:
+        return
+    ivf = faiss.downcast_index(ivf)
     ivf.cp.seed = seed
     if hasattr(ivf, "do_polysemous_training"):
         ivf.do_polysemous_training = False
@@ -194,13 +207,10 @@ class ApproxIndex:
             by_memory = TRAIN_BYTES // (4 * dim)
             train_rows = max(MIN_POINTS_PER_LIST * nlist, min(max(64 * nlist, 10_000), by_memory))
         n_train = min(n_rows, train_rows)
-        _check_pq(spec, dim)
-        spec, notes = supported_spec(spec, n_train)
-        index = _factory(dim, spec)
-        _configure_training(index, seed)
+        _check_pq(spec, dim)  # before the sample is read
         rng = np.random.default_rng(seed)
         positions = np.sort(rng.choice(n_rows, size=n_train, replace=False))
-        index.train(_sample(source, positions, dim))
+        index, spec, notes = _trained(spec, _sample(source, positions, dim), seed)
         ids: list[str] = []
         for shard_ids, encodings in _shards(source):
             ids.extend(shard_ids)
@@ -215,28 +225,22 @@ class ApproxIndex:
     @property
     def nlist(self) -> int | None:
         """Number of inverted lists, or None for an index without them."""
-        try:
-            return faiss.extract_index_ivf(self.index).nlist
-        except (RuntimeError, TypeError):
-            return None
+        ivf = _ivf(self.index)
+        return None if ivf is None else ivf.nlist
 
     @property
     def nprobe(self) -> int | None:
         """Inverted lists visited per query (more: slower and closer to exact)."""
-        try:
-            return faiss.extract_index_ivf(self.index).nprobe
-        except (RuntimeError, TypeError):
-            return None
+        ivf = _ivf(self.index)
+        return None if ivf is None else ivf.nprobe
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
         if value < 1:
             raise ValueError(f"nprobe must be at least 1, got {value}")
-        try:
-            ivf = faiss.extract_index_ivf(self.index)
-        except (RuntimeError, TypeError):
-            return
-        ivf.nprobe = min(value, ivf.nlist)
+        ivf = _ivf(self.index)
+        if ivf is not None:
+            ivf.nprobe = min(value, ivf.nlist)
 
     def search(
         self, queries: torch.Tensor | np.ndarray, k: int, opponents: bool = False,
@@ -323,15 +327,11 @@ class Codec:
     def train(cls, rows: np.ndarray, spec: str, seed: int = 0) -> Codec:
         """``spec`` (cut by :func:`supported_spec` to the rows) trained on ``rows`` ``[n, d]``;
         the float32 copy FAISS trains on is ``n · d · 4`` bytes."""
-        n, dim = rows.shape
-        if n == 0:
+        if len(rows) == 0:
             raise FactraceError("cannot train the codes of a compact store on no rows")
-        _check_pq(spec, dim)
-        spec, notes = supported_spec(spec, n)
-        index = _factory(dim, spec)
-        _configure_training(index, seed)
-        index.train(np.ascontiguousarray(torch.from_numpy(np.asarray(rows)).float().numpy()))
-        return cls(index, spec, notes, n)
+        rows = np.ascontiguousarray(torch.from_numpy(np.asarray(rows)).float().numpy())
+        index, spec, notes = _trained(spec, rows, seed)
+        return cls(index, spec, notes, len(rows))
 
     def to_bytes(self) -> bytes:
         return _serialize(self.index)
@@ -362,13 +362,8 @@ class Codec:
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         if isinstance(self.index, GroupedFastScan):
             return self.index.holding(codes)
-        if isinstance(self.index, faiss.IndexPQFastScan):  # fast-scan indexes take no codes:
-            plain = faiss.IndexPQ(self.index.d, self.index.pq.M, self.index.pq.nbits,
-                                  self.index.metric_type)
-            plain.pq = self.index.pq  # a copy
-            plain.is_trained = True
-            plain.add_sa_codes(codes)  # the same codes, packed for fast scan on conversion
-            return faiss.IndexPQFastScan(plain, self.index.bbs)
+        if isinstance(self.index, faiss.IndexPQFastScan):
+            return fast_scan_holding(self.index, codes)
         index = _clone(self.index)
         try:
             index.add_sa_codes(codes)
@@ -377,32 +372,38 @@ class Codec:
                                 "PQ, PQ…fs, SQ or Flat codes for a compact store") from e
         return index
 
+    @classmethod
+    def load(cls, directory: Path, entry: dict, advice: str) -> Codec:
+        """The codec a compact store's manifest ``entry`` records, checked against its
+        checksum (``advice``: what the refusal tells the user to do)."""
+        path = Path(directory) / entry["file"]
+        return cls.from_bytes(_checked_bytes(path, entry["sha256"], advice), entry)
+
     @staticmethod
     def store_index(store: EncodingStore) -> ApproxIndex:
         """A compact store's first stage: its codec with each shard's codes added, in row
         order (memory: the codes of every row, and one shard's twice)."""
         entry = store.manifest[COMPACT_KEY]
-        path = store.path / entry["file"]
-        if not path.is_file() or mf.sha256_file(path) != entry["sha256"]:
-            raise FactraceError(f"{path} is missing or damaged (checksum); the compact store "
-                                f"{store.path} cannot be searched: rebuild it")
-        codec = Codec.from_bytes(path.read_bytes(), entry)
+        codec = Codec.load(store.path, entry, f"the compact store {store.path} cannot be "
+                                               "searched: rebuild it")
         index = _clone(codec.index)
         for shard in range(store.n_shards):
             part = codec.holding(store.shard_codes(shard))
             # inverted lists keep ids (shifted to global rows); flat codes are numbered in order
-            index.merge_from(part, index.ntotal if _is_ivf(index) else 0)
+            index.merge_from(part, index.ntotal if _ivf(index) is not None else 0)
         approx = ApproxIndex(index, store.ids, entry["spec"], entry.get("notes", ()))
         approx.trained_rows = entry.get("trained_rows")
         return approx
 
 
-def _is_ivf(index: faiss.Index) -> bool:
+def _ivf(index):
+    """The inverted-file part of ``index``, or None (not an IVF index, or not FAISS's own)."""
+    if isinstance(index, GroupedFastScan):
+        return None
     try:
-        faiss.extract_index_ivf(index)
-        return True
-    except (RuntimeError, TypeError):
-        return False
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
 
 
 def _serialize(index: faiss.Index | GroupedFastScan) -> bytes:
@@ -474,13 +475,20 @@ def _write(store: EncodingStore, index: faiss.Index, entry: dict,
     return entry
 
 
+def _checked_bytes(path: Path, sha256: str, advice: str) -> bytes:
+    """The bytes of ``path``, read once, which must have the checksum ``sha256``."""
+    data = path.read_bytes() if path.is_file() else None
+    if data is None or hashlib.sha256(data).hexdigest() != sha256:
+        raise FactraceError(f"{path} is missing or damaged (checksum); {advice}")
+    return data
+
+
 def _read(store: EncodingStore, entry: dict) -> faiss.Index:
     path = Path(store.path) / entry["file"]
-    if not path.is_file() or mf.sha256_file(path) != entry["sha256"]:
-        raise FactraceError(f"{path} is missing or damaged (checksum); rebuild it with "
-                            f"`factrace index approx --index {store.path}`")
+    data = _checked_bytes(path, entry["sha256"],
+                          f"rebuild it with `factrace index approx --index {store.path}`")
     try:
-        index = _deserialize(path.read_bytes())
+        index = _deserialize(data)
     except (RuntimeError, ValueError) as e:
         raise FactraceError(f"{path} is unreadable ({e}); rebuild it with `factrace index "
                             f"approx --index {store.path}`") from e

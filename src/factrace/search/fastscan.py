@@ -43,6 +43,18 @@ def groups_for(m: int) -> int:
     return g
 
 
+def fast_scan_holding(index: faiss.IndexPQFastScan, codes: np.ndarray
+                      ) -> faiss.IndexPQFastScan:
+    """A copy of the trained fast-scan ``index`` holding ``codes`` (its ``sa_encode`` output).
+    Fast-scan indexes take no codes directly: a plain ``IndexPQ`` of the same quantizer takes
+    them, and is packed for the fast scan on conversion."""
+    plain = faiss.IndexPQ(index.d, index.pq.M, index.pq.nbits, index.metric_type)
+    plain.pq = index.pq  # a copy
+    plain.is_trained = True
+    plain.add_sa_codes(np.ascontiguousarray(codes, dtype=np.uint8))
+    return faiss.IndexPQFastScan(plain, index.bbs)
+
+
 class GroupedFastScan:
     """``PQ{m}x4fs`` over ``d`` dimensions as ``g`` fast-scan indexes of ``d/g`` dimensions each
     (inner product). Offers the parts of FAISS's index interface factrace uses: ``train``,
@@ -138,11 +150,7 @@ class GroupedFastScan:
         groups, start = [], 0
         for index in self.groups:
             size = int(index.sa_code_size())
-            plain = faiss.IndexPQ(index.d, index.pq.M, index.pq.nbits, index.metric_type)
-            plain.pq = index.pq  # a copy
-            plain.is_trained = True
-            plain.add_sa_codes(np.ascontiguousarray(codes[:, start:start + size]))
-            groups.append(faiss.IndexPQFastScan(plain, index.bbs))
+            groups.append(fast_scan_holding(index, codes[:, start:start + size]))
             start += size
         return GroupedFastScan(self.d, self.m, groups)
 

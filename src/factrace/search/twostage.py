@@ -2,8 +2,10 @@
 
 First stage: each query's ``u = R⁻¹q / ‖R^{-1/2} q‖`` is searched in the store's saved
 inner-product index (:meth:`~factrace.search.approx.ApproxIndex.save`, codes of the stored rows:
-rotated, unit norm) for its top ``C`` rows, and ``−u`` for its bottom ``C`` (opponents). The
-index ignores each row's norm under R, and its codes are approximate: the candidates are.
+rotated, unit norm) for its top ``C`` rows and its bottom ``C`` (opponents): from one scan of
+every row with the default grouped fast-scan codes (:mod:`factrace.search.fastscan`), else by
+searching ``u`` and ``−u``. The index ignores each row's norm under R, and its codes are
+approximate: the candidates are.
 
 Second stage: the candidate rows, read by position from the memory-mapped shards (a compact
 store's re-encoded from their passages), are scored by
