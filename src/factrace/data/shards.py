@@ -283,19 +283,27 @@ def passage_from_line(where: str, raw: bytes, shard: Shard | None = None) -> Pas
     return Passage(passage_id, text)
 
 
+def _first_chunk(sizes: Iterable[int], start: int) -> tuple[int, int]:
+    """The first of consecutive chunks of rows (row groups, record batches) of ``sizes`` that
+    holds row ``start``, and the row it begins at: ``(index, offset)``; past the last chunk,
+    ``(number of chunks, rows in all)``. Sizes are read only up to that chunk."""
+    index = offset = 0
+    for size in sizes:
+        if offset + size > start:
+            break
+        offset += size
+        index += 1
+    return index, offset
+
+
 def _read_parquet(shard: Shard, fields: Mapping[str, str], start: int, stop: int | None
                   ) -> RowStream:
     """Parquet rows ``[start, stop)``, skipping whole row groups before ``start``."""
     with _open_parquet(shard.path) as parquet:
         columns = _check_schema(shard, parquet.schema_arrow, fields)
         metadata = parquet.metadata
-        first_group, offset = 0, 0
-        while first_group < metadata.num_row_groups:
-            size = metadata.row_group(first_group).num_rows
-            if offset + size > start:
-                break
-            offset += size
-            first_group += 1
+        first_group, offset = _first_chunk(
+            (metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)), start)
         groups = list(range(first_group, metadata.num_row_groups))
         if not groups:
             return offset
@@ -389,13 +397,9 @@ def _arrow_file_batches(path: Path, start: int
 
     with pa.memory_map(str(path), "r") as mapped:
         reader = pyarrow.ipc.open_file(mapped)
-        schema, first, offset = reader.schema, 0, 0
-        while first < reader.num_record_batches:
-            size = reader.get_batch(first).num_rows
-            if offset + size > start:
-                break
-            offset += size
-            first += 1
+        schema = reader.schema
+        first, offset = _first_chunk(
+            (reader.get_batch(i).num_rows for i in range(reader.num_record_batches)), start)
 
     def batches() -> Generator[pa.RecordBatch, None, None]:
         with pa.OSFile(str(path), "rb") as handle:
