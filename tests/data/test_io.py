@@ -439,20 +439,22 @@ print(count, peak)
 """
 
 
+def peak_arrow_memory(path: Path) -> tuple[int, int]:
+    """Passages read from ``path`` and the peak of Arrow's allocations while reading them, in a
+    fresh interpreter, so that nothing allocated by this process blurs the measure."""
+    result = subprocess.run([sys.executable, "-c", PEAK_ARROW_MEMORY, str(path)],
+                            capture_output=True, text=True, check=True)
+    count, peak = map(int, result.stdout.split())
+    return count, peak
+
+
 def test_parquet_streams_in_batches(tmp_path: Path) -> None:
     """One big uncompressed row group is decoded a little at a time, not read whole."""
     n = 50_000
     path = tmp_path / "big.parquet"
     table = pa.table({"id": pa.array(range(n)), "text": [f"passage {i} " * 40 for i in range(n)]})
     pq.write_table(table, path, row_group_size=n, compression="none")
-    # A fresh interpreter, so that nothing allocated by this process blurs the measure.
-    result = subprocess.run(
-        [sys.executable, "-c", PEAK_ARROW_MEMORY, str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    count, peak = map(int, result.stdout.split())
+    count, peak = peak_arrow_memory(path)
     assert count == n
     assert peak < table.nbytes / 3, (peak, table.nbytes)
 

@@ -5,13 +5,12 @@ for a missing column; location tables over each form; a store built from a saved
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_io import peak_arrow_memory
 
 from factrace.cli import main
 from factrace.data.io import (
@@ -196,18 +195,6 @@ def test_plain_columns_leave_the_table_entry_as_before(kept, tmp_path):
 
 # Streaming --------------------------------------------------------------------------------------
 
-PEAK_ARROW_MEMORY = """
-import sys
-import pyarrow as pa
-from factrace.data.io import iter_corpus
-
-base, peak, count = pa.total_allocated_bytes(), 0, 0
-for count, _ in enumerate(iter_corpus(sys.argv[1]), 1):
-    if count % 100 == 0:
-        peak = max(peak, pa.total_allocated_bytes() - base)
-print(count, peak)
-"""
-
 
 def test_an_arrow_stream_is_read_one_batch_at_a_time(tmp_path):
     n = 40_000
@@ -217,9 +204,7 @@ def test_an_arrow_stream_is_read_one_batch_at_a_time(tmp_path):
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         for batch in table.to_batches(max_chunksize=1000):
             writer.write_batch(batch)
-    result = subprocess.run([sys.executable, "-c", PEAK_ARROW_MEMORY, str(path)],
-                            capture_output=True, text=True, check=True)
-    count, peak = map(int, result.stdout.split())
+    count, peak = peak_arrow_memory(path)
     assert count == n
     assert 0 < peak < table.nbytes / 10, (peak, table.nbytes)
 
