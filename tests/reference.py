@@ -85,14 +85,16 @@ def rotate(basis, p: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def dense_r_inverse(basis, y: torch.Tensor, lam: float, damping: float) -> torch.Tensor:
+def dense_r_inverse(basis, y: torch.Tensor, lam: float, damping) -> torch.Tensor:
     """R⁻¹ as one dense float64 matrix in R_train's eigenbasis, built from its definition:
-    per block R = λ YᵀY/T + (1 − λ) diag(S) + η · tr(λ YᵀY/T + (1 − λ) diag(S)) / size · I."""
+    per block R = λ YᵀY/T + (1 − λ) diag(S) + η · tr(λ YᵀY/T + (1 − λ) diag(S)) / size · I
+    (``damping``: η, or a list of one η per block)."""
     y = y.double()
     out = torch.zeros(basis.dim, basis.dim, dtype=torch.float64)
-    for (off, size), s in zip(basis.spans, basis.values, strict=True):
+    etas = damping if isinstance(damping, list) else [damping] * len(basis.spans)
+    for (off, size), s, eta in zip(basis.spans, basis.values, etas, strict=True):
         yb = y[:, off:off + size]
         mixed = lam * yb.T @ yb / y.shape[0] + (1 - lam) * torch.diag(torch.from_numpy(s))
-        r = mixed + damping * torch.trace(mixed) / size * torch.eye(size, dtype=torch.float64)
+        r = mixed + eta * torch.trace(mixed) / size * torch.eye(size, dtype=torch.float64)
         out[off:off + size, off:off + size] = torch.linalg.inv(r)
     return out

@@ -43,8 +43,9 @@ Hessian = Annotated[str | None, typer.Option(help="mixed | train | none")]
 HessianStructure = Annotated[str | None, typer.Option(
     "--hessian-structure", help="auto | global | block")]
 Lambda = Annotated[float | None, typer.Option("--lambda", help="Fixed λ (default: automatic).")]
-Damping = Annotated[float | None, typer.Option(
-    help="Damping η of R^{-1/2} (default 10; trackstar-paper: 0.1).")]
+Damping = Annotated[str | None, typer.Option(
+    help="Damping η of R^{-1/2}: a number, or auto (each block's η from its data) (default 10; "
+         "trackstar-paper: 0.1).")]
 Seed = Annotated[int | None, typer.Option(help="Projection seed.")]
 Device = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Dtype = Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")]

@@ -65,7 +65,7 @@ class EncoderConfig:
     lambda_k: int | None = None
     """Component where the scaled eigenvalue curves cross; ``None`` → d/64, capped below the
     rank of R_eval and R_train."""
-    damping: float = 10.0
+    damping: float | str = 10.0
     """η in R^{-1/2} = U (Λ + η·mean(Λ))^{-1/2} Uᵀ. The default damps hard: R^{-1/2} then
     down-weights only R's dominant directions (the gradient directions common to most
     examples) and leaves the rest near the identity. η = 0.1 (``trackstar-paper``) whitens the
@@ -118,8 +118,14 @@ class EncoderConfig:
             raise FactraceError(f"--lambda must be in [0, 1], got {self.lambda_}")
         if not self.aspect > 0:
             raise FactraceError(f"--aspect must be positive, got {self.aspect}")
-        if self.damping < 0:
-            raise FactraceError(f"--damping must be >= 0, got {self.damping}")
+        if self.damping != "auto":
+            try:
+                object.__setattr__(self, "damping", float(self.damping))  # "3" from the CLI
+            except (TypeError, ValueError):
+                raise FactraceError(f"--damping must be a number >= 0 or auto, got "
+                                    f"{self.damping!r}") from None
+            if not self.damping >= 0:
+                raise FactraceError(f"--damping must be >= 0, got {self.damping}")
         if self.projection == "exact" and self.hessian != "none":
             raise FactraceError(
                 f"--projection exact has no R (a d × d matrix over every weight is out of reach): "

@@ -31,6 +31,9 @@ class RAccumulator:
     def __init__(self, spans: list[tuple[int, int]]):
         self.spans = list(spans)
         self.count = 0
+        self.fourth = [0.0] * len(self.spans)
+        """``Σ ‖p_block‖⁴`` over the examples, per block: the sampling noise of R's estimate
+        (:func:`factrace.encode.whitening.shrinkage_damping`)."""
         self._rows: list[torch.Tensor] | None = []
         self._sums: list[torch.Tensor] | None = None
 
@@ -69,6 +72,8 @@ class RAccumulator:
     def add(self, p: torch.Tensor) -> None:
         """``p``: ``[batch, d]``."""
         p = p.double().cpu()
+        for i, (off, size) in enumerate(self.spans):
+            self.fourth[i] += float(p[:, off:off + size].square().sum(1).square().sum())
         if self._rows is not None and self.count + p.shape[0] <= self.row_limit:
             self._rows.append(p.clone())
         else:
@@ -86,6 +91,7 @@ class RAccumulator:
         else:
             for mine, their_sum in zip(self.sums, other.sums, strict=True):
                 mine += their_sum
+        self.fourth = [a + b for a, b in zip(self.fourth, other.fourth, strict=True)]
         self.count += other.count
         return self
 

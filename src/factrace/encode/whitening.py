@@ -83,6 +83,9 @@ class TrainBasis:
     values: list[np.ndarray] | None
     vectors: list[torch.Tensor | Reflectors] | None
     n_train: int = 0
+    fourth: list[float] | None = None
+    """``Σ ‖p_block‖⁴`` over the training examples, per block (``None`` in stores built before
+    it was kept: :func:`shrinkage_damping` then assumes Gaussian rows)."""
 
     @classmethod
     def identity(cls, dim: int) -> TrainBasis:
@@ -107,7 +110,7 @@ class TrainBasis:
                 w, u = np.linalg.eigh((m + m.T) / 2)
                 values.append(np.clip(w, 0.0, None))
                 vectors.append(torch.from_numpy(u.astype(np.float32)))
-        return cls(list(r_train.spans), values, vectors, r_train.count)
+        return cls(list(r_train.spans), values, vectors, r_train.count, list(r_train.fourth))
 
     @property
     def dim(self) -> int:
@@ -149,6 +152,16 @@ class TrainBasis:
         training example's projection cancels in its cosine)."""
         return _unit(self.rotate(p))
 
+    def shrinkage(self) -> list[float]:
+        """``--damping auto``: each block's η from R_train alone, Ledoit and Wolf's shrinkage
+        weight of its estimate (:func:`shrinkage_damping` with λ = 0). A property of the store:
+        every task on it, one question or thousands, is damped alike."""
+        if self.values is None:
+            return []
+        fourth = self.fourth or [None] * len(self.spans)
+        return [shrinkage_damping(v, f, self.n_train, None, 0.0)
+                for v, f in zip(self.values, fourth, strict=True)]
+
     def spectrum(self) -> np.ndarray:
         """All eigenvalues of R_train, descending."""
         return np.sort(np.concatenate(self.values))[::-1]
@@ -158,7 +171,7 @@ class TrainBasis:
             {"a": u.a, "tau": u.tau} if isinstance(u, Reflectors) else u for u in self.vectors]
         return {"spans": [list(s) for s in self.spans], "n_train": self.n_train,
                 "values": None if self.values is None else [torch.from_numpy(v) for v in self.values],
-                "vectors": vectors}
+                "vectors": vectors, "fourth": self.fourth}
 
     @classmethod
     def from_state(cls, state: dict) -> TrainBasis:
@@ -167,7 +180,56 @@ class TrainBasis:
             vectors = [Reflectors(u["a"], u["tau"]) if isinstance(u, dict) else u for u in vectors]
         return cls([tuple(s) for s in state["spans"]],
                     None if values is None else [v.numpy() for v in values],
-                    vectors, state["n_train"])
+                    vectors, state["n_train"], state.get("fourth"))
+
+
+ETA_MAX = 1e6
+"""The largest η :func:`shrinkage_damping` returns (its shrinkage weight 1: R ∝ I)."""
+
+
+def shrinkage_damping(values: np.ndarray, fourth: float | None, n_train: int,
+                      y: torch.Tensor | None, lam: float) -> float:
+    """η for one diagonal block of R, set from the data: Ledoit and Wolf's shrinkage weight.
+
+    R + η·μ·I (μ = tr R / size) is, up to a scale no cosine sees, the shrinkage estimate
+    (1 − δ) R + δ μ I with δ = η / (1 + η). Ledoit and Wolf (2004, "A well-conditioned
+    estimator for large-dimensional covariance matrices") give the δ that minimises the expected
+    Frobenius error of that estimate from the samples themselves: δ = b² / d², where d² =
+    ‖R − μI‖² is how far R is from a multiple of the identity and b² (at most d²) is the
+    sampling variance of R's estimate, Σ_k ‖x_k x_kᵀ − S‖² / N² for N rows x_k with second
+    moment S. R here mixes two independent estimates, R = λ R_eval + (1 − λ) R_train, so
+    b² = λ² b²_eval + (1 − λ)² b²_train.
+
+    A spectrum far from flat relative to its noise (a few strong directions that every query
+    shares, e.g. a phrasing no training passage uses) gives a small δ: whiten strongly. A noisy,
+    nearly flat one gives δ near 1: leave R near the identity. No gold and no tail-patch enter.
+
+    ``values``: R_train's eigenvalues in this block; ``fourth``: Σ ‖x_k‖⁴ over R_train's N
+    examples (``None``: as for Gaussian rows, N (tr² + 2‖S‖²)); ``y``: the task's query rows in
+    R_train's basis ``[T, size]`` (R_eval = yᵀy / T), ignored when λ = 0.
+    """
+    size = values.size
+    tr_t, s2_t = float(values.sum()), float(np.square(values).sum())
+    if fourth is None:
+        fourth = n_train * (tr_t ** 2 + 2 * s2_t)
+    noise = (1 - lam) ** 2 * max(fourth / n_train - s2_t, 0.0) / n_train if n_train else 0.0
+    tr, s2 = (1 - lam) * tr_t, (1 - lam) ** 2 * s2_t
+    if lam > 0 and y is not None and y.shape[0]:
+        y = y.double()
+        t = y.shape[0]
+        sq = y.square()
+        norms = sq.sum(1)
+        gram = y @ y.T
+        s2_e = float(gram.square().sum()) / t ** 2
+        tr += lam * float(norms.sum()) / t
+        s2 += lam ** 2 * s2_e + 2 * lam * (1 - lam) * float(
+            (sq @ torch.from_numpy(values)).sum()) / t  # tr(R_eval R_train): R_train diagonal
+        noise += lam ** 2 * max(float(norms.square().sum()) / t - s2_e, 0.0) / t
+    spread = s2 - tr ** 2 / size
+    if spread <= 0 or noise >= spread:
+        return ETA_MAX
+    delta = noise / spread
+    return min(delta / (1 - delta), ETA_MAX)
 
 
 @dataclass
@@ -195,20 +257,25 @@ class TaskWhitening:
     blocks: list[_Block] = field(repr=False)
     lam: float | None = None
     k: int | None = None
-    damping: float | None = None
+    damping: float | str | None = None
     n_train: int = 0
     n_eval: int = 0
     normalize: bool = True
     """Cosines (TrackStar); ``False``: plain products ``qᵀ R⁻¹ p`` (stored rows then keep
     their scale)."""
+    etas: list[float] | None = None
+    """η of each block (all equal to ``damping`` unless it is ``"auto"``)."""
 
     @classmethod
     def fit(cls, basis: TrainBasis, mode: str, y: torch.Tensor | None = None,
-            damping: float = 10.0, lam: float | None = None, k: int | None = None,
+            damping: float | str | list[float] = 10.0, lam: float | None = None,
+            k: int | None = None,
             normalize: bool = True) -> TaskWhitening:
         """R⁻¹ for ``mode`` (``none`` / ``train`` / ``mixed``); ``y``: the task's query
         projections rotated into ``basis`` (``[T, d]``, needed by ``mixed``); λ automatic unless
-        given, as in :func:`factrace.encode.hessian.decompose`."""
+        given, as in :func:`factrace.encode.hessian.decompose`; ``damping``: η, ``"auto"``
+        for each block's η from R_train's data (:meth:`TrainBasis.shrinkage`), or a list of
+        one η per block."""
         dim = basis.dim
         if mode == "none" or basis.is_identity:
             if mode != "none":
@@ -234,14 +301,18 @@ class TaskWhitening:
                 lam = auto_lambda(basis.spectrum(), sigma_eval, k)
         else:
             raise FactraceError(f"unknown hessian mode {mode!r}")
-        blocks = []
+        blocks, etas = [], []
+        auto = basis.shrinkage() if damping == "auto" else (
+            list(damping) if isinstance(damping, (list, tuple)) else None)
         for i, (off, size) in enumerate(basis.spans):
             s = basis.values[i]
             trace = (1 - lam) * float(s.sum())
             if n_eval:
                 yb = y[:, off:off + size]
                 trace += lam * float((yb * yb).sum()) / n_eval
-            shift = damping * trace / size
+            eta = damping if auto is None else auto[i]
+            etas.append(float(eta))
+            shift = eta * trace / size
             diag = (1 - lam) * s + shift
             if np.any(diag <= 0):
                 raise FactraceError("R is singular and damping is 0: set --damping > 0")
@@ -254,7 +325,7 @@ class TaskWhitening:
                 block.m_inv = torch.linalg.inv((m + m.T) / 2).float()
             blocks.append(block)
         return cls(mode, dim, blocks, lam if mode == "mixed" else None, k, damping,
-                   basis.n_train, n_eval, normalize)
+                   basis.n_train, n_eval, normalize, etas)
 
     # R⁻¹ applied ------------------------------------------------------------------------------
     def apply_inverse(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,7 +411,7 @@ class TaskWhitening:
 
     def describe(self) -> dict:
         return {"hessian": self.mode, "lambda": self.lam, "lambda_k": self.k,
-                "damping": self.damping, "blocks": len(self.blocks),
+                "damping": self.damping, "block_dampings": self.etas, "blocks": len(self.blocks),
                 "train_examples": self.n_train, "eval_examples": self.n_eval}
 
 
