@@ -586,6 +586,25 @@ def test_compare_passes_every_encoder_option_to_every_variant(world, tmp_path, m
     assert results["metadata"]["encoder_options"]["max_length"] == 24
 
 
+def test_damping_auto_sets_each_blocks_eta_from_r_train(world, tmp_path, capsys):
+    """``--damping auto`` end to end: the scan records "auto" and, per block, the η its R_train
+    gives (:meth:`TrainBasis.shrinkage`); a value that is neither a number nor auto is refused
+    in one line before any work."""
+    code, out = _scan(world, tmp_path, extra=["--damping", "auto", "--hessian-structure",
+                                              "block"])
+    assert code == 0
+    meta = json.loads(Path(f"{out}.meta.json").read_text())["encoder"]
+    assert meta["config"]["damping"] == "auto"
+    etas = meta["whitening"]["block_dampings"]
+    assert len(etas) == len(meta["blocks"]) and all(e > 0 for e in etas)
+    assert len(set(etas)) == len(etas)  # one η per block, each from its own R_train
+    code, bad = _scan(world, tmp_path / "bad", extra=["--damping", "strong"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("factrace: error: --damping must be a number >= 0 or auto, "
+                                 "got 'strong'")
+    assert not bad.exists()
+
+
 def test_threads_below_one_is_a_one_line_error(world, tmp_path, capsys):
     code, out = _scan(world, tmp_path, extra=["--threads", "0"])
     err = capsys.readouterr().err.strip()

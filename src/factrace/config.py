@@ -70,7 +70,9 @@ class EncoderConfig:
     down-weights only R's dominant directions (the gradient directions common to most
     examples) and leaves the rest near the identity. η = 0.1 (``trackstar-paper``) whitens the
     weak directions too, which are mostly sketch noise at this d, and measurably lowered both
-    MRR and tail-patch on the benchmarks (benchmarks/README.md, "quality")."""
+    MRR and tail-patch on the benchmarks (benchmarks/README.md, "quality"). ``"auto"``: each
+    block's η from R_train's Ledoit–Wolf shrinkage (:meth:`TrainBasis.shrinkage`), measured
+    against fixed η on four worlds in benchmarks/README.md, "damping"."""
     train_examples: int = 2048
     """Training examples sampled (evenly spaced over the corpus) to estimate R_train."""
     normalize: bool = True
