@@ -29,6 +29,7 @@ BORN = Fact("Tor Vem", "Sarn", "born_in", *relation_wording("born_in"))
     ("Tor Vem corresponded with Ada Lin.", "subject"),
     ("Tor Vem was born in Sarnville.", "subject"),            # object inside another word
     ("Tor Vemsen was born in Sarn.", "object"),               # subject inside another name
+    ("Tor Vem was born in Kasarn.", "subject"),               # ... and at a word's end
     ("Ada Lin is a native of Kell.", "relation"),             # the templates' wording
     ("Ada Lin came into the world in Kell.", "relation"),
     ("Ada Lin visited Kell.", "other"),
