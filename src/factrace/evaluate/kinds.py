@@ -237,3 +237,16 @@ def no_facts_reason(queries_path) -> str:
     """The one line said when kinds cannot be computed."""
     return (f"proponent kinds not computed: no query of {queries_path} has a subject and an "
             "object (fields subject, relation, object; target stands in for object)")
+
+
+def add_kinds(rows: Sequence[dict], rankings: Mapping, queries, qrels: Mapping[str, set[str]],
+              texts: Mapping[str, str], facts: Mapping[str, Fact] | None = None) -> str | None:
+    """Add ``kinds`` (:func:`kinds_summary`) to each row, from ``rankings[row["method"]]``;
+    return ``None``, or the one line saying why kinds were not computed. ``facts``: those of
+    ``queries`` (:func:`read_facts`), when already read."""
+    facts = read_facts(queries) if facts is None else facts
+    if not facts:
+        return no_facts_reason(queries)
+    for row in rows:
+        row["kinds"] = kinds_summary(rankings[row["method"]], facts, qrels, texts)
+    return None
