@@ -21,7 +21,7 @@ Axes. A checkpoint's place on the tokens axis is read from its directory: ``toke
 ``factrace.json``, ``steps`` of ``train_info.json``, ``global_step`` of ``trainer_state.json``),
 else the order the checkpoints were given in (said so). The tokens axis holds the checkpoints
 with the last model's parameter count; the size axis the last checkpoint of each parameter
-count, by parameters.
+count (the most tokens, else steps, else the last given), by parameters.
 
 Findings: on each axis with at least two checkpoints, first against last, paired over queries
 (the per-query difference, its mean and standard error): the overlap of the top-10, TrackStar's
@@ -205,11 +205,17 @@ def axes(entries: list[dict]) -> dict:
     if key:
         run.sort(key=lambda i: entries[i][key])
     sizes: dict[int, int] = {}
-    for i, e in enumerate(entries):
-        sizes[e["parameters"]] = i  # the last given of each size
+    for i, e in enumerate(entries):  # the most trained of each size, else the last given
+        best = sizes.get(e["parameters"])
+        if best is None or _trained(e, i) >= _trained(entries[best], best):
+            sizes[e["parameters"]] = i
     size = sorted(sizes.values(), key=lambda i: entries[i]["parameters"])
     return {"tokens": run if len(run) > 1 else [], "tokens_by": by,
             "size": size if len(size) > 1 else []}
+
+
+def _trained(entry: dict, index: int) -> tuple[int, int, int]:
+    return entry["tokens"] or 0, entry["step"] or 0, index
 
 
 def _paired(first: dict, last: dict, key: str, axis: str, how: str) -> Finding:
