@@ -98,6 +98,7 @@ class PretrainConfig:
     is much faster than 2 (threads waiting on each other at every small operation)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints))  # as read from JSON
         if self.epochs < 1 or self.batch_size < 1:
             raise FactraceError("epochs and batch_size must be at least 1")
         if self.hidden_size % self.num_heads:
