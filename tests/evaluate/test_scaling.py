@@ -94,6 +94,9 @@ def test_axes_and_paired_findings_by_hand():
     no_record = [_entry(100, None, None, {"a": 0.0}), _entry(100, None, None, {"a": 1.0})]
     assert axes(no_record)["tokens_by"].startswith("the order given")
     assert axes(no_record)["tokens"] == [0, 1]
+    unsized = scaling_findings(no_record, axes(no_record))
+    assert unsized[-1].verdict == "not measured" and "same parameter count" in unsized[-1].evidence
+    assert unsized[0].z == math.inf and unsized[0].verdict == "held"  # 0 → 1, no spread
 
 
 @pytest.fixture

@@ -237,7 +237,8 @@ def _paired(first: dict, last: dict, key: str, axis: str, how: str) -> Finding:
 
 
 def scaling_findings(entries: list[dict], order: dict) -> list[Finding]:
-    """First against last checkpoint on each axis that has two or more, paired over queries."""
+    """First against last checkpoint on each axis that has two or more, paired over queries;
+    an axis with fewer gets one finding, not measured, saying why."""
     out = []
 
     def tokens(e: dict) -> str:
@@ -252,6 +253,10 @@ def scaling_findings(entries: list[dict], order: dict) -> list[Finding]:
                              "parameters")):
         chosen = order[axis]
         if len(chosen) < 2:
+            why = ("fewer than two checkpoints share the last model's parameter count"
+                   if axis == "tokens" else "every checkpoint has the same parameter count")
+            out.append(Finding(f"With {name}, influence aligns more closely with attribution",
+                               None, f"not measured: {why}"))
             continue
         first, last = entries[chosen[0]], entries[chosen[-1]]
         for key in ALIGNMENT:
