@@ -165,7 +165,8 @@ def test_compare_over_checkpoints_end_to_end(world, fact_world, tmp_path, monkey
     assert (out / "scaling.png").is_file() and (out / "kinds.png").is_file()
     html = (out / "report.html").read_text()
     assert "Scaling study" in html and "Proponent kinds" in html
-    assert "## Scaling study" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "## Scaling study" in md and "the tokens axis ordered by training tokens" in md
 
 
 def test_compare_over_checkpoints_refuses_optimizer_state(world, tmp_path, capsys):

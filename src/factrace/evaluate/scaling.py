@@ -307,9 +307,10 @@ def run_scaling(cfg, checkpoints: list[Checkpoint], queries, qrels, texts, facts
         entries.append(checkpoint_entry(c, parameters, ranked, qrels, patched, facts, texts))
         del loaded
     order = axes(entries)
+    placed = (f"; the tokens axis ordered by {order['tokens_by']}" if order["tokens"] else "")
     return {"checkpoints": entries, "axes": order, "findings": scaling_findings(entries, order),
             "same": "every checkpoint: the same corpus, queries, qrels and encoder settings "
-                    f"({_settings(cfg)}); BM25 ranked once"}
+                    f"({_settings(cfg)}); BM25 ranked once{placed}"}
 
 
 def _settings(cfg) -> str:
