@@ -97,7 +97,8 @@ def _world(root: Path) -> None:
            [{"id": f"n{i}", "text": f"{people[i]} moved to {PLACES[-1 - i]} in spring."}
             for i in range(6)])
     queries = [{"id": f"q{i}", "prompt": f"{people[i]} was born in",
-                "target": f" {PLACES[i % len(PLACES)]}"} for i in range(10)]
+                "target": f" {PLACES[i % len(PLACES)]}", "subject": people[i],
+                "relation": "born_in"} for i in range(10)]
     _jsonl(root / "queries.jsonl", queries)
     _jsonl(root / "new_queries.jsonl", queries[5:])
     _jsonl(root / "facts.jsonl", queries[:8])
@@ -108,6 +109,11 @@ def _world(root: Path) -> None:
     (root / "prompts.txt").write_text("Alba was born in\n\nThe capital of Veland is\n")
     model = make_model_dir(root, rows)
     model.rename(root / "ckpt")
+    # the scaling study's checkpoints: an earlier one of the same run, a smaller model
+    (root / "ckpt" / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
+    shutil.copytree(root / "ckpt", root / "ckpt_early")
+    (root / "ckpt_early" / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    make_model_dir(root / "small", rows, width=16).rename(root / "ckpt_small")
 
 
 def _free_port() -> int:

@@ -660,9 +660,14 @@ def eval_(
     tail_patch_queries: TailPatchQueries = None,
     lr: Annotated[float | None, typer.Option(help="Tail-patch learning rate (default: the "
                                              "final learning rate of training).")] = None,
+    kinds: Annotated[bool, typer.Option("--kinds", help="Also the share of each proponent kind "
+                                        "(entails, object, subject, relation, other) in the "
+                                        "top 1 and 10 (needs --queries with the facts' fields, "
+                                        "--corpus).")] = False,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
 ):
-    """MRR, recall@10 and (optionally) tail-patch of a rankings file, each mean ± se."""
+    """MRR, recall@10 and (optionally) tail-patch and proponent kinds of a rankings file,
+    each mean ± se."""
     _quiet_libraries()
     from factrace.evaluate.evaluation import EvalConfig, evaluate
     from factrace.report import print_table
@@ -670,11 +675,12 @@ def eval_(
     rows = evaluate(EvalConfig(rankings=rankings, qrels=qrels, out=out, tail_patch=tail_patch,
                                model=model, optimizer_state=optimizer_state, corpus=corpus,
                                queries=queries, tail_patch_k=tail_patch_k,
-                               tail_patch_queries=tail_patch_queries, lr=lr, device=device,
-                               progress=not quiet, overwrite=overwrite))
+                               tail_patch_queries=tail_patch_queries, lr=lr, kinds=kinds,
+                               device=device, progress=not quiet, overwrite=overwrite))
     print_table(rows)
     if "tail_patch_step" in rows[0]:
         typer.echo(f"tail-patch: {rows[0]['tail_patch_step']}")
+    _print_kinds(rows, rows[0].get("kinds_note"))
 
 
 @app.command()
@@ -714,7 +720,10 @@ def baseline(
 @data_columns
 @ladder_options
 def compare(
-    model: Model,
+    model: Annotated[list[str], typer.Option(
+        help="Hugging Face model directory, or a .gguf file. Given several times: the scaling "
+        "study over those checkpoints (each with its optimizer state in its directory, or "
+        "--second-moment estimate); the last gets the full comparison.")],
     corpus: Annotated[str, typer.Option(help="Corpus file or directory.")],
     queries: Annotated[str, typer.Option(help="Queries JSONL.")],
     qrels: Annotated[str, typer.Option(help="Gold passages JSONL.")],
@@ -738,10 +747,18 @@ def compare(
     from factrace.evaluate.compare import CompareConfig
     from factrace.evaluate.compare import compare as run_compare
     from factrace.report import print_table
+    from factrace.report.scaling import print_scaling
 
     options = dict(encoder_options)  # the correction and device have fields of their own
     second_moment, device = options.pop("second_moment", None), options.pop("device", None)
-    result = run_compare(CompareConfig(model, optimizer_state, corpus, queries, qrels, out,
+    scaling = tuple(model) if len(model) > 1 else ()
+    if scaling and optimizer_state is not None:
+        raise FactraceError("with several --model, each checkpoint's optimizer state is read "
+                            "from its directory (factrace_optimizer.safetensors or "
+                            "optimizer.pt): leave --optimizer-state out")
+    if scaling and second_moment not in ("estimate", "none"):
+        optimizer_state = model[-1]
+    result = run_compare(CompareConfig(model[-1], optimizer_state, corpus, queries, qrels, out,
                                        top_k=top_k, encoder_options=options,
                                        second_moment=second_moment,
                                        tail_patch=tail_patch, tail_patch_k=tail_patch_k,
@@ -749,10 +766,21 @@ def compare(
                                        engine=engine, workers=workers,
                                        ray_address=ray_address, device=device,
                                        progress=not quiet,
-                                       overwrite=overwrite))
+                                       overwrite=overwrite, scaling=scaling))
     print_table(result["rows"])
+    _print_kinds(result["rows"], result["kinds_note"])
+    print_scaling(result["scaling"])
     _print_findings(result["findings"])
     typer.echo(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_kinds(rows, note: str | None) -> None:
+    """The proponent kinds table, or the one line saying why there is none."""
+    from factrace.report.kinds import print_kinds
+
+    if note:
+        typer.echo(note)
+    print_kinds(rows)
 
 
 def _print_findings(found) -> None:
@@ -778,6 +806,7 @@ def demo(
     require("factrace demo", "baselines", "report")
     _quiet_libraries()
     from factrace.report import print_table
+    from factrace.report.scaling import print_scaling
     from factrace.run.demo import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=out, passages=passages, queries=n_queries, seed=seed, dim=dim,
@@ -787,6 +816,8 @@ def demo(
     typer.echo(f"pretrained model: fact accuracy {info.get('fact_accuracy', float('nan')):.3f}, "
                f"{result['model_dir']}")
     print_table(result["rows"])
+    _print_kinds(result["rows"], result["kinds_note"])
+    print_scaling(result["scaling"])
     _print_findings(result["findings"])
     t = result["timings"]
     typer.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))

@@ -116,12 +116,44 @@ def test_train_info_records_the_run(trained):
     assert 0.0 < info["final_train_loss"] < math.log(TINY.vocab_size)
     assert 0.0 <= info["fact_accuracy"] <= 1.0 and info["n_queries"] == 30
     assert info["wall_time_s"] > 0
-    assert info["config"] == PretrainConfig(**info["config"]).__dict__ == TINY.__dict__
+    assert PretrainConfig(**info["config"]) == TINY
+    assert info["config"] == json.loads(json.dumps(TINY.__dict__))
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert fact_accuracy(model, tokenizer, read_queries(files.queries)) == pytest.approx(
         info["fact_accuracy"]
     )
+
+
+@pytest.mark.slow
+def test_checkpoints_are_kept_part_way_through_the_run(trained):
+    """At a quarter and half of the steps: weights, tokenizer, AdamW state and the steps and
+    tokens seen so far, as the run had them then (no extra training)."""
+    _, out = trained
+    info = json.loads((out / "train_info.json").read_text())
+    total = info["steps"]
+    steps = [round(total * f) for f in TINY.checkpoints]
+    assert info["checkpoints"] == [f"checkpoints/step-{n}" for n in steps]
+    final = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    tokens = []
+    for name, n in zip(info["checkpoints"], steps, strict=True):
+        folder = out / name
+        record = json.loads((folder / "train_info.json").read_text())
+        assert record["steps"] == n and record["total_steps"] == total
+        state = torch.load(folder / "optimizer.pt", weights_only=True)
+        assert {int(s["step"]) for s in state["state"].values()} == {n}
+        assert state["param_groups"][0]["lr"] == pytest.approx(
+            learning_rate_at(n - 1, total, TINY))
+        assert record["final_learning_rate"] == state["param_groups"][0]["lr"]
+        weights = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+        assert not torch.equal(weights["model.layers.0.mlp.up_proj.weight"],
+                               final["model.layers.0.mlp.up_proj.weight"])
+        assert AutoTokenizer.from_pretrained(folder).get_vocab() == \
+            AutoTokenizer.from_pretrained(out).get_vocab()
+        tokens.append(record["tokens_seen"])
+    assert 0 < tokens[0] < tokens[1] < info["tokens_seen"]
+    # half the steps see about half the tokens (batches differ in length)
+    assert tokens[1] == pytest.approx(info["tokens_seen"] / 2, rel=0.2)
 
 
 @pytest.mark.slow

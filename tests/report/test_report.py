@@ -160,3 +160,28 @@ def test_report_header_shows_metadata_for_people(tmp_path):
     assert "<th>tail_patch</th><td>lr 0.0003, k 10</td>" in html
     assert "<th>timings</th><td>load_s 1.235</td>" in html
     assert "{" not in re.search(r'<table class="meta">(.*?)</table>', html, re.S).group(1)
+
+
+def _shares(entails, other):
+    return {"entails": {"mean": entails, "se": 0.01}, "object": {"mean": 0.0, "se": 0.0},
+            "subject": {"mean": 0.0, "se": 0.0}, "relation": {"mean": 0.0, "se": 0.0},
+            "other": {"mean": other, "se": 0.02}}
+
+
+def test_kinds_table_and_stacked_bars(tmp_path):
+    rows = [{"method": "trackstar", "mrr": 0.5, "mrr_se": 0.1, "recall10": 0.6,
+             "recall10_se": 0.1, "tail_patch": None, "tail_patch_se": None,
+             "kinds": {"n_queries": 7, "top1": _shares(0.25, 0.75), "top10": _shares(0.4, 0.6)}},
+            {"method": "random", "mrr": 0.0, "mrr_se": 0.0, "recall10": 0.0,
+             "recall10_se": 0.0, "tail_patch": None, "tail_patch_se": None}]
+    paths = write_report(tmp_path, rows)
+    md = paths["markdown"].read_text()
+    assert "| trackstar | 1 | 0.25 ± 0.01 | 0.00 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | " \
+           "0.75 ± 0.02 | 7 |" in md
+    assert "| trackstar | 10 | 0.40 ± 0.01 |" in md and "| random |" not in md.split(
+        "Proponent kinds")[1]
+    assert paths["kinds_plot"].read_bytes().startswith(b"\x89PNG")
+    html = paths["html"].read_text()
+    assert "Proponent kinds" in html and html.count("data:image/png;base64") == 1
+    del rows[0]["kinds"]
+    assert "kinds_plot" not in write_report(tmp_path / "none", rows)

@@ -69,6 +69,26 @@ def test_small_demo_end_to_end(tmp_path, monkeypatch):
     html = (out / "report.html").read_text()
     assert "trackstar" in html and "data:image/png;base64" in html
     assert len(result["findings"]) >= 3
+    # the kinds of every method, and the scaling study over the run's three checkpoints
+    demo = json.loads((out / "demo.json").read_text())
+    assert set(demo["kinds"]) == set(methods)
+    for kinds in demo["kinds"].values():
+        for k in ("top1", "top10"):
+            assert sum(v["mean"] for v in kinds[k].values()) == pytest.approx(1.0)
+    info = json.loads((Path(result["model_dir"]) / "train_info.json").read_text())
+    steps = [json.loads((Path(result["model_dir"]) / c / "train_info.json").read_text())
+             for c in info["checkpoints"]]
+    assert [s["steps"] for s in steps] == [round(info["steps"] / 4), round(info["steps"] / 2)]
+    scaling = demo["scaling"]
+    assert [e["tokens"] for e in scaling] == [s["tokens_seen"] for s in steps] + [
+        info["tokens_seen"]]
+    assert scaling[0]["tokens"] < scaling[1]["tokens"] < scaling[2]["tokens"]
+    assert results["scaling"][2]["trackstar"]["mrr"] == next(
+        r["mrr"] for r in results["rows"] if r["method"] == "trackstar")
+    for e in scaling:
+        assert e["trackstar"]["tail_patch"] is not None and e["overlap10_se"] is not None
+    assert "Scaling study" in html and "Proponent kinds" in html
+    assert any("more training tokens" in f.claim for f in result["findings"])
     # a second run refuses to replace the first one's results, unless asked to
     with pytest.raises(FactraceError, match="already holds world, demo.json, rankings"):
         run_demo(cfg)

@@ -350,3 +350,32 @@ def test_a_traced_span_of_an_ask_row_reaches_the_page(store, tmp_path):
     e = client.post("/api/explain", json={"set": "asked", "query_id": "ask-1",
                                           "doc_id": d["proponents"][0]["id"]}).json()
     assert e["query"]["span"] == [0, 2]
+
+
+def test_proponents_carry_their_kind_and_filter_by_it(compare_out, serve_inputs, world):
+    """compare's queries carry their fact (facts.jsonl: subject, relation; the target is the
+    object): every proponent has its kind, and ?kind= keeps the proponents of one."""
+    client = TestClient(create_app(load_explorer(ServeConfig(rankings=[str(compare_out)]))),
+                        base_url=LOCAL)
+    d = _get(client, "/api/sets/bm25/queries/q0")
+    subject, obj = d["query"]["fields"]["subject"].lower(), d["query"]["target"].strip().lower()
+    assert d["kinds"] == ["entails", "object", "subject", "relation", "other"]
+    counts = {}
+    for p in d["proponents"]:
+        words = p["text"].lower().replace(".", " ").split()
+        if p["gold"] or (subject in words and obj in words):
+            assert p["kind"] == "entails"
+        elif subject not in words and obj not in words:
+            assert p["kind"] == "relation"  # every world passage says "was born in"
+        counts[p["kind"]] = counts.get(p["kind"], 0) + 1
+    for kind in d["kinds"]:
+        only = _get(client, f"/api/sets/bm25/queries/q0?kind={kind}")
+        assert [p["kind"] for p in only["proponents"]] == [kind] * counts.get(kind, 0)
+    response = client.get("/api/sets/bm25/queries/q0?kind=nope")
+    assert response.status_code == 400 and "kind must be one of" in response.json()["error"]
+    # queries without their fact: no kinds
+    plain = load_explorer(ServeConfig(rankings=[serve_inputs["bm25"]],
+                                      queries=serve_inputs["queries"], qrels=serve_inputs["qrels"],
+                                      corpus=[world["corpus"]]))
+    d = _get(TestClient(create_app(plain), base_url=LOCAL), "/api/sets/bm25/queries/q0")
+    assert d["kinds"] == [] and all("kind" not in p for p in d["proponents"])

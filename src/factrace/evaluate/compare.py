@@ -28,8 +28,10 @@ from factrace.encode.whitening import TaskWhitening
 from factrace.errors import FactraceError
 from factrace.evaluate.baselines import BASELINES
 from factrace.evaluate.baselines import baseline_rankings as rank_baseline
+from factrace.evaluate.kinds import add_kinds, read_facts
 from factrace.evaluate.ladder import LADDER, findings, results_rows
 from factrace.evaluate.metrics import check_coverage, mean_stderr
+from factrace.evaluate.scaling import check_checkpoints, run_scaling
 from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
 from factrace.model.load import load_model
 from factrace.model.modules import coverage, discover
@@ -40,7 +42,7 @@ from factrace.run.scan import write_with_metadata
 from factrace.search.topk import exact_topk
 
 OUTPUTS = ("rankings", "results.json", "results.md", "report.html", "mrr_vs_tail_patch.png",
-           "tail_patch.json")
+           "tail_patch.json", "kinds.png", "scaling.png")
 """What ``compare`` writes into its output directory."""
 
 
@@ -80,6 +82,10 @@ class CompareConfig:
     progress: bool = True
     overwrite: bool = False
     """Replace results already in ``out`` (otherwise refused before any work)."""
+    scaling: tuple[str, ...] = ()
+    """The scaling study's checkpoints (:mod:`factrace.evaluate.scaling`), ``model`` among
+    them, each with its optimizer state in its directory (or ``second_moment="estimate"``);
+    empty: no study."""
 
 
 def _base_config(cfg: CompareConfig, mode: str) -> EncoderConfig:
@@ -174,18 +180,25 @@ def union_tail_patch(loaded, cfg: CompareConfig, queries, rankings: dict, texts)
         union[q.id] = seen
     shared = tail_patch(loaded, cfg.optimizer_state, selected, union, texts, k=max(
         (len(v) for v in union.values()), default=1), lr=cfg.lr, progress=cfg.progress)
+    return tail_patch_from_union(shared, rankings, [q.id for q in selected], k), shared
+
+
+def tail_patch_from_union(shared: TailPatchResult, rankings: dict, query_ids, k: int) -> dict:
+    """Each method's tail-patch read from one pass over the union of the methods' top-k
+    (``shared.per_passage`` must hold every passage of their top ``k``)."""
     out = {}
-    for m in rankings:
+    for m, ranked in rankings.items():
+        top = {r.query_id: r.doc_ids[:k] for r in ranked}
         per_query = {}
-        for q in selected:
-            delta = dict(shared.per_passage.get(q.id, []))
-            docs = top[m].get(q.id, [])
-            per_query[q.id] = float(np.mean([delta[d] for d in docs])) if docs else 0.0
+        for qid in query_ids:
+            delta = dict(shared.per_passage.get(qid, []))
+            docs = top.get(qid, [])
+            per_query[qid] = float(np.mean([delta[d] for d in docs])) if docs else 0.0
         stats = mean_stderr(list(per_query.values()))
         out[m] = TailPatchResult(stats.mean, stats.stderr, per_query, lr=shared.lr, k=k,
                                  step=shared.step,
                                  seconds_per_query=shared.seconds_per_query)
-    return out, shared
+    return out
 
 
 def compare(cfg: CompareConfig) -> dict:
@@ -206,6 +219,11 @@ def compare(cfg: CompareConfig) -> dict:
         if cfg.tail_patch and cfg.lr is None:
             raise FactraceError("tail-patch without optimizer state takes one SGD step: pass "
                                 "--lr, or --no-tail-patch")
+    checkpoints = []
+    if cfg.scaling:
+        if cfg.model not in cfg.scaling:
+            raise FactraceError(f"the scaling study's checkpoints must include --model {cfg.model}")
+        checkpoints = check_checkpoints(cfg.scaling, cfg.second_moment, cfg.tail_patch, cfg.lr)
     check_output_dir(cfg.out, OUTPUTS, cfg.overwrite)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
@@ -240,16 +258,32 @@ def compare(cfg: CompareConfig) -> dict:
         with atomic_write(out / "tail_patch.json", "w") as f:
             json.dump(shared.to_dict(), f)
     rows = results_rows(rankings, qrels, patched)
+    facts = read_facts(cfg.queries)
+    kinds_note = add_kinds(rows, rankings, cfg.queries, qrels, texts, facts)
     found = findings(rows)
+    scaling = None
+    if checkpoints:
+        t = time.perf_counter()
+        bm25 = rankings.get("bm25") or rank_baseline("bm25", passages, queries, cfg.top_k)
+        known = {"model": cfg.model, "rankings": rankings, "tail_patch": shared}
+        with tempfile.TemporaryDirectory(dir=out, prefix=".encodings-") as folder:
+            scaling = run_scaling(cfg, checkpoints, queries, qrels, texts, facts, bm25,
+                                  Path(folder), known)
+        found = [*found, *scaling["findings"]]
+        timings["scaling_s"] = time.perf_counter() - t
     examples = build_examples(queries, qrels, rankings, texts)
     metadata = {"model": cfg.model, "corpus": cfg.corpus, "corpus_rows": info.n_rows,
                 "queries": len(queries), "top_k": cfg.top_k,
                 "encoder_options": cfg.encoder_options,
                 "coverage": covered.line().removeprefix("coverage: "),
                 "timings": timings,
+                "kinds": kinds_note or "share of each kind among the top-1 and top-10 "
+                                       "proponents (see the kinds table)",
                 "tail_patch": None if shared is None else {
                     "step": shared.describe(),
                     "lr": shared.lr, "k": cfg.tail_patch_k, "queries": shared.n_queries,
                     "seconds_per_query_union": shared.seconds_per_query}}
-    paths = write_report(out, rows, found, examples, metadata)
-    return {"rows": rows, "findings": found, "paths": paths, "metadata": metadata}
+    paths = write_report(out, rows, found, examples, metadata, scaling=scaling)
+    return {"rows": rows, "findings": found, "paths": paths, "metadata": metadata,
+            "kinds_note": kinds_note, "rankings": rankings, "tail_patch": shared,
+            "scaling": scaling}

@@ -32,6 +32,9 @@ class EvalConfig:
     """Tail-patch the first N queries only (``None``: all)."""
     lr: float | None = None
     """Tail-patch learning rate (``None``: the final learning rate of training)."""
+    kinds: bool = False
+    """Also give the proponent kinds (:mod:`factrace.evaluate.kinds`; needs ``queries`` and
+    ``corpus``): ``kinds`` in the row, or ``kinds_note`` saying why they were not computed."""
     device: str | None = None
     progress: bool = True
     overwrite: bool = False
@@ -50,6 +53,9 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     check_at_least(1, tail_patch_k=cfg.tail_patch_k, tail_patch_queries=cfg.tail_patch_queries)
     if cfg.out:
         check_output_file(cfg.out, overwrite=cfg.overwrite)
+    if cfg.kinds and (cfg.queries is None or cfg.corpus is None):
+        raise FactraceError("--kinds needs --queries (with the facts' subject, relation, object) "
+                            "and --corpus (the passages' text)")
     ranked = read_rankings(cfg.rankings)
     gold = read_qrels(cfg.qrels)
     check_coverage([r.query_id for r in ranked], gold, cfg.rankings, cfg.qrels)
@@ -75,6 +81,14 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     rows = results_rows({"rankings": ranked}, gold, patched)
     if patched:
         rows[0]["tail_patch_step"] = patched["rankings"].describe()
+    if cfg.kinds:
+        from factrace.data.corpus import iter_corpus
+        from factrace.evaluate.kinds import add_kinds
+
+        texts = {p.id: p.text for p in iter_corpus(cfg.corpus)}
+        note = add_kinds(rows, {"rankings": ranked}, cfg.queries, gold, texts)
+        if note:
+            rows[0]["kinds_note"] = note
     if cfg.out:
         with atomic_write(cfg.out, "w") as f:
             json.dump(rows[0], f, indent=2)

@@ -7,15 +7,17 @@ them) under a warmup + cosine learning-rate schedule. Each passage is one sequen
 asked as BOS + prompt, the same format.
 
 The output directory is a Hugging Face model directory (config, safetensors weights,
-tokenizer) plus ``optimizer.pt`` (the optimizer ``state_dict``, Trainer convention) and
-``train_info.json`` (what was trained, how, and how well). It is keyed by a fingerprint of the
-corpus, the queries, the configuration and :data:`CODE_VERSION`: calling again with the same
+tokenizer) plus ``optimizer.pt`` (the optimizer ``state_dict``, Trainer convention),
+``train_info.json`` (what was trained, how, and how well) and ``checkpoints/step-<N>/``: the
+same, part-way through the run (:attr:`PretrainConfig.checkpoints`). It is keyed by a
+fingerprint of the corpus, the queries, the configuration and :data:`CODE_VERSION`: calling again with the same
 inputs returns at once. Training writes into a temporary directory that is renamed when
 complete, so an interrupted run leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -24,7 +26,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,18 +87,27 @@ class PretrainConfig:
     """Gradient clipping norm (0 disables)."""
     seed: int = 0
     """Seed of the weight initialisation and of the batch order."""
+    checkpoints: tuple[float, ...] = (0.25, 0.5)
+    """Fractions of the run's optimizer steps after which the weights, the tokenizer, the
+    optimizer state and ``train_info.json`` (steps and tokens seen so far) are also kept, in
+    ``checkpoints/step-<N>/`` of the output: the same run, no extra training (the scaling
+    study's tokens axis)."""
     num_threads: int = 2
     """CPU threads torch may use while training. Not part of the cache fingerprint: the trained
     weights do not depend on it. On a machine whose cores are busy with other work, 1 thread
     is much faster than 2 (threads waiting on each other at every small operation)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints))  # as read from JSON
         if self.epochs < 1 or self.batch_size < 1:
             raise FactraceError("epochs and batch_size must be at least 1")
         if self.hidden_size % self.num_heads:
             raise FactraceError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
+        if any(not 0 < f < 1 for f in self.checkpoints):
+            raise FactraceError(f"checkpoints are fractions of the run in (0, 1); got "
+                                f"{self.checkpoints}")
         if self.vocab_size < 260:
             raise FactraceError(
                 f"vocab_size must be at least 260 (bytes + specials), got {self.vocab_size}"
@@ -254,13 +265,17 @@ def train(
     pad_id: int,
     config: PretrainConfig,
     progress: bool = True,
+    keep: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train in place for ``config.epochs`` epochs; return step count, final learning rate and
-    the mean loss of the last epoch."""
+    the mean loss of the last epoch. ``keep`` is called with the step count, tokens seen and
+    learning rate so far after each step of ``config.checkpoints`` (model and optimizer as they
+    are then)."""
     rng = random.Random(f"factworld-pretrain:{config.seed}")
     lengths = sequences.lengths()
     per_epoch = math.ceil(len(sequences) / config.batch_size)
     total = per_epoch * config.epochs
+    kept = {max(1, round(f * total)) for f in config.checkpoints} - {total}
     model.train()
     step, lr, epoch_losses, tokens = 0, 0.0, [], 0
     bar = tqdm(total=total, desc="pretraining", unit="step", disable=not progress)
@@ -280,6 +295,8 @@ def train(
             epoch_losses.append(loss.item())
             tokens += int(inputs["attention_mask"].sum())
             step += 1
+            if keep is not None and step in kept:
+                keep({"steps": step, "tokens_seen": tokens, "final_learning_rate": lr})
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}", lr=f"{lr:.2e}")
@@ -342,7 +359,15 @@ def pretrain(
             raise FactraceError(f"{corpus_path}: the corpus is empty")
         model = build_model(config, tokenizer)
         optimizer = build_optimizer(model, config)
-        stats = train(model, optimizer, sequences, tokenizer.pad_token_id, config, progress)
+        snapshots: list[Snapshot] = []
+
+        def keep(stats: dict) -> None:
+            snapshots.append(Snapshot({k: v.detach().clone() for k, v in
+                                       model.state_dict().items()},
+                                      copy.deepcopy(optimizer.state_dict()), stats))
+
+        stats = train(model, optimizer, sequences, tokenizer.pad_token_id, config, progress,
+                      keep)
         accuracy = fact_accuracy(model, tokenizer, queries) if queries else None
     finally:
         torch.set_num_threads(threads)
@@ -362,12 +387,39 @@ def pretrain(
         "fact_accuracy": accuracy,
         "wall_time_s": round(time.perf_counter() - started, 2),
         "config": dataclasses.asdict(config),
+        "checkpoints": [snapshot.name for snapshot in snapshots],
     }
-    _save(out, model, tokenizer, optimizer, info)
+    _save(out, model, tokenizer, optimizer, info, snapshots)
     return out
 
 
-def _save(out: Path, model, tokenizer, optimizer, info: dict) -> None:
+@dataclass(frozen=True)
+class Snapshot:
+    """The model and optimizer part-way through the run (:attr:`PretrainConfig.checkpoints`)."""
+
+    weights: dict
+    optimizer: dict
+    stats: dict
+
+    @property
+    def name(self) -> str:
+        """Its directory inside the run's: ``checkpoints/step-<N>``."""
+        return f"checkpoints/step-{self.stats['steps']}"
+
+
+def _save_snapshot(root: Path, snapshot: Snapshot, model, tokenizer, info: dict) -> None:
+    folder = root / snapshot.name
+    model.save_pretrained(folder, state_dict=snapshot.weights)
+    tokenizer.save_pretrained(folder)
+    torch.save(snapshot.optimizer, folder / OPTIMIZER_FILE)
+    record = {**snapshot.stats, "n_parameters": info["n_parameters"],
+              "checkpoint_of": info["fingerprint"], "total_steps": info["steps"],
+              "betas": info["betas"], "eps": info["eps"], "weight_decay": info["weight_decay"]}
+    (folder / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _save(out: Path, model, tokenizer, optimizer, info: dict,
+          snapshots: Sequence[Snapshot] = ()) -> None:
     """Write everything into a temporary sibling directory, then swap it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -377,6 +429,8 @@ def _save(out: Path, model, tokenizer, optimizer, info: dict) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        for snapshot in snapshots:
+            _save_snapshot(tmp, snapshot, model, tokenizer, info)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rename(old)

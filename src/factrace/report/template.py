@@ -46,6 +46,32 @@ after one training step on each of the top 10 passages).</p>
 <img alt="MRR against tail-patch per method" src="data:image/png;base64,{{ plot }}">
 {% endif %}
 
+{% if kind_rows %}
+<h2>Proponent kinds</h2>
+<table class="kinds">
+<tr><th>Method</th><th>top-k</th>{% for kind in kind_names %}<th>{{ kind }}</th>{% endfor %}<th>Queries</th></tr>
+{% for r in kind_rows %}<tr><td>{{ r.method }}</td><td class="num">{{ r.k }}</td>{% for cell in r.cells %}<td class="num">{{ cell }}</td>{% endfor %}<td class="num">{{ r.n_queries }}</td></tr>
+{% endfor %}</table>
+<p>Share of each kind among a method's top-k proponents, mean ± standard error over the queries
+that carry their fact. <em>entails</em>: a gold passage, or one naming the subject and the object
+together; <em>object</em>: the answer without the subject; <em>subject</em>: the subject without
+the answer; <em>relation</em>: the relation's wording with neither; <em>other</em>: none of these.</p>
+{% if kinds_plot %}<img alt="share of each proponent kind per method" src="data:image/png;base64,{{ kinds_plot }}">{% endif %}
+{% endif %}
+
+{% if scaling_rows %}
+<h2>Scaling study</h2>
+<table class="scaling">
+<tr>{% for title in scaling_header %}<th>{{ title }}</th>{% endfor %}</tr>
+{% for row in scaling_rows %}<tr>{% for cell in row %}<td{% if not loop.first %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<p>Mean ± standard error over queries, under each checkpoint. {{ scaling_same }}. Overlap@10:
+the share of TrackStar's top 10 that BM25's top 10 also holds (influence found where
+attribution looks); entails@10: the share of TrackStar's top 10 that states the fact.
+The findings below compare the first and last checkpoint of each axis, paired over queries.</p>
+{% if scaling_plot %}<img alt="metrics against training tokens and parameters" src="data:image/png;base64,{{ scaling_plot }}">{% endif %}
+{% endif %}
+
 {% if findings %}
 <h2>Findings</h2>
 <p>A claim held when the difference is at least {{ significant }} combined standard errors in its

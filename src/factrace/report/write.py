@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from factrace.data.atomic import atomic_write
+from factrace.evaluate.kinds import KINDS
 from factrace.evaluate.ladder import SIGNIFICANT_SE, Finding
 from factrace.extras import require
 from factrace.report.examples import ReportExample
+from factrace.report.kinds import KINDS_PLOT, kind_rows, kinds_markdown, kinds_png
 from factrace.report.plot import scatter_png
+from factrace.report.scaling import HEADER as SCALING_HEADER
+from factrace.report.scaling import SCALING_PLOT, scaling_markdown, scaling_png, scaling_rows
 from factrace.report.table import COLUMNS, format_value, markdown_report, verdict
 from factrace.report.template import REPORT_TEMPLATE
 
@@ -71,6 +75,9 @@ def render_html(
     metadata: Mapping[str, Any] | None = None,
     plot_png: bytes | None = None,
     title: str = "factrace: fact tracing report",
+    kinds_plot: bytes | None = None,
+    scaling: Mapping | None = None,
+    scaling_plot: bytes | None = None,
 ) -> str:
     """The report page as a string (jinja2, autoescaped)."""
     from jinja2 import Environment
@@ -91,6 +98,11 @@ def render_html(
         findings=shown_findings,
         significant=f"{SIGNIFICANT_SE:g}",
         examples=examples,
+        kind_rows=kind_rows(rows), kind_names=KINDS,
+        scaling_header=SCALING_HEADER, scaling_rows=scaling_rows(scaling) if scaling else [],
+        scaling_same=scaling["same"] if scaling else "",
+        scaling_plot=base64.b64encode(scaling_plot).decode("ascii") if scaling_plot else None,
+        kinds_plot=base64.b64encode(kinds_plot).decode("ascii") if kinds_plot else None,
     )
 
 
@@ -100,6 +112,7 @@ def write_report(
     findings: Sequence[Finding | Sequence | Mapping] = (),
     examples: Sequence[ReportExample] = (),
     metadata: Mapping[str, Any] | None = None,
+    scaling: Mapping | None = None,
 ) -> dict[str, Path]:
     """Write the report files into ``out_dir`` (created if needed); return them by kind.
 
@@ -112,6 +125,8 @@ def write_report(
             :func:`factrace.report.examples.build_examples`).
         metadata: what produced the results (model, corpus, configuration, ...), shown at the
             top of the page and saved in ``results.json``.
+        scaling: the scaling study (:func:`factrace.evaluate.scaling.run_scaling`): its
+            checkpoints are ``results.json``'s ``scaling`` list, its table and plot in the page.
 
     Returns:
         ``{"json": ..., "markdown": ..., "html": ...}`` plus ``"plot"`` when a plot was drawn.
@@ -121,6 +136,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     found = [as_finding(f) for f in findings]
     png = scatter_png(rows)
+    kinds = kinds_png(rows)
+    scaled = scaling_png(scaling)
     paths = {"json": out / "results.json", "markdown": out / "results.md",
              "html": out / "report.html"}
     record = {
@@ -129,15 +146,31 @@ def write_report(
         "findings": [f.to_dict() for f in found],
         "examples": [e.to_dict() for e in examples],
     }
+    if scaling:
+        record["scaling"] = list(scaling["checkpoints"])
+        record["scaling_axes"] = {**scaling["axes"], "same": scaling["same"]}
     with atomic_write(paths["json"]) as handle:
         json.dump(_json_safe(record), handle, indent=2, ensure_ascii=False, allow_nan=False)
         handle.write("\n")
     with atomic_write(paths["markdown"]) as handle:
         handle.write(markdown_report(rows, found))
+        if kind_rows(rows):
+            handle.write("\n## Proponent kinds\n\n" + kinds_markdown(rows))
+        if scaling:
+            handle.write("\n## Scaling study\n\n" + scaling_markdown(scaling))
     if png is not None:
         paths["plot"] = out / PLOT_NAME
         with atomic_write(paths["plot"], "wb") as handle:
             handle.write(png)
+    if scaled is not None:
+        paths["scaling_plot"] = out / SCALING_PLOT
+        with atomic_write(paths["scaling_plot"], "wb") as handle:
+            handle.write(scaled)
+    if kinds is not None:
+        paths["kinds_plot"] = out / KINDS_PLOT
+        with atomic_write(paths["kinds_plot"], "wb") as handle:
+            handle.write(kinds)
     with atomic_write(paths["html"]) as handle:
-        handle.write(render_html(rows, found, examples, metadata, png))
+        handle.write(render_html(rows, found, examples, metadata, png, kinds_plot=kinds,
+                                 scaling=scaling, scaling_plot=scaled))
     return paths

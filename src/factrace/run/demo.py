@@ -33,6 +33,9 @@ class DemoConfig:
     cache: str | None = None
     """Where pretrained models are cached by input hash (default ``$FACTRACE_CACHE`` or
     ``~/.cache/factrace``)."""
+    scaling: bool = True
+    """The scaling study over the pretraining's checkpoints (:attr:`PretrainConfig.checkpoints`:
+    a quarter, half and all of its steps), as ``compare`` with several ``--model``."""
     progress: bool = True
     overwrite: bool = False
     """Replace the outputs of an earlier demo in ``out`` (otherwise refused before any work)."""
@@ -65,12 +68,24 @@ def run_demo(cfg: DemoConfig) -> dict:
         corpus=str(files.corpus), queries=str(files.queries), qrels=str(files.qrels),
         out=str(out), encoder_options={"dim": cfg.dim, "train_examples": cfg.train_examples,
                                        "seed": cfg.seed},
-        tail_patch_queries=cfg.tail_patch_queries, progress=cfg.progress, overwrite=True))
+        tail_patch_queries=cfg.tail_patch_queries, progress=cfg.progress, overwrite=True,
+        scaling=_checkpoints(model_dir, train_info) if cfg.scaling else ()))
     timings["trace_and_evaluate_s"] = time.perf_counter() - t
     result["timings"] = {**timings, **result["metadata"]["timings"]}
     result["train_info"] = train_info
     result["model_dir"] = str(model_dir)
+    scaling = result["scaling"]
     with atomic_write(out / "demo.json") as f:
         json.dump({"timings": result["timings"], "train_info": train_info,
-                   "model_dir": str(model_dir)}, f, indent=2, default=str)
+                   "model_dir": str(model_dir),
+                   "kinds": {r["method"]: r.get("kinds") for r in result["rows"]},
+                   "scaling": [{k: v for k, v in e.items() if k != "per_query"}
+                               for e in (scaling["checkpoints"] if scaling else [])]},
+                  f, indent=2, default=str)
     return result
+
+
+def _checkpoints(model_dir: Path, train_info: dict) -> tuple[str, ...]:
+    """The run's kept checkpoints, then its final model (the scaling study's tokens axis)."""
+    kept = [str(model_dir / name) for name in train_info.get("checkpoints", [])]
+    return (*kept, str(model_dir)) if kept else ()

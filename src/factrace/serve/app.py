@@ -191,7 +191,8 @@ def create_app(explorer: Explorer, *, hosts: Iterable[str] | None = LOOPBACK_HOS
     async def query_detail(request: Request):
         s = views.find_set(explorer.sets, _path(request, "name"))
         return JSONResponse(views.query_detail(s, _path(request, "query_id"), explorer.qrels,
-                                               explorer.passages, _k(request)))
+                                               explorer.passages, _k(request),
+                                               _param(request, "kind")))
 
     async def compare(request: Request):
         a = views.find_set(explorer.sets, _param(request, "a"))

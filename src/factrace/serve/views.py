@@ -3,7 +3,8 @@
 - :func:`query_list`: a set's queries, searched and filtered (metadata fields, and correct /
   incorrect: whether a gold passage is among the top k, when qrels are given).
 - :func:`query_detail`: one query's proponents and opponents, each with its passage text and
-  marked gold or missing, and its gold passages with their texts and ranks.
+  marked gold or missing (a proponent also with its kind, when the query carries its fact),
+  and its gold passages with their texts and ranks.
 - :func:`comparison`: one query's proponents in two sets side by side, the shared ones marked.
 - :func:`listed`: where a set lists a passage for a query, and with what score (the score an
   explanation of the pair is set beside).
@@ -16,6 +17,7 @@ from typing import Any
 
 from factrace.data.io import Ranking
 from factrace.errors import FactraceError
+from factrace.evaluate.kinds import KINDS, fact_of, passage_kind
 from factrace.evaluate.metrics import hit_at, is_gold
 from factrace.serve.data import MAX_FILTER_VALUES, Passages, QueryInfo, RankingSet
 from factrace.serve.limits import shown
@@ -119,20 +121,32 @@ def gold_entries(ranking: Ranking, gold: set[str], passages: Passages) -> list[d
 
 
 def query_detail(s: RankingSet, qid: str, qrels: Mapping[str, set[str]], passages: Passages,
-                 k: int = DEFAULT_K) -> dict:
+                 k: int = DEFAULT_K, kind: str = "") -> dict:
     """One query of ``s``: the query, its proponents and opponents (with texts, gold and
     missing marks) and its gold passages (with texts and their ranks: ``ranked`` are
-    listed)."""
+    listed). When the query carries its fact (:mod:`factrace.evaluate.kinds`), each proponent
+    has its ``kind``, ``kinds`` lists them all, and ``kind`` keeps the proponents of one."""
     if qid not in s.rankings:
         raise FactraceError(f"rankings set {s.name!r} has no query {shown(qid)}")
+    if kind and kind not in KINDS:
+        raise FactraceError(f"kind must be one of {', '.join(KINDS)}; got {shown(kind)}")
     r = s.rankings[qid]
     gold = qrels.get(qid, set())
     tokens = r.extra.get("proponent_tokens")
+    info = s.queries[qid]
+    proponents = _entries(r.doc_ids, r.scores, passages, gold,
+                          tokens if isinstance(tokens, list) else None)
+    fact = fact_of(info.fields, info.target)
+    if fact is not None:
+        for e in proponents:
+            e["kind"] = passage_kind(e["text"] or "", fact, e["gold"])
+        if kind:
+            proponents = [e for e in proponents if e["kind"] == kind]
     return {
-        "set": s.summary(), "query": s.queries[qid].to_json(),
+        "set": s.summary(), "query": info.to_json(),
         "correct": is_correct(r, gold, k), "k": k,
-        "proponents": _entries(r.doc_ids, r.scores, passages, gold,
-                               tokens if isinstance(tokens, list) else None),
+        "kinds": list(KINDS) if fact is not None else [], "kind": kind or None,
+        "proponents": proponents,
         "opponents": _entries(r.opponent_ids or [], r.opponent_scores or [], passages, gold),
         "gold": gold_entries(r, gold, passages), "ranked": len(r.doc_ids),
         "span": r.extra.get("span"),

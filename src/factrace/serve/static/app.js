@@ -162,6 +162,7 @@ function passageItem(p, target, href) {
     p.gold ? el("span", {class: "badge gold", text: "gold"}) : null,
     p.missing ? el("span", {class: "badge missing", text: "missing"}) : null,
     p.shared ? el("span", {class: "badge shared", text: "both"}) : null,
+    p.kind ? el("span", {class: `badge kind kind-${p.kind}`, title: "what this passage says of the query's fact", text: p.kind}) : null,
     p.window !== null && p.window !== undefined ? el("span", {class: "muted", text: ` window ${p.window}`}) : null];
   if (p.text === null || p.text === undefined) {
     body.push(el("span", {class: "text", text: "not in the store or its corpus"}));
@@ -264,8 +265,8 @@ async function renderBrowse(params) {
   if (state.q) await renderDetail(detail, state.set, state.q, state.k);
 }
 
-async function renderDetail(box, setName, qid, k) {
-  const data = await api(`/api/sets/${encodeURIComponent(setName)}/queries/${encodeURIComponent(qid)}?k=${k || ""}`);
+async function renderDetail(box, setName, qid, k, kind) {
+  const data = await api(`/api/sets/${encodeURIComponent(setName)}/queries/${encodeURIComponent(qid)}?k=${k || ""}&kind=${encodeURIComponent(kind || "")}`);
   const q = data.query;
   const target = q.target || q.completion;
   const explain = info.can_ask ? (p) => link("explain", {set: setName, q: qid, doc: p.id}) : null;
@@ -279,7 +280,14 @@ async function renderDetail(box, setName, qid, k) {
     el("a", {href: link("compare", {a: setName, q: qid}), id: "compare-link"}, "compare with another method"));
   // gold passages the list leaves out: their text, and where the method ranks them
   const outside = data.gold.filter((g) => !g.rank).map((g) => Object.assign({}, g, {gold: true, note: where(g)}));
-  box.replaceChildren(...[head, passageList("proponents", data.proponents, target, explain, "proponents"),
+  // the proponents of one kind only (entails, object, subject, relation, other)
+  const kinds = data.kinds.length ? el("select", {id: "kind", "aria-label": "proponent kind"}, el("option", {value: ""}, "every kind"),
+    ...data.kinds.map((name) => el("option", {value: name}, name))) : null;
+  if (kinds) {
+    kinds.value = data.kind || "";
+    kinds.addEventListener("change", () => renderDetail(box, setName, qid, k, kinds.value));
+  }
+  box.replaceChildren(...[head, kinds, passageList("proponents", data.proponents, target, explain, "proponents"),
     outside.length ? passageList(`gold passages not in the top ${data.ranked}`, outside, target, explain, "gold-outside") : null,
     passageList("opponents", data.opponents, target, explain, "opponents")].filter(Boolean));
 }
