@@ -71,10 +71,12 @@ def toy(n_docs=40, n_queries=25, n_subsets=48, seed=0):
 
 
 def brute_lds(scores, docs, queries, subsets, outputs):
-    """Per query: Σ over the subset's passages, one subset at a time, then the hand Spearman."""
+    """Per query: Σ over the rows of the subset's passages (a passage's windows ``<doc>#<n>``
+    included), one subset at a time, then the hand Spearman."""
     per_query = []
     for i, q in enumerate(queries):
-        predicted = [sum(scores[i][docs.index(d)] for d in s.passages) for s in subsets]
+        predicted = [sum(scores[i][j] for d in s.passages for j, row in enumerate(docs)
+                         if row == d or row.rsplit("#", 1)[0] == d) for s in subsets]
         measured = [outputs[(s.id, q)] for s in subsets]
         per_query.append(reference_spearman(predicted, measured))
     return sum(per_query) / len(per_query)

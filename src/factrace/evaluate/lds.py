@@ -181,7 +181,8 @@ def lds(scores: np.ndarray, query_ids: Sequence[str], doc_ids: Sequence[str],
             rho = 0.0
         per_query[qid] = rho
     stats = mean_stderr(list(per_query.values()))
-    kept = float(member.sum(1).mean() / len(doc_ids))
+    passages = len({bare_id(d) for d in doc_ids})
+    kept = float(np.mean([len(set(s.passages)) for s in subsets]) / passages)
     return LdsResult(stats.mean, stats.stderr, len(query_ids), len(subsets), kept,
                      variant(kept), undefined, per_query)
 
