@@ -9,6 +9,7 @@ from factrace.errors import FactraceError
 from factrace.run.scan import ScanConfig, scan
 from factrace.run.tracer import TraceConfig, trace
 from factrace.search.full import FullScores, read_scores, write_scores
+from factrace.store.encodings import EncodingStore
 
 
 def _by_doc(ranking):
@@ -26,6 +27,7 @@ def test_scan_and_trace_write_every_score(world, store, tmp_path, train_examples
     assert full.query_ids == [r.query_id for r in res.rankings]
     assert full.scores.dtype == np.float32
     assert sorted(full.doc_ids) == sorted(res.rankings[0].doc_ids)  # every row, once
+    assert full.doc_ids == list(EncodingStore.open(store.out).ids)  # in corpus row order
     for i, ranking in enumerate(res.rankings):  # top-k over everything = every score
         expected = _by_doc(ranking)
         got = dict(zip(full.doc_ids, full.scores[i].tolist(), strict=True))
