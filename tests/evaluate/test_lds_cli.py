@@ -104,3 +104,20 @@ def test_missing_pairs_and_bad_options_are_one_line_errors(scored, capsys):
     capsys.readouterr()
     assert main(["eval", "--qrels", str(folder / "q.jsonl")]) == 2
     assert "eval needs --rankings" in capsys.readouterr().err
+
+
+def test_trace_scores_out_and_demo_lds_options(store, scored, tmp_path, capsys):
+    _, scanned = scored
+    path = tmp_path / "traced.npz"
+    assert main(["trace", "--index", store.out, "--queries", store.queries, "--out",
+                 str(tmp_path / "t.jsonl"), "--scores-out", str(path), "-q"]) == 0
+    traced = read_scores(path)
+    assert traced.scores.shape == (len(read_scores(scanned).query_ids), len(traced.doc_ids))
+    for argv, message in [(["--lds", "1"], "at least 2 subsets"),
+                          (["--lds", "4", "--lds-fraction", "1"], "fraction"),
+                          (["--lds", "4", "--engine", "spark"], "unknown engine"),
+                          (["--lds", "4", "--workers", "0"], "--workers must be at least 1")]:
+        capsys.readouterr()
+        assert main(["demo", "--out", str(tmp_path / "demo"), *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "demo").exists()

@@ -102,3 +102,12 @@ def test_worker_processes_give_the_same_outputs(world, tmp_path):
     pooled = retrain_all(recipe, subsets, [0], tmp_path / "pool", workers=2)
     assert [r["outputs"] for r in pooled] == [r["outputs"] for r in here]
     assert [r["subset"] for r in pooled] == ["s000", "s001"]
+
+
+@pytest.mark.slow  # starts a local Ray cluster
+def test_ray_tasks_give_the_same_outputs(world, tmp_path):
+    recipe, _, ids = world
+    subsets = random_subsets(ids, 2, 0.5, 1)
+    here = [retrain_outputs(recipe, s, 0, tmp_path / "here") for s in subsets]
+    on_ray = retrain_all(recipe, subsets, [0], tmp_path / "ray", engine="ray", workers=2)
+    assert [r["outputs"] for r in on_ray] == [r["outputs"] for r in here]
