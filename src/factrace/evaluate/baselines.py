@@ -103,6 +103,7 @@ def bm25_rankings(
     b: float = 0.75,
 ) -> list[Ranking]:
     """Rank passages by BM25 against each query's prompt (or prompt ⊕ target)."""
+    require("the BM25 baseline", "baselines")
     passages = list(passages)
     _check(passages, k)
     rankings = []
