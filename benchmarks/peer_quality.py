@@ -261,6 +261,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None, help="keep bergson's run directory here")
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--scores-out", type=Path, default=None,
+                    help="also write bergson's whole score matrix as a factrace scores file "
+                    "(.npz: scores [queries, passages], query_ids, doc_ids; for eval --lds)")
     args = ap.parse_args()
     started = time.perf_counter()
 
@@ -323,6 +326,11 @@ def main():
                  f"{(len(passages), len(queries))}")
 
     ids = [p["id"] for p in passages]
+    if args.scores_out is not None:
+        from factrace.search.full import FullScores, write_scores
+
+        write_scores(args.scores_out, FullScores(np.ascontiguousarray(scores.T), [
+            str(q["id"]) for q in queries], [str(i) for i in ids], "bergson trackstar"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for j, q in enumerate(queries):

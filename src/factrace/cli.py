@@ -75,6 +75,10 @@ Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace existing outputs (otherwise refused before any work).")]
 Model = Annotated[str, typer.Option(help="Hugging Face model directory, or a .gguf file "
                                     "(de-quantised on loading).")]
+ScoresOut = Annotated[str | None, typer.Option(
+    help="Also write every (query, passage) score to this .npz (for eval --lds).")]
+ScoresMaxGib = Annotated[float, typer.Option(
+    help="Refuse --scores-out above this size in GiB (or above the free disk).")]
 TopK = Annotated[int, typer.Option("--top-k", help="Top passages kept per query (gradient methods also keep as many "
     "opponents).")]
 TailPatchK = Annotated[int, typer.Option(
@@ -308,6 +312,7 @@ def scan(
     optimizer_state: OptState = None, engine: Engine = "local", workers: Workers = 2,
     ray_address: RayAddress = None, gpus_per_worker: GpusPerWorker = 0.0,
     shard_rows: ShardRows = None, quiet: Quiet = False, overwrite: Overwrite = False,
+    scores_out: ScoresOut = None, scores_max_gib: ScoresMaxGib = 4.0,
     encoder=None,
 ):
     """Score every corpus passage against every query in one streaming pass (the paper's mode)."""
@@ -321,7 +326,8 @@ def scan(
                                  optimizer_state=optimizer_state, top_k=top_k, encoder=enc,
                                  engine=engine, workers=workers, ray_address=ray_address,
                                  gpus_per_worker=gpus_per_worker, shard_rows=shard_rows,
-                                 progress=not quiet, overwrite=overwrite))
+                                 progress=not quiet, overwrite=overwrite,
+                                 scores_out=scores_out, scores_max_gib=scores_max_gib))
     if not quiet:
         t = result.metadata["timings"]
         typer.echo(f"wrote {out} ({len(result.rankings)} queries, "
@@ -492,6 +498,7 @@ def trace(
     candidates: Candidates = None,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
     threads: Threads = None,
+    scores_out: ScoresOut = None, scores_max_gib: ScoresMaxGib = 4.0,
 ):
     """Rank a store's passages for new queries, encoded with the store's own configuration."""
     set_threads(threads)
@@ -503,7 +510,8 @@ def trace(
                                    model=model, optimizer_state=optimizer_state, faiss=faiss,
                                    nprobe=nprobe, report_recall=report_recall,
                                    candidates=candidates, device=device, progress=not quiet,
-                                   overwrite=overwrite))
+                                   overwrite=overwrite, scores_out=scores_out,
+                                   scores_max_gib=scores_max_gib))
     meta = result.metadata
     if "faiss" in meta:
         typer.echo(f"approximate search: {meta['faiss']['description']}", err=True)
@@ -645,8 +653,9 @@ def serve(
 @user_errors
 @data_columns
 def eval_(
-    rankings: Annotated[str, typer.Option(help="Rankings JSONL.")],
-    qrels: Annotated[str, typer.Option(help="Gold passages JSONL (query_id, doc_id).")],
+    rankings: Annotated[str | None, typer.Option(help="Rankings JSONL.")] = None,
+    qrels: Annotated[str | None, typer.Option(help="Gold passages JSONL (query_id, "
+                                              "doc_id).")] = None,
     out: Annotated[str | None, typer.Option(help="Metrics JSON to write.")] = None,
     tail_patch: Annotated[bool, typer.Option("--tail-patch", help="Also measure tail-patch "
                                              "(needs --model, --optimizer-state, --corpus, "
@@ -665,10 +674,42 @@ def eval_(
                                         "top 1 and 10 (needs --queries with the facts' fields, "
                                         "--corpus).")] = False,
     device: Device = None, quiet: Quiet = False, overwrite: Overwrite = False,
+    lds: Annotated[bool, typer.Option("--lds", help="Linear datamodeling score of --scores "
+                                      "against retrained models' --outputs (instead of "
+                                      "MRR/recall of --rankings).")] = False,
+    scores: Annotated[list[str] | None, typer.Option(
+        "--scores", help="Full scores .npz of a method (repeatable; from scan/trace "
+        "--scores-out or compare).")] = None,
+    subsets: Annotated[str | None, typer.Option(
+        help="LDS subsets JSONL: {\"subset\": id, \"passages\": [...]}.")] = None,
+    outputs: Annotated[str | None, typer.Option(
+        help="LDS outputs JSONL: {\"subset\", \"query_id\", \"output\"}.")] = None,
+    output_kind: Annotated[str, typer.Option(
+        help="logprob (output = log p(target | prompt)) | loss (sign flipped).")] = "logprob",
+    noise_outputs: Annotated[str | None, typer.Option(
+        help="Outputs of a second retraining: report the LDS noise floor.")] = None,
+    lds_subsets: Annotated[int | None, typer.Option(
+        help="Generate M random subsets of the scored passages.")] = None,
+    lds_fraction: Annotated[float, typer.Option(
+        help="Share of passages a generated subset keeps (0.5: TRAK; 0.9: "
+        "leave-10%-out).")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of generated subsets.")] = 0,
+    subsets_out: Annotated[str | None, typer.Option(
+        help="Write the (generated) subsets to this JSONL.")] = None,
 ):
     """MRR, recall@10 and (optionally) tail-patch and proponent kinds of a rankings file,
-    each mean ± se."""
+    each mean ± se; or, with --lds, the linear datamodeling score of full scores."""
     _quiet_libraries()
+    if lds:
+        _eval_lds(scores or [], subsets, outputs, output_kind, noise_outputs, lds_subsets,
+                  lds_fraction, seed, subsets_out, out, overwrite,
+                  given=[flag for flag, value in (("--rankings", rankings), ("--qrels", qrels),
+                                                  ("--tail-patch", tail_patch)) if value])
+        return
+    missing = [flag for flag, value in (("--rankings", rankings), ("--qrels", qrels))
+               if value is None]
+    if missing:
+        raise FactraceError(f"eval needs {' and '.join(missing)} (or --lds with --scores)")
     from factrace.evaluate.evaluation import EvalConfig, evaluate
     from factrace.report import print_table
 
@@ -681,6 +722,33 @@ def eval_(
     if "tail_patch_step" in rows[0]:
         typer.echo(f"tail-patch: {rows[0]['tail_patch_step']}")
     _print_kinds(rows, rows[0].get("kinds_note"))
+
+
+def _eval_lds(scores, subsets, outputs, output_kind, noise_outputs, generate, fraction, seed,
+              subsets_out, out, overwrite, given) -> None:
+    from factrace.evaluate.lds_eval import LdsEvalConfig, evaluate_lds
+
+    if given:
+        raise FactraceError(f"--lds reads --scores, not {', '.join(given)}: evaluate rankings "
+                            "in a separate call")
+    record = evaluate_lds(LdsEvalConfig(scores=scores, subsets=subsets, outputs=outputs,
+                                        output_kind=output_kind, noise_outputs=noise_outputs,
+                                        generate=generate, fraction=fraction, seed=seed,
+                                        subsets_out=subsets_out, out=out, overwrite=overwrite))
+    if "subsets_written" in record:
+        typer.echo(f"wrote {record['subsets']} subsets to {record['subsets_written']}; retrain "
+                   "on each and measure the outputs, then run eval --lds --subsets ... "
+                   "--outputs ...")
+        return
+    typer.echo(f"LDS, {record['variant']}; output: {record['output']}")
+    width = max(len(name) for name in record["methods"])
+    for name, r in record["methods"].items():
+        note = f" ({r['undefined']} queries undefined, counted 0)" if r["undefined"] else ""
+        typer.echo(f"  {name:<{width}}  {r['mean']:.3f} ± {r['stderr']:.3f}{note}")
+    if "noise_floor" in record:
+        nf = record["noise_floor"]
+        typer.echo(f"noise floor (second retraining against the first, {nf['subsets']} "
+                   f"subsets): {nf['mean']:.3f} ± {nf['stderr']:.3f}")
 
 
 @app.command()
@@ -801,6 +869,15 @@ def demo(
     dim: Annotated[int, typer.Option(help="Projection dimension.")] = 1 << 14,
     seed: Annotated[int, typer.Option(help="Seed of the world, model and projection.")] = 0,
     quiet: Quiet = False, overwrite: Overwrite = False,
+    lds: Annotated[int, typer.Option(
+        help="Retrain the model on M random training subsets and report each method's linear "
+        "datamodeling score (0: off; retrainings cached).")] = 0,
+    lds_fraction: Annotated[float, typer.Option(
+        help="Share of passages each LDS subset keeps (0.5: TRAK; 0.9: leave-10%-out).")] = 0.5,
+    lds_noise_subsets: Annotated[int | None, typer.Option(
+        help="Subsets retrained with a second seed for the noise floor (default: all).")] = None,
+    engine: Annotated[str, typer.Option(help="Where LDS retrainings run: local | ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="LDS retrainings at once.")] = 2,
 ):
     """Fact world → tiny pretrained Llama → TrackStar and baselines → evaluation and report."""
     require("factrace demo", "baselines", "report")
@@ -811,7 +888,9 @@ def demo(
 
     result = run_demo(DemoConfig(out=out, passages=passages, queries=n_queries, seed=seed, dim=dim,
                                  tail_patch_queries=tail_patch_queries, progress=not quiet,
-                                 overwrite=overwrite))
+                                 overwrite=overwrite, lds=lds, lds_fraction=lds_fraction,
+                                 lds_noise_subsets=lds_noise_subsets, engine=engine,
+                                 workers=workers))
     info = result["train_info"]
     typer.echo(f"pretrained model: fact accuracy {info.get('fact_accuracy', float('nan')):.3f}, "
                f"{result['model_dir']}")
@@ -819,6 +898,10 @@ def demo(
     _print_kinds(result["rows"], result["kinds_note"])
     print_scaling(result["scaling"])
     _print_findings(result["findings"])
+    if "lds" in result["metadata"]:
+        d = result["metadata"]["lds"]
+        typer.echo(f"LDS: {d['variant']}; output {d['output']}; noise floor "
+                   f"{d.get('noise_floor', 'not measured')} ({d.get('noise_floor_from', '')})")
     t = result["timings"]
     typer.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     typer.echo(f"report: {Path(out) / 'report.html'}")

@@ -12,6 +12,9 @@ broken by corpus order, so the same inputs always give the same rankings.
   by cosine similarity; passages are encoded in chunks and merged into a running top-k, so
   memory is bounded by the chunk, not the corpus.
 - Random: a seeded permutation per query (depending on the seed and the query id only).
+
+:func:`baseline_scores` gives every (query, passage) score instead of the top ``k`` (for LDS):
+the same BM25 and cosine scores; for random, a uniform draw per passage seeded by the query id.
 """
 
 from __future__ import annotations
@@ -49,6 +52,26 @@ def baseline_rankings(name: str, passages: list[Passage], queries: list[Query], 
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def baseline_scores(name: str, passages: list[Passage], queries: list[Query]) -> np.ndarray:
+    """Every score of baseline ``name``: ``[queries, passages]`` float32, passages in the
+    given order."""
+    _check(passages, 1)
+    if name in ("bm25", "bm25+target"):
+        rows = list(_bm25_score_rows(passages, queries, with_target=name == "bm25+target"))
+        return np.stack(rows).astype(np.float32)
+    if name == "dense":
+        return np.hstack([scores for _, scores in _dense_score_chunks(passages, queries)])
+    if name == "random":
+        return np.stack([_query_rng(query, 0).random(len(passages)) for query in queries]
+                        ).astype(np.float32)
+    raise ValueError(f"unknown baseline {name!r}")
+
+
+def _query_rng(query: Query, seed: int) -> np.random.Generator:
+    digest = hashlib.sha256(query.id.encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little"), 1])
+
+
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` highest ``scores``, best first, ties broken by lower index. ``[n]``"""
     n = len(scores)
@@ -81,25 +104,33 @@ def bm25_rankings(
 ) -> list[Ranking]:
     """Rank passages by BM25 against each query's prompt (or prompt ⊕ target)."""
     require("the BM25 baseline", "baselines")
-    import bm25s
-
     passages = list(passages)
     _check(passages, k)
+    rankings = []
+    for query, scores in zip(queries, _bm25_score_rows(passages, queries, with_target, k1, b),
+                             strict=True):
+        top = top_k_indices(scores, k)
+        rankings.append(Ranking(query.id, [passages[i].id for i in top],
+                                [float(scores[i]) for i in top]))
+    return rankings
+
+
+def _bm25_score_rows(passages: list[Passage], queries: Sequence[Query], with_target: bool,
+                     k1: float = 1.5, b: float = 0.75):
+    """BM25 scores of every passage, one ``[passages]`` float64 array per query."""
+    require("the BM25 baseline", "baselines")
+    import bm25s
+
     tokens = bm25s.tokenize([p.text for p in passages], stopwords="en", show_progress=False)
     index = bm25s.BM25(k1=k1, b=b)
     index.index(tokens, show_progress=False)
     texts = [query_text(q, with_target) for q in queries]
     query_tokens = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
-    rankings = []
-    for query, words in zip(queries, query_tokens, strict=True):
+    for words in query_tokens:
         if words:
-            scores = np.asarray(index.get_scores(words), dtype=np.float64)
+            yield np.asarray(index.get_scores(words), dtype=np.float64)
         else:
-            scores = np.zeros(len(passages))
-        top = top_k_indices(scores, k)
-        rankings.append(Ranking(query.id, [passages[i].id for i in top],
-                                [float(scores[i]) for i in top]))
-    return rankings
+            yield np.zeros(len(passages))
 
 
 def dense_model_dir() -> Path:
@@ -144,21 +175,13 @@ def dense_rankings(
     """
     if k < 1:
         raise ValueError("k must be at least 1")
-    model = model if model is not None else load_dense_model()
-
-    def embed(texts: list[str]) -> np.ndarray:
-        out = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=progress)
-        return np.asarray(out, dtype=np.float32)
-
-    q = embed([query_text(query, with_target) for query in queries])
     best_scores = np.empty((len(queries), 0), dtype=np.float32)
     best_index = np.empty((len(queries), 0), dtype=np.int64)
     ids: list[str] = []
-    for chunk in _chunks(passages, _CHUNK):
-        scores = q @ embed([p.text for p in chunk]).T
+    for chunk_ids, scores in _dense_score_chunks(passages, queries, batch_size, with_target,
+                                                 model, progress):
         offset = len(ids)
-        ids.extend(p.id for p in chunk)
+        ids.extend(chunk_ids)
         index = np.broadcast_to(np.arange(offset, len(ids)), scores.shape)
         best_scores, best_index = _merge(np.hstack([best_scores, scores]),
                                          np.hstack([best_index, index]), k)
@@ -167,6 +190,22 @@ def dense_rankings(
     return [Ranking(query.id, [ids[i] for i in best_index[row]],
                     [float(s) for s in best_scores[row]])
             for row, query in enumerate(queries)]
+
+
+def _dense_score_chunks(passages: Iterable[Passage], queries: Sequence[Query],
+                        batch_size: int = 64, with_target: bool = False, model=None,
+                        progress: bool = False):
+    """Cosine scores, one ``(passage ids, [queries, chunk] float32)`` per chunk of passages."""
+    model = model if model is not None else load_dense_model()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        out = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                           convert_to_numpy=True, show_progress_bar=progress)
+        return np.asarray(out, dtype=np.float32)
+
+    q = embed([query_text(query, with_target) for query in queries])
+    for chunk in _chunks(passages, _CHUNK):
+        yield [p.id for p in chunk], q @ embed([p.text for p in chunk]).T
 
 
 def _merge(scores: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

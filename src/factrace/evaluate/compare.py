@@ -26,10 +26,11 @@ from factrace.data.sources import Source, source_meta
 from factrace.encode.encoder import Encoder
 from factrace.encode.whitening import TaskWhitening
 from factrace.errors import FactraceError
-from factrace.evaluate.baselines import BASELINES
+from factrace.evaluate.baselines import BASELINES, baseline_scores
 from factrace.evaluate.baselines import baseline_rankings as rank_baseline
 from factrace.evaluate.kinds import add_kinds, read_facts
 from factrace.evaluate.ladder import LADDER, findings, results_rows
+from factrace.evaluate.lds import LdsInputs
 from factrace.evaluate.metrics import check_coverage, mean_stderr
 from factrace.evaluate.scaling import check_checkpoints, run_scaling
 from factrace.evaluate.tail_patch import TailPatchResult, tail_patch
@@ -39,11 +40,14 @@ from factrace.model.optimizer_state import load_optimizer_state
 from factrace.run.index import IndexConfig, absolute, build_index, store_state
 from factrace.run.progress import progress_step, say_coverage
 from factrace.run.scan import write_with_metadata
+from factrace.search.full import FullScores, from_kept, write_scores
 from factrace.search.topk import exact_topk
 
 OUTPUTS = ("rankings", "results.json", "results.md", "report.html", "mrr_vs_tail_patch.png",
            "tail_patch.json", "kinds.png", "scaling.png")
 """What ``compare`` writes into its output directory."""
+SCORES_DIR = "scores"
+"""Where ``compare`` (``scores=True``) writes each method's full scores."""
 
 
 @dataclass
@@ -86,6 +90,12 @@ class CompareConfig:
     """The scaling study's checkpoints (:mod:`factrace.evaluate.scaling`), ``model`` among
     them, each with its optimizer state in its directory (or ``second_moment="estimate"``);
     empty: no study."""
+    scores: bool = False
+    """Also write every (query, passage) score of each method to ``out/scores/<method>.npz``
+    (:mod:`factrace.search.full`; the input of LDS)."""
+    lds: LdsInputs | None = None
+    """Retrained models' outputs on training subsets: every method also gets its LDS
+    (implies ``scores``)."""
 
 
 def _base_config(cfg: CompareConfig, mode: str) -> EncoderConfig:
@@ -141,8 +151,11 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, queries, folder: Path) ->
         with progress_step(f"{name}: ranking", cfg.progress):
             task = TaskWhitening.fit(basis, vc.hessian, y, vc.damping, vc.lambda_, vc.lambda_k,
                                      vc.normalize)
-            out[name] = exact_topk(task.scorer(y, own=True), store, cfg.top_k).result(
-                [q.id for q in queries])
+            found = exact_topk(task.scorer(y, own=True), store, cfg.top_k,
+                               keep_scores=cfg.scores or cfg.lds is not None)
+            out[name] = found.result([q.id for q in queries])
+            if cfg.scores or cfg.lds is not None:
+                _keep_scores(cfg, from_kept(found.kept, [q.id for q in queries], name))
     return out
 
 
@@ -151,7 +164,18 @@ def baseline_rankings(cfg: CompareConfig, passages, queries) -> dict:
     for name in cfg.baselines:
         with progress_step(f"baseline {name}", cfg.progress):
             out[name] = rank_baseline(name, passages, queries, cfg.top_k)
+            if cfg.scores or cfg.lds is not None:
+                _keep_scores(cfg, FullScores(baseline_scores(name, passages, queries),
+                                             [q.id for q in queries],
+                                             [p.id for p in passages], name))
     return out
+
+
+def _keep_scores(cfg: CompareConfig, full: FullScores) -> None:
+    """Write a method's full scores and, with LDS inputs, measure its LDS now."""
+    write_scores(Path(cfg.out) / SCORES_DIR / f"{full.method}.npz", full)
+    if cfg.lds is not None:
+        cfg.lds.measure(full)
 
 
 def rankings_metadata(cfg: CompareConfig, method: str) -> dict:
@@ -224,13 +248,16 @@ def compare(cfg: CompareConfig) -> dict:
         if cfg.model not in cfg.scaling:
             raise FactraceError(f"the scaling study's checkpoints must include --model {cfg.model}")
         checkpoints = check_checkpoints(cfg.scaling, cfg.second_moment, cfg.tail_patch, cfg.lr)
-    check_output_dir(cfg.out, OUTPUTS, cfg.overwrite)
+    check_output_dir(cfg.out, (*OUTPUTS, SCORES_DIR) if cfg.scores or cfg.lds is not None
+                     else OUTPUTS, cfg.overwrite)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
     check_coverage([q.id for q in queries], qrels, cfg.queries, cfg.qrels)
     info = validate_corpus(cfg.corpus)
     passages = list(iter_corpus(cfg.corpus))
     texts = {p.id: p.text for p in passages}
+    if cfg.lds is not None:
+        cfg.lds.check([p.id for p in passages], [q.id for q in queries])
     loaded = load_model(cfg.model, cfg.device, "float32")
     covered = coverage(loaded.model, discover(loaded.model))
     say_coverage(covered, cfg.progress)
@@ -260,6 +287,8 @@ def compare(cfg: CompareConfig) -> dict:
     rows = results_rows(rankings, qrels, patched)
     facts = read_facts(cfg.queries)
     kinds_note = add_kinds(rows, rankings, cfg.queries, qrels, texts, facts)
+    if cfg.lds is not None:
+        cfg.lds.add_to(rows)
     found = findings(rows)
     scaling = None
     if checkpoints:
@@ -283,6 +312,8 @@ def compare(cfg: CompareConfig) -> dict:
                     "step": shared.describe(),
                     "lr": shared.lr, "k": cfg.tail_patch_k, "queries": shared.n_queries,
                     "seconds_per_query_union": shared.seconds_per_query}}
+    if cfg.lds is not None:
+        metadata["lds"] = cfg.lds.describe()
     paths = write_report(out, rows, found, examples, metadata, scaling=scaling)
     return {"rows": rows, "findings": found, "paths": paths, "metadata": metadata,
             "kinds_note": kinds_note, "rankings": rankings, "tail_patch": shared,

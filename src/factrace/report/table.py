@@ -10,6 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 COLUMNS = (("mrr", "MRR"), ("recall10", "Recall@10"), ("tail_patch", "Tail-patch"))
+LDS_COLUMN = ("lds", "LDS")
+"""Shown after the others when some row has an LDS (:mod:`factrace.evaluate.lds`)."""
+
+
+def columns(rows: Sequence[dict]) -> tuple[tuple[str, str], ...]:
+    """The table's columns: :data:`COLUMNS`, and LDS when some row has one."""
+    has_lds = any(row.get("lds") is not None for row in rows)
+    return (*COLUMNS, LDS_COLUMN) if has_lds else COLUMNS
 NOT_MEASURED = "–"
 
 
@@ -35,10 +43,11 @@ def _md_cell(text: str) -> str:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     """The paper-style table: method × MRR, Recall@10, tail-patch, as Markdown."""
-    header = ["Method"] + [title for _, title in COLUMNS]
+    shown = columns(rows)
+    header = ["Method"] + [title for _, title in shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [_md_cell(str(row["method"]))] + [format_value(row, key) for key, _ in COLUMNS]
+        cells = [_md_cell(str(row["method"]))] + [format_value(row, key) for key, _ in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -61,8 +70,9 @@ def print_table(rows: Sequence[dict], console=None) -> None:
 
     table = Table(title="Fact tracing")
     table.add_column("Method")
-    for _, title in COLUMNS:
+    shown = columns(rows)
+    for _, title in shown:
         table.add_column(title, justify="right")
     for row in rows:
-        table.add_row(str(row["method"]), *(format_value(row, key) for key, _ in COLUMNS))
+        table.add_row(str(row["method"]), *(format_value(row, key) for key, _ in shown))
     (console or Console()).print(table)

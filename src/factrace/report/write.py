@@ -24,7 +24,7 @@ from factrace.report.kinds import KINDS_PLOT, kind_rows, kinds_markdown, kinds_p
 from factrace.report.plot import scatter_png
 from factrace.report.scaling import HEADER as SCALING_HEADER
 from factrace.report.scaling import SCALING_PLOT, scaling_markdown, scaling_png, scaling_rows
-from factrace.report.table import COLUMNS, format_value, markdown_report, verdict
+from factrace.report.table import columns, format_value, markdown_report, verdict
 from factrace.report.template import REPORT_TEMPLATE
 
 PLOT_NAME = "mrr_vs_tail_patch.png"
@@ -84,7 +84,8 @@ def render_html(
 
     env = Environment(autoescape=True, keep_trailing_newline=True)
     template = env.from_string(REPORT_TEMPLATE)
-    table = [{"method": r["method"], "cells": [format_value(r, key) for key, _ in COLUMNS],
+    shown = columns(rows)
+    table = [{"method": r["method"], "cells": [format_value(r, key) for key, _ in shown],
               "n_queries": r.get("n_queries", ""), "n_tail_patch": r.get("n_tail_patch", "")}
              for r in rows]
     shown_findings = [{"claim": f.claim, "evidence": f.evidence, "verdict": verdict(f),
@@ -92,7 +93,7 @@ def render_html(
     return template.render(
         title=title,
         metadata=[(str(k), _shown(v)) for k, v in (metadata or {}).items()],
-        columns=[t for _, t in COLUMNS],
+        columns=[t for _, t in shown],
         rows=table,
         plot=base64.b64encode(plot_png).decode("ascii") if plot_png else None,
         findings=shown_findings,

@@ -19,6 +19,7 @@ from factrace.run.fit import fit
 from factrace.run.jobs import EncodingJob, row_ranges
 from factrace.run.progress import progress_step, row_progress
 from factrace.run.worker import POSITIONS_PER_ROW
+from factrace.search.full import check_size, from_kept, write_scores
 from factrace.search.topk import TopK, exact_topk
 
 
@@ -34,6 +35,11 @@ class ScanConfig(EncodingJob):
     """Proponents (and opponents) kept per query."""
     overwrite: bool = False
     """Replace an existing ``out`` (otherwise refused before any work)."""
+    scores_out: str | None = None
+    """Also write every (query, passage) score to this ``.npz`` (:mod:`factrace.search.full`),
+    refused up front when larger than ``scores_max_gib`` or the free disk."""
+    scores_max_gib: float = 4.0
+    """Largest ``scores_out`` file allowed, in GiB."""
 
 
 @dataclass
@@ -57,8 +63,13 @@ def scan(cfg: ScanConfig) -> ScanResult:
     check_at_least(1, top_k=cfg.top_k)
     if cfg.out:
         check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
+    if cfg.scores_out:
+        check_output_file(cfg.scores_out, overwrite=cfg.overwrite)
     queries = read_queries(cfg.queries)
     info = validate_corpus(cfg.corpus)
+    if cfg.scores_out:
+        check_size(cfg.scores_out, len(queries), info.n_rows, int(cfg.scores_max_gib * 2**30))
+    keep = bool(cfg.scores_out)
     engine = cfg.make_engine()
     try:
         timings = {"validate_s": time.perf_counter() - t0}
@@ -72,13 +83,13 @@ def scan(cfg: ScanConfig) -> ScanResult:
             scorer = task.scorer(y, own=True)
         timings["fit_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        tasks = [(cfg.corpus, start, stop, scorer, cfg.top_k) for start, stop
+        tasks = [(cfg.corpus, start, stop, scorer, cfg.top_k, keep) for start, stop
                  in row_ranges(info.n_rows, cfg.rows_per_shard(engine.encoder.dim))]
         total = TopK(len(queries), cfg.top_k)
         ranges = [(start, stop) for _, start, stop, *_ in tasks]
         if kept is not None:  # the R_train pass encoded every passage already
             partials = (exact_topk(scorer, [(ids, rows)] if ids else [], cfg.top_k,
-                                   row_offset=start * POSITIONS_PER_ROW)
+                                   row_offset=start * POSITIONS_PER_ROW, keep_scores=keep)
                         for (start, _), (ids, rows) in zip(
                             ranges, kept.shards(engine.encoder, ranges), strict=True))
             record["corpus_pass"] = "reused the R_train pass's encodings"
@@ -109,4 +120,7 @@ def scan(cfg: ScanConfig) -> ScanResult:
         engine.close()
     if cfg.out:
         write_with_metadata(cfg.out, rankings, metadata)
+    if cfg.scores_out:
+        write_scores(cfg.scores_out, from_kept(total.kept or [], [q.id for q in queries],
+                                               "scan"))
     return ScanResult(rankings, metadata)

@@ -35,6 +35,7 @@ from factrace.run import ask as asking
 from factrace.run import explain as explaining
 from factrace.run.index import load_task, open_encoder_for
 from factrace.run.scan import ScanResult, write_with_metadata
+from factrace.search.full import check_size, from_kept, write_scores
 from factrace.search.topk import exact_topk
 from factrace.search.twostage import two_stage
 from factrace.store.encodings import EncodingStore
@@ -115,14 +116,20 @@ class Tracer:
 
     def trace(self, queries: list[Query], top_k: int = 10, task: str | None = None,
               faiss: str | None = None, nprobe: int = 16, report_recall: bool = False,
-              candidates: int | None = None) -> tuple[list[Ranking], dict]:
+              candidates: int | None = None,
+              scores: list | None = None) -> tuple[list[Ranking], dict]:
         """Rank the store's rows for ``queries``: ``(rankings, metadata)``. ``candidates``:
         two-stage search, the exact scores of the ``candidates`` rows the store's saved
-        approximate index proposes per query (and side) instead of every row."""
+        approximate index proposes per query (and side) instead of every row. ``scores``: a
+        list that receives every (query, row) score of the exact search, as one
+        :class:`~factrace.search.full.FullScores`."""
         candidates = self._check_search(top_k, faiss, candidates, report_recall)
+        if scores is not None and (faiss is not None or candidates is not None):
+            raise FactraceError("every score comes from exact search: drop --faiss and "
+                                "--candidates to write --scores-out")
         _, y = self.encoder.query_vectors(queries)
         return self._trace(queries, y, top_k, task, faiss, nprobe, report_recall,
-                           candidates)[:2]
+                           candidates, scores)[:2]
 
     def _check_search(self, top_k: int, faiss: str | None, candidates: int | None,
                       report_recall: bool = False) -> int | None:
@@ -145,14 +152,18 @@ class Tracer:
 
     def _trace(self, queries, y: torch.Tensor, top_k: int, task: str | None,
                faiss: str | None = None, nprobe: int = 16, report_recall: bool = False,
-               candidates: int | None = None) -> tuple[list[Ranking], dict, TaskScorer]:
+               candidates: int | None = None, scores: list | None = None
+               ) -> tuple[list[Ranking], dict, TaskScorer]:
         scorer, choice = self.scorer(y, task)
         metadata = {"command": "trace", "index": str(self.store.path), "top_k": top_k,
                     "encoder": self.encoder.metadata(scorer.task), "whitening": choice,
                     "fingerprints": self.store.fingerprints, "search": "exact"}
         exact = None
         if (faiss is None and candidates is None) or report_recall:
-            exact = exact_topk(scorer, self.store, top_k).result([q.id for q in queries])
+            found = exact_topk(scorer, self.store, top_k, keep_scores=scores is not None)
+            exact = found.result([q.id for q in queries])
+            if scores is not None:
+                scores.append(from_kept(found.kept, [q.id for q in queries], "trace"))
         rankings = exact
         if candidates is not None:
             rankings, record = two_stage(scorer, self.store, self.approx(), candidates, top_k,
@@ -482,21 +493,39 @@ class TraceConfig:
     progress: bool = True
     overwrite: bool = False
     """Replace an existing ``out`` (otherwise refused before any work)."""
+    scores_out: str | None = None
+    """Also write every (query, passage) score to this ``.npz`` (:mod:`factrace.search.full`;
+    exact search only), refused up front when larger than ``scores_max_gib`` or the free
+    disk."""
+    scores_max_gib: float = 4.0
+    """Largest ``scores_out`` file allowed, in GiB."""
 
 
 def trace(cfg: TraceConfig) -> ScanResult:
     check_at_least(1, top_k=cfg.top_k, nprobe=cfg.nprobe, candidates=cfg.candidates)
     if cfg.out:
         check_output_file(cfg.out, [META_SUFFIX], cfg.overwrite)
+    if cfg.scores_out:
+        check_output_file(cfg.scores_out, overwrite=cfg.overwrite)
+        if cfg.faiss is not None or cfg.candidates is not None:
+            raise FactraceError("every score comes from exact search: drop --faiss and "
+                                "--candidates to write --scores-out")
     queries = read_queries(cfg.queries)
+    scores = None
+    if cfg.scores_out:  # refused before the model is loaded
+        check_size(cfg.scores_out, len(queries), EncodingStore.open(cfg.index, verify=False).n_rows,
+                   int(cfg.scores_max_gib * 2**30))
+        scores = []
     tracer = Tracer.open(cfg.index, cfg.model, cfg.optimizer_state, cfg.device, cfg.progress)
     if cfg.task is not None:
         tracer.task(cfg.task)  # a task that does not exist fails before any encoding
     rankings, metadata = tracer.trace(queries, cfg.top_k, cfg.task, cfg.faiss, cfg.nprobe,
-                                      cfg.report_recall, cfg.candidates)
+                                      cfg.report_recall, cfg.candidates, scores)
     metadata.update(source_meta("queries", cfg.queries))
     if cfg.out:
         write_with_metadata(cfg.out, rankings, metadata)
+    if cfg.scores_out:
+        write_scores(cfg.scores_out, scores[0])
     return ScanResult(rankings, metadata)
 
 

@@ -102,9 +102,10 @@ class ShardWorker:
         return encode_rows(self.encoder, corpus, start, stop)
 
     def scan_rows(self, corpus: str, start: int, stop: int, scorer: TaskScorer,
-                  k: int) -> TopK:
-        """Top-k/bottom-k of rows ``[start, stop)`` against the queries: a partial to merge."""
+                  k: int, keep_scores: bool = False) -> TopK:
+        """Top-k/bottom-k of rows ``[start, stop)`` against the queries: a partial to merge
+        (with every score when ``keep_scores``)."""
         ids, rows = self.encode_rows(corpus, start, stop)
         return exact_topk(scorer, [(ids, rows)] if ids else [], k,
-                          row_offset=start * POSITIONS_PER_ROW)
+                          row_offset=start * POSITIONS_PER_ROW, keep_scores=keep_scores)
 

@@ -110,6 +110,10 @@ class TopK:
         self.next_row = row_offset
         self._top = _Side(n_queries, k)
         self._bottom = _Side(n_queries, k) if opponents else None
+        self.kept: list[tuple[int, np.ndarray, np.ndarray]] | None = None
+        """Every score, when asked for (``exact_topk(keep_scores=True)``): chunks of
+        ``(first row position, ids [n], scores [n_queries, n] float32)``; see
+        :mod:`factrace.search.full`."""
 
     def update(self, scores: torch.Tensor | np.ndarray, ids: Sequence[str] | np.ndarray) -> None:
         """Add rows: ``scores`` ``[n_queries, n]`` (float), ``ids`` the ``n`` row ids."""
@@ -139,6 +143,8 @@ class TopK:
         if self._bottom is not None:
             self._bottom.add(other._bottom.scores, other._bottom.positions, other._bottom.ids)
         self.next_row = max(self.next_row, other.next_row)
+        if other.kept is not None:
+            self.kept = [*(self.kept or []), *other.kept]
         return self
 
     def result(self, query_ids: Sequence[str] | None = None) -> list[Ranking]:
@@ -202,6 +208,7 @@ def exact_topk(
     chunk_rows: int | None = None,
     opponents: bool = True,
     row_offset: int = 0,
+    keep_scores: bool = False,
 ) -> TopK:
     """Score every stored row against ``queries`` ``[q, d]`` and keep the top/bottom ``k``.
 
@@ -212,6 +219,8 @@ def exact_topk(
     Chunks of ``chunk_rows`` rows (default: about 16 MiB of float32) are converted from float16
     to float32 and multiplied with ``torch.matmul``; memory is bounded by one chunk.
     ``row_offset``: global position of the first row (for partials merged later).
+    ``keep_scores``: also keep every score in ``TopK.kept`` (the full ``[q, rows]`` matrix, for
+    ``--scores-out``).
     """
     if isinstance(queries, Scorer):
         scorer, n_queries, dim = queries, queries.n_queries, queries.dim
@@ -225,6 +234,8 @@ def exact_topk(
         chunk_rows = default_chunk_rows(dim)
     chunk_rows = max(ROW_QUANTUM, -(-chunk_rows // ROW_QUANTUM) * ROW_QUANTUM)
     topk = TopK(n_queries, k, opponents=opponents, row_offset=row_offset)
+    if keep_scores:
+        topk.kept = []
     buffer = torch.zeros(chunk_rows, dim)
     staging = torch.empty(chunk_rows, dim, dtype=torch.float16)
     for ids, encodings in iter_source(source):
@@ -245,6 +256,9 @@ def exact_topk(
             else:
                 scores = scorer(chunk, row)[:, :n]
             row += n
+            if keep_scores:
+                topk.kept.append((topk.next_row, ids[start : start + n].astype(str),
+                                  scores.numpy().astype(np.float32, copy=True)))
             topk.update(scores, ids[start : start + n])
     return topk
 
