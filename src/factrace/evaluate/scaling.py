@@ -287,7 +287,8 @@ def run_scaling(cfg, checkpoints: list[Checkpoint], queries, qrels, texts, facts
         loaded = load_model(c.model, cfg.device, "float32")
         parameters = sum(p.numel() for p in loaded.model.parameters())
         one = replace(cfg, model=c.model, optimizer_state=c.optimizer_state,
-                      variants=("trackstar",), baselines=())
+                      variants=("trackstar",), baselines=(),
+                      scores=False, lds=None)  # full scores and LDS: the final model's only
         if known is not None and known["model"] == c.model:
             ranked = {"trackstar": known["rankings"]["trackstar"], "bm25": bm25}
             shared = known["tail_patch"]
