@@ -62,14 +62,16 @@ def baseline_scores(name: str, passages: list[Passage], queries: list[Query]) ->
     if name == "dense":
         return np.hstack([scores for _, scores in _dense_score_chunks(passages, queries)])
     if name == "random":
-        return np.stack([_query_rng(query, 0).random(len(passages)) for query in queries]
+        return np.stack([_query_rng(query, 0, 1).random(len(passages)) for query in queries]
                         ).astype(np.float32)
     raise ValueError(f"unknown baseline {name!r}")
 
 
-def _query_rng(query: Query, seed: int) -> np.random.Generator:
+def _query_rng(query: Query, seed: int, *stream: int) -> np.random.Generator:
+    """A generator that depends on ``seed`` and the query's id only (``stream``: another,
+    independent sequence for the same pair)."""
     digest = hashlib.sha256(query.id.encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little"), 1])
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little"), *stream])
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -243,8 +245,7 @@ def random_rankings(
         raise FactraceError("the corpus has no passages to rank")
     rankings = []
     for query in queries:
-        digest = hashlib.sha256(query.id.encode()).digest()
-        rng = np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+        rng = _query_rng(query, seed)
         picks = rng.choice(len(ids), size=min(k, len(ids)), replace=False)
         scores = np.sort(rng.random(len(picks)))[::-1]
         rankings.append(Ranking(query.id, [ids[i] for i in picks], [float(s) for s in scores]))
