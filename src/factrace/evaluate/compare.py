@@ -97,6 +97,11 @@ class CompareConfig:
     """Retrained models' outputs on training subsets: every method also gets its LDS
     (implies ``scores``)."""
 
+    @property
+    def keeps_scores(self) -> bool:
+        """Whether every method's full scores are written (``scores``, or LDS inputs given)."""
+        return self.scores or self.lds is not None
+
 
 def _base_config(cfg: CompareConfig, mode: str) -> EncoderConfig:
     """The encoding every rung of correction ``mode`` is read from: projections rotated into
@@ -152,9 +157,9 @@ def ladder_rankings(cfg: CompareConfig, loaded, state, queries, folder: Path) ->
             task = TaskWhitening.fit(basis, vc.hessian, y, vc.damping, vc.lambda_, vc.lambda_k,
                                      vc.normalize)
             found = exact_topk(task.scorer(y, own=True), store, cfg.top_k,
-                               keep_scores=cfg.scores or cfg.lds is not None)
+                               keep_scores=cfg.keeps_scores)
             out[name] = found.result([q.id for q in queries])
-            if cfg.scores or cfg.lds is not None:
+            if cfg.keeps_scores:
                 _keep_scores(cfg, from_kept(found.kept, [q.id for q in queries], name))
     return out
 
@@ -164,7 +169,7 @@ def baseline_rankings(cfg: CompareConfig, passages, queries) -> dict:
     for name in cfg.baselines:
         with progress_step(f"baseline {name}", cfg.progress):
             out[name] = rank_baseline(name, passages, queries, cfg.top_k)
-            if cfg.scores or cfg.lds is not None:
+            if cfg.keeps_scores:
                 _keep_scores(cfg, FullScores(baseline_scores(name, passages, queries),
                                              [q.id for q in queries],
                                              [p.id for p in passages], name))
@@ -248,8 +253,8 @@ def compare(cfg: CompareConfig) -> dict:
         if cfg.model not in cfg.scaling:
             raise FactraceError(f"the scaling study's checkpoints must include --model {cfg.model}")
         checkpoints = check_checkpoints(cfg.scaling, cfg.second_moment, cfg.tail_patch, cfg.lr)
-    check_output_dir(cfg.out, (*OUTPUTS, SCORES_DIR) if cfg.scores or cfg.lds is not None
-                     else OUTPUTS, cfg.overwrite)
+    check_output_dir(cfg.out, (*OUTPUTS, SCORES_DIR) if cfg.keeps_scores else OUTPUTS,
+                     cfg.overwrite)
     queries = read_queries(cfg.queries)
     qrels = read_qrels(cfg.qrels)
     check_coverage([q.id for q in queries], qrels, cfg.queries, cfg.qrels)
