@@ -81,6 +81,11 @@ def subset_key(recipe_fingerprint: str, subset: Subset, seed: int) -> str:
     return digest.hexdigest()[:32]
 
 
+def cache_path(cache: str | Path, recipe_fingerprint: str, subset: Subset, seed: int) -> Path:
+    """The file that keeps one retraining's outputs."""
+    return Path(cache) / f"{subset_key(recipe_fingerprint, subset, seed)}.json"
+
+
 def train_on_subset(recipe: Recipe, passages: Sequence[str] | None, seed: int,
                     progress: bool = False):
     """The model and tokenizer trained by the recipe on ``passages`` (``None``: all), in corpus
@@ -125,7 +130,7 @@ def retrain_outputs(recipe: Recipe, subset: Subset, seed: int, cache: str | Path
     import time
 
     fingerprint = fingerprint or recipe.fingerprint()
-    path = Path(cache) / f"{subset_key(fingerprint, subset, seed)}.json"
+    path = cache_path(cache, fingerprint, subset, seed)
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     started = time.perf_counter()
@@ -153,8 +158,9 @@ def retrain_all(recipe: Recipe, subsets: Sequence[Subset], seeds: Sequence[int],
     """Every (subset, seed) retraining's outputs, cached ones read, the others trained in
     ``workers`` parallel processes (``local``) or Ray tasks (``ray``), one torch thread
     each. Returns rows in (subset, seed) order."""
-    if engine not in ("local", "ray"):
-        raise FactraceError(f"unknown engine {engine!r} (use local or ray)")
+    from factrace.run.engines import check_engine
+
+    check_engine(engine)
     recipe = dataclasses.replace(recipe, config=dataclasses.replace(recipe.config,
                                                                     num_threads=1))
     fingerprint = recipe.fingerprint()
@@ -163,7 +169,7 @@ def retrain_all(recipe: Recipe, subsets: Sequence[Subset], seeds: Sequence[int],
     results: dict[int, dict] = {}
     todo = []
     for i, job in enumerate(jobs):
-        path = Path(cache) / f"{subset_key(fingerprint, job[1], job[2])}.json"
+        path = cache_path(cache, fingerprint, job[1], job[2])
         if path.is_file():
             results[i] = json.loads(path.read_text(encoding="utf-8"))
         else:

@@ -122,9 +122,9 @@ reads them back)."""
 def check_lds_options(cfg: DemoConfig) -> None:
     """Refuse impossible LDS options before any work."""
     from factrace.evaluate.lds import random_subsets
+    from factrace.run.engines import check_engine
 
-    if cfg.engine not in ("local", "ray"):
-        raise FactraceError(f"unknown engine {cfg.engine!r} (use local or ray)")
+    check_engine(cfg.engine)
     if cfg.lds_noise_subsets is not None and cfg.lds_noise_subsets < 0:
         raise FactraceError(f"--lds-noise-subsets must be at least 0, got "
                             f"{cfg.lds_noise_subsets}")

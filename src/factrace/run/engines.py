@@ -14,6 +14,14 @@ from factrace.errors import FactraceError
 from factrace.extras import require
 from factrace.run.worker import EncoderSpec, ShardWorker
 
+ENGINES = ("local", "ray")
+
+
+def check_engine(name: str) -> None:
+    """Refuse an engine name that is not one of :data:`ENGINES`."""
+    if name not in ENGINES:
+        raise FactraceError(f"unknown engine {name!r} (use local or ray)")
+
 
 class LocalEngine:
     """Runs every task in this process, in order."""
@@ -92,8 +100,7 @@ class RayEngine:
 
 def make_engine(name: str, spec: EncoderSpec, workers: int = 2, address: str | None = None,
                 gpus_per_worker: float = 0.0):
+    check_engine(name)
     if name == "local":
         return LocalEngine(spec)
-    if name == "ray":
-        return RayEngine(spec, workers, address, gpus_per_worker)
-    raise FactraceError(f"unknown engine {name!r} (use local or ray)")
+    return RayEngine(spec, workers, address, gpus_per_worker)
