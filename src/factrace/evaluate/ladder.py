@@ -100,6 +100,12 @@ def _z(a: dict, b: dict, key: str) -> float:
     return math.inf if spread == 0 and diff else (diff / spread if spread else 0.0)
 
 
+def held_at(z: float) -> bool | None:
+    """A finding's verdict from its z: held at ``SIGNIFICANT_SE`` or more, not held at minus
+    that or less, else not significant (``None``)."""
+    return True if z >= SIGNIFICANT_SE else False if z <= -SIGNIFICANT_SE else None
+
+
 def _show(row: dict, key: str) -> str:
     return f"{row['method']} {row[key]:.4g} ± {row[f'{key}_se']:.2g}"
 
@@ -111,7 +117,7 @@ def _compare(claim: str, winner: dict | None, others: Sequence[dict], key: str) 
         return Finding(claim, None, "not measured: the methods it compares were not all run")
     best = max(measured, key=lambda r: r[key])
     z = _z(winner, best, key)
-    held = True if z >= SIGNIFICANT_SE else False if z <= -SIGNIFICANT_SE else None
+    held = held_at(z)
     verb = "beats" if winner[key] > best[key] else "does not beat"
     return Finding(claim, held, f"{_show(winner, key)} {verb} {_show(best, key)} "
                                 f"(difference {winner[key] - best[key]:+.3g}, {z:+.1f} combined "

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from factrace.errors import FactraceError
 from factrace.evaluate.kinds import kinds_summary
-from factrace.evaluate.ladder import SIGNIFICANT_SE, Finding, results_rows
+from factrace.evaluate.ladder import SIGNIFICANT_SE, Finding, held_at, results_rows
 from factrace.evaluate.metrics import attribution_metrics, bare_id, mean_stderr
 
 OVERLAP_K = 10
@@ -229,8 +229,7 @@ def _paired(first: dict, last: dict, key: str, axis: str, how: str) -> Finding:
     b = mean_stderr([after[q] for q in common])
     z = (math.copysign(math.inf, diff.mean) if diff.stderr == 0 and diff.mean
          else diff.mean / diff.stderr if diff.stderr else 0.0)
-    held = True if z >= SIGNIFICANT_SE else False if z <= -SIGNIFICANT_SE else None
-    return Finding(claim, held, f"{a.mean:.3f} ± {a.stderr:.3f} ({how(first)}) → {b.mean:.3f} ± "
+    return Finding(claim, held_at(z), f"{a.mean:.3f} ± {a.stderr:.3f} ({how(first)}) → {b.mean:.3f} ± "
                                 f"{b.stderr:.3f} ({how(last)}); paired difference "
                                 f"{diff.mean:+.3f} ± {diff.stderr:.3f} over {diff.n} queries, "
                                 f"{z:+.1f} se ({SIGNIFICANT_SE:g} needed either way)", z)
