@@ -302,7 +302,7 @@ class TaskWhitening:
         else:
             raise FactraceError(f"unknown hessian mode {mode!r}")
         blocks, etas = [], []
-        auto = basis.shrinkage() if damping == "auto" else (
+        per_block = basis.shrinkage() if damping == "auto" else (
             list(damping) if isinstance(damping, (list, tuple)) else None)
         for i, (off, size) in enumerate(basis.spans):
             s = basis.values[i]
@@ -310,7 +310,7 @@ class TaskWhitening:
             if n_eval:
                 yb = y[:, off:off + size]
                 trace += lam * float((yb * yb).sum()) / n_eval
-            eta = damping if auto is None else auto[i]
+            eta = damping if per_block is None else per_block[i]
             etas.append(float(eta))
             shift = eta * trace / size
             diag = (1 - lam) * s + shift
