@@ -12,6 +12,9 @@ def test_trackstar_damps_hard_and_the_paper_setting_stays_by_name():
     assert paper.damping == 0.1 and paper.hessian == "mixed" and paper.layout == "layers"
     assert variant_config("trackstar-paper", damping=3.0).damping == 3.0  # explicit wins
     assert variant_config("trackstar", damping=None).damping == 10.0  # None = not given
+    auto = variant_config("trackstar-auto")
+    assert auto.damping == "auto" and auto.replace(variant="trackstar") == variant_config(
+        "trackstar", damping="auto")
 
 
 def test_fingerprint_tells_damping_and_projection_apart():

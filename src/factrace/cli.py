@@ -28,7 +28,8 @@ app.add_typer(index_app, name="index")
 
 # Encoder options, shared by every command that encodes (None = the variant's default).
 Variant = Annotated[str, typer.Option(help="grad-dot | grad-cos | grad-cos+opt | "
-                                      "trackstar-train | trackstar | trackstar-paper (η = 0.1)")]
+                                      "trackstar-train | trackstar | trackstar-paper (η = 0.1) | "
+                                      "trackstar-auto (η from R_train)")]
 Dim = Annotated[int | None, typer.Option(help="Projection dimension (default 2^16; on CPU at "
                                           "most 4096 per block: 2^14 for a 2-layer model).")]
 Layout = Annotated[str | None, typer.Option(help="layers | modules")]

@@ -178,9 +178,13 @@ VARIANTS: dict[str, dict] = {
     "trackstar": dict(second_moment="factored", hessian="mixed", normalize=True),
     "trackstar-paper": dict(second_moment="factored", hessian="mixed", normalize=True,
                             damping=0.1),
+    "trackstar-auto": dict(second_moment="factored", hessian="mixed", normalize=True,
+                           damping="auto"),
 }
 """The ladder: each step adds one ingredient of TrackStar; ``trackstar-paper`` is TrackStar with
-the light damping η = 0.1 (the earlier default), kept by name for comparison."""
+the light damping η = 0.1 (the earlier default), kept by name for comparison;
+``trackstar-auto`` sets each block's η from R_train's Ledoit–Wolf shrinkage (``--damping
+auto``)."""
 
 
 def variant_config(name: str = "trackstar", **overrides) -> EncoderConfig:
