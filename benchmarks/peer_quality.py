@@ -141,7 +141,7 @@ def write_jsonl(path: Path, rows) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def prepare_model(src: Path, dst: Path) -> dict:
+def prepare_model(src: Path, dst: Path, token_batch: int = TOKEN_BATCH) -> dict:
     """A copy of the model directory that bergson can run as this comparison needs.
 
     Weights are linked, not copied. The tokenizer gets a chat template that renders a
@@ -158,10 +158,10 @@ def prepare_model(src: Path, dst: Path) -> dict:
             os.symlink(item.resolve(), dst / item.name)
     config = json.loads((src / "config.json").read_text())
     original_context = config.get("max_position_embeddings")
-    config["max_position_embeddings"] = max(original_context or 0, TOKEN_BATCH)
+    config["max_position_embeddings"] = max(original_context or 0, token_batch)
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
-    tok_cfg["model_max_length"] = TOKEN_BATCH
+    tok_cfg["model_max_length"] = token_batch
     tok_cfg["chat_template"] = CHAT_TEMPLATE
     (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
     (dst / "chat_template.jinja").write_text(CHAT_TEMPLATE)
@@ -259,6 +259,8 @@ def main():
                     help="bergson's damping c in (λ + c·mean λ)^-1/2 (its default, 0.1, "
                          "when unset)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--token-batch", type=int, default=TOKEN_BATCH,
+                    help="bergson's --token_batch_size (its activation memory grows with it)")
     ap.add_argument("--keep", type=Path, default=None, help="keep bergson's run directory here")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--scores-out", type=Path, default=None,
@@ -275,7 +277,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="peer-quality-") as tmp:
         root = Path(tmp)
         model = root / "model"
-        original = prepare_model(args.model, model)
+        original = prepare_model(args.model, model, args.token_batch)
         mismatched = check_query_tokens(model, queries)
         if mismatched:
             print(f"warning: {mismatched} queries tokenise differently in bergson's template",
@@ -291,7 +293,7 @@ def main():
         options = [
             "--model", str(model), "--optimizer_state", str(optimizer),
             "--projection_dim", str(args.projection_dim), "--precision", "fp32",
-            "--token_batch_size", str(TOKEN_BATCH),
+            "--token_batch_size", str(args.token_batch),
             "--data.dataset", str(corpus), "--data.prompt_column", "text",
             "--query.dataset", str(query_file), "--query.prompt_column", "prompt",
             "--query.completion_column", "completion",
@@ -352,8 +354,8 @@ def main():
         "tracked_modules": sorted(modules),
         "dim": p * p * len(modules),
         "lambda": lam,
-        "model_copy": {"chat_template": CHAT_TEMPLATE, "model_max_length": TOKEN_BATCH,
-                       "max_position_embeddings": TOKEN_BATCH,
+        "model_copy": {"chat_template": CHAT_TEMPLATE, "model_max_length": args.token_batch,
+                       "max_position_embeddings": args.token_batch,
                        "original_max_position_embeddings": original["max_position_embeddings"]},
         "queries_tokenised_differently": mismatched,
         "optimizer_state_rewritten": f"one param group in model.parameters() order, read from "
