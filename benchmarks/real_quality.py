@@ -488,7 +488,8 @@ def table(work: Path, done: dict, args) -> dict:
                 per_query[m][kind] = vals
         rows[m] = row
     paired = {}
-    for ref in ("exact", "bergson"):
+    for ref in ("exact", "exact-no-V", "bergson", "grad-cos+opt", "trackstar-paper",
+                "trackstar-auto"):
         if ref not in per_query or "trackstar" not in per_query:
             continue
         for metric in ("rr", "adam", "sgd"):
