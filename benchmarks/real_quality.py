@@ -58,11 +58,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import wordnet_world  # noqa: E402
+from quality import rankings_from  # noqa: E402
 from real_model import extract_gguf, load_average  # noqa: E402
 
 from factrace.config import EncoderConfig  # noqa: E402
 from factrace.data.corpus import iter_corpus  # noqa: E402
-from factrace.data.io import Ranking, read_qrels, read_queries, read_rankings  # noqa: E402
+from factrace.data.io import read_qrels, read_queries, read_rankings  # noqa: E402
 from factrace.evaluate.metrics import attribution_metrics, mean_stderr  # noqa: E402
 
 METHODS = ("grad-dot", "grad-cos", "grad-cos+opt", "trackstar-train", "trackstar",
@@ -156,6 +157,17 @@ def correction_vector(enc) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def fit_estimate(enc, corpus: Path) -> None:
+    """V as ``index build`` estimates it: from the first ``estimate_examples`` passages of its
+    evenly spaced sample of the corpus."""
+    from factrace.run.fit import sample_passages
+
+    cfg = enc.config
+    n = sum(1 for _ in iter_corpus(corpus))
+    sample = sample_passages(str(corpus), n, max(cfg.train_examples, cfg.estimate_examples))
+    enc.fit_second_moment(enc.tokenize_passages(sample[:cfg.estimate_examples]))
+
+
 def in_pairs(enc, examples):
     """The exact gradients two examples at a time: a batch of short rows would otherwise
     hold many [D] rows (0.42 GB each) at once."""
@@ -165,7 +177,6 @@ def in_pairs(enc, examples):
 
 def step_exact(work: Path, loaded, args) -> dict:
     from factrace.encode.encoder import Encoder
-    from factrace.run.fit import sample_passages
 
     t0 = time.perf_counter()
     corpus = work / "corpus.jsonl"
@@ -174,10 +185,7 @@ def step_exact(work: Path, loaded, args) -> dict:
     cfg = EncoderConfig(projection="exact", second_moment="estimate", hessian="none",
                         normalize=False, batch_tokens=args.exact_tokens)
     enc = Encoder(loaded, cfg)
-    # V from the passages index build takes (the first --estimate-examples of its sample)
-    sample = sample_passages(str(corpus), len(passages), max(cfg.train_examples,
-                                                             cfg.estimate_examples))
-    enc.fit_second_moment(enc.tokenize_passages(sample[:cfg.estimate_examples]))
+    fit_estimate(enc, corpus)
     scale = correction_vector(enc)
     sketch = CountSketch(int(scale.numel()), args.sketch_dim)
     n_exact = min(args.exact_queries, len(queries))
@@ -259,12 +267,6 @@ def step_exact(work: Path, loaded, args) -> dict:
     return out
 
 
-def rankings_from(scores: np.ndarray, qids, ids, k: int = 10) -> list[Ranking]:
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [Ranking(q, [ids[j] for j in row], [float(scores[i, j]) for j in row])
-            for i, (q, row) in enumerate(zip(qids, top, strict=True))]
-
-
 
 # tail-patch -----------------------------------------------------------------------------------
 def method_rankings(work: Path) -> dict[str, dict[str, list[str]]]:
@@ -293,15 +295,11 @@ def adam_second_moment(work: Path, loaded) -> dict[str, torch.Tensor]:
     """V of every tracked weight for the AdamW step: factrace's estimate (rank-one, from the 256
     passages ``index build`` takes) of the squared gradient of a passage's mean token loss."""
     from factrace.encode.encoder import Encoder
-    from factrace.run.fit import sample_passages
 
-    corpus = work / "corpus.jsonl"
     cfg = EncoderConfig(second_moment="estimate", hessian="none", loss_reduction="mean",
                         batch_tokens=512)
     enc = Encoder(loaded, cfg)
-    n = sum(1 for _ in iter_corpus(corpus))
-    sample = sample_passages(str(corpus), n, max(cfg.train_examples, cfg.estimate_examples))
-    enc.fit_second_moment(enc.tokenize_passages(sample[:cfg.estimate_examples]))
+    fit_estimate(enc, work / "corpus.jsonl")
     return {m.param_name: torch.outer(enc._corrections[m.name].row,
                                       enc._corrections[m.name].col).pow(-2)
             for m in enc.tracked}
