@@ -355,7 +355,8 @@ def main():
         "dim": p * p * len(modules),
         "lambda": lam,
         "model_copy": {"chat_template": CHAT_TEMPLATE, "model_max_length": args.token_batch,
-                       "max_position_embeddings": args.token_batch,
+                       "max_position_embeddings": max(original["max_position_embeddings"] or 0,
+                                                      args.token_batch),
                        "original_max_position_embeddings": original["max_position_embeddings"]},
         "queries_tokenised_differently": mismatched,
         "optimizer_state_rewritten": f"one param group in model.parameters() order, read from "
