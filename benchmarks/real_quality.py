@@ -22,7 +22,14 @@ Steps, each cached in ``--work`` (a rerun skips what is done):
    ``--sketch-dim`` (2^22) dimensions (:class:`CountSketch`). The first ``--exact-queries`` (3) queries also
    keep their whole gradients, so their products are exact: the sketch's error is measured on
    them (largest error of a cosine, top-10 overlap with the exact ranking).
-4. ``tail_patch``: one optimizer step per (query, passage) over the union of every method's top
+4. ``bergson`` (with ``--bergson-python``): ``peer_quality.py``'s ``bergson trackstar`` at the
+   projection P whose d = P² × 210 is nearest 2^16, given the same V as an AdamW state.
+5. ``probes``: the default with one setting changed, each through ``compare`` (its own
+   encoding): d = 2^14, the ``modules`` layout, no V, V from 1,024 passages (:data:`PROBES`).
+6. ``sweep``: the default's mixed R at other η and λ (:data:`SWEEP`), every setting scored
+   from one encoding. Probes and sweep rank for the table and the tail-patch union (run them
+   before ``tail_patch``).
+7. ``tail_patch``: one optimizer step per (query, passage) over the union of every method's top
    10 for the first ``--tail-patch-queries`` queries, Δ p(target | prompt) cached per pair in
    ``deltas.json``. The step updates the tracked weights only (what every method scores), on
    the passage's mean token loss, from the same start each time. Two columns: AdamW (β =
@@ -30,9 +37,7 @@ Steps, each cached in ``--work`` (a rerun skips what is done):
    corrections ≈ 1) and V = factrace's estimate of the squared mean-loss gradient, at
    ``--adam-lr``; and plain SGD, its learning rate set so that its mean update norm over 16
    corpus passages equals AdamW's.
-5. ``bergson`` (with ``--bergson-python``): ``peer_quality.py``'s ``bergson trackstar`` at the
-   projection P whose d = P² × 210 is nearest 2^16, given the same V as an AdamW state.
-6. ``ratio``: encode / training-step time (``real_model.encode_over_train``).
+8. ``ratio``: encode / training-step time (``real_model.encode_over_train``).
 
 Then a table: MRR, recall@10 (mean ± se over the known facts) and both tail-patch columns for
 every method, the default's paired differences against the exact reference, and each step's
@@ -95,6 +100,48 @@ PROBES = {
     "V from 1024": ({"estimate_examples": 1024}, "estimate"),
 }
 """The default trackstar with one setting changed (encoder options, correction)."""
+
+
+SWEEP = {f"η={eta:g}": (eta, None) for eta in (1.0, 3.0, 30.0, 100.0, 1000.0)}
+SWEEP.update({f"λ={lam:g}": (10.0, lam) for lam in (0.25, 0.5, 0.75)})
+"""The default's R with one of η (damping) or λ (R_eval's weight; automatic at the default)
+changed, scored from one encoding of the corpus."""
+
+
+def step_sweep(work: Path, gguf: Path, args, options: dict | None = None) -> dict:
+    """Every :data:`SWEEP` setting of mixed R, each from the same encoding (the default's, or
+    with encoder ``options``, through ``index build`` as ``compare`` encodes it); rankings under
+    ``probes/<name>/``."""
+    import tempfile
+
+    from factrace.data.io import write_rankings
+    from factrace.encode.whitening import TaskWhitening
+    from factrace.evaluate.compare import CompareConfig, _encode_corpus
+    from factrace.model.load import load_model
+    from factrace.search.topk import exact_topk
+
+    cfg = CompareConfig(str(gguf), None, str(work / "corpus.jsonl"),
+                        str(work / "queries.jsonl"), str(work / "qrels.jsonl"),
+                        str(work / "probes"), variants=("trackstar",), baselines=(),
+                        encoder_options=options or {}, second_moment="estimate",
+                        tail_patch=False, progress=False)
+    queries = read_queries(work / "queries.jsonl")
+    qids = [q.id for q in queries]
+    loaded = load_model(gguf, "cpu", "float32")
+    out = {}
+    (work / "probes").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work / "probes", prefix=".encodings-") as folder:
+        t = time.perf_counter()
+        store, basis, y = _encode_corpus(cfg, "estimate", loaded, None, queries, Path(folder))
+        out["encode_s"] = round(time.perf_counter() - t, 1)
+        for name, (eta, lam) in SWEEP.items():
+            task = TaskWhitening.fit(basis, "mixed", y, eta, lam)
+            found = exact_topk(task.scorer(y, own=True), store, 10).result(qids)
+            path = work / "probes" / name / "rankings" / "trackstar.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_rankings(path, found)
+            out[name] = {"eta": eta, "lambda": task.lam}
+    return out
 
 
 def step_probes(work: Path, gguf: Path, args) -> dict:
@@ -510,7 +557,7 @@ def table(work: Path, done: dict, args) -> dict:
     return summary
 
 
-STEPS = ("world", "compare", "exact", "bergson", "probes", "tail_patch", "ratio")
+STEPS = ("world", "compare", "exact", "bergson", "probes", "sweep", "tail_patch", "ratio")
 
 
 def main() -> None:
@@ -559,6 +606,8 @@ def main() -> None:
             out = step_exact(work, loaded, args)
         elif step == "probes":
             out = step_probes(work, gguf, args)
+        elif step == "sweep":
+            out = step_sweep(work, gguf, args)
         elif step == "tail_patch":
             out = step_tail_patch(work, loaded, args)
         elif step == "bergson":

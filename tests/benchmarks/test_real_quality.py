@@ -146,3 +146,36 @@ def test_the_exact_step_scores_whole_gradient_cosines(tmp_path):
         assert np.abs(sketched - want).max() < 0.05, kind
         assert info[kind]["sketch_max_abs_error"] == pytest.approx(
             np.abs(sketched[:2] - exact).max(), abs=1e-6)
+
+
+def test_the_sweep_ranks_as_compare_does_with_that_setting(world, tmp_path):
+    """Each η and λ of the sweep, scored from one encoding, against ``compare``'s ladder run
+    with that damping or λ as an encoder option (its own encoding)."""
+    import shutil
+
+    from real_quality import SWEEP, step_sweep
+
+    from factrace.data.io import read_queries, read_rankings
+    from factrace.evaluate.compare import CompareConfig, ladder_rankings
+    from factrace.model.load import load_model
+
+    for name in ("corpus", "queries"):
+        shutil.copy(world[name], tmp_path / f"{name}.jsonl")
+    options = {"dim": 64, "train_examples": 16}
+    step_sweep(tmp_path, world["model"], None, options)
+    loaded = load_model(world["model"], "cpu", "float32")
+    queries = read_queries(world["queries"])
+    seen = set()
+    for name in ("η=30", "λ=0.25"):
+        eta, lam = SWEEP[name]
+        cfg = CompareConfig(world["model"], None, world["corpus"], world["queries"], qrels="",
+                            out="", variants=("trackstar",), baselines=(),
+                            encoder_options={**options, "damping": eta, "lambda_": lam},
+                            second_moment="estimate", tail_patch=False, progress=False)
+        want = ladder_rankings(cfg, loaded, None, queries, tmp_path / f"ref-{eta}")["trackstar"]
+        got = read_rankings(tmp_path / "probes" / name / "rankings" / "trackstar.jsonl")
+        assert [r.doc_ids for r in got] == [r.doc_ids for r in want], name
+        assert [s for r in got for s in r.scores] == pytest.approx(
+            [s for r in want for s in r.scores], abs=1e-5)
+        seen.add(tuple(got[0].doc_ids))
+    assert len(seen) == 2  # the two settings rank differently
