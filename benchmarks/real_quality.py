@@ -321,13 +321,17 @@ def step_exact(work: Path, loaded, args) -> dict:
 
 
 # tail-patch -----------------------------------------------------------------------------------
+def top10(path: Path) -> dict[str, list[str]]:
+    return {r.query_id: r.doc_ids[:10] for r in read_rankings(path)}
+
+
 def method_rankings(work: Path) -> dict[str, dict[str, list[str]]]:
     """Every method's top 10 per query: compare's rankings, the exact references, bergson."""
     out = {}
     for m in (*METHODS, *BASELINES):
         path = work / "compare" / "rankings" / f"{m}.jsonl"
         if path.exists():
-            out[m] = {r.query_id: r.doc_ids[:10] for r in read_rankings(path)}
+            out[m] = top10(path)
     qids = [q.id for q in read_queries(work / "queries.jsonl")]
     ids = [p.id for p in iter_corpus(work / "corpus.jsonl")]
     for kind, name in (("v", "exact"), ("raw", "exact-no-V")):
@@ -335,11 +339,9 @@ def method_rankings(work: Path) -> dict[str, dict[str, list[str]]]:
         if path.exists():
             out[name] = {r.query_id: r.doc_ids for r in rankings_from(np.load(path), qids, ids)}
     for path in sorted((work / "probes").glob("*/rankings/trackstar.jsonl")):
-        out[f"trackstar [{path.parent.parent.name}]"] = {
-            r.query_id: r.doc_ids[:10] for r in read_rankings(path)}
+        out[f"trackstar [{path.parent.parent.name}]"] = top10(path)
     if (work / "bergson.jsonl").exists():
-        out["bergson"] = {r.query_id: r.doc_ids[:10] for r in read_rankings(work /
-                                                                              "bergson.jsonl")}
+        out["bergson"] = top10(work / "bergson.jsonl")
     return out
 
 
@@ -563,7 +565,18 @@ def table(work: Path, done: dict, args) -> dict:
     return summary
 
 
-STEPS = ("world", "compare", "exact", "bergson", "probes", "sweep", "tail_patch", "ratio")
+def step_ratio(work: Path, gguf: Path, args) -> dict:
+    from real_model import encode_over_train
+
+    return encode_over_train(gguf, work, args.ratio_passages)
+
+
+STEPS = {"world": step_world, "compare": step_compare, "exact": step_exact,
+         "bergson": step_bergson, "probes": step_probes, "sweep": step_sweep,
+         "tail_patch": step_tail_patch, "ratio": step_ratio}
+"""Each step, in the order it runs, called with ``(work, model, args)``: the loaded model for
+:data:`LOADED`, the GGUF file's path for the others (they load the model their own way)."""
+LOADED = ("world", "exact", "tail_patch")
 STUDIES = ("probes", "sweep")
 """Steps that study one setting each; the benchmark runs without them unless ``--steps`` names
 them."""
@@ -605,31 +618,15 @@ def main() -> None:
     for step in args.steps.split(","):
         if step in done and step != "tail_patch":  # tail-patch adds the pairs still missing
             continue
-        if step in ("world", "exact", "tail_patch") and loaded is None:
+        if step not in STEPS:
+            sys.exit(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+        if step == "bergson" and args.bergson_python is None:
+            continue
+        if step in LOADED and loaded is None:
             loaded = load_model(gguf, "cpu", "float32")
         t = time.perf_counter()
         load = load_average()
-        if step == "world":
-            out = step_world(work, loaded, args)
-        elif step == "compare":
-            out = step_compare(work, gguf, args)
-        elif step == "exact":
-            out = step_exact(work, loaded, args)
-        elif step == "probes":
-            out = step_probes(work, gguf, args)
-        elif step == "sweep":
-            out = step_sweep(work, gguf, args)
-        elif step == "tail_patch":
-            out = step_tail_patch(work, loaded, args)
-        elif step == "bergson":
-            if args.bergson_python is None:
-                continue
-            out = step_bergson(work, gguf, args)
-        elif step == "ratio":
-            from real_model import encode_over_train
-            out = encode_over_train(gguf, work, args.ratio_passages)
-        else:
-            sys.exit(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+        out = STEPS[step](work, loaded if step in LOADED else gguf, args)
         out["wall_s"] = round(time.perf_counter() - t, 1)
         out["load_average"] = [load, load_average()]
         if done_path.exists():  # steps may run in separate processes side by side
