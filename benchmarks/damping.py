@@ -3,8 +3,9 @@
 For one world it encodes every passage and query once with factrace's default encoder (no R,
 raw projections kept in ``OUT/proj.pt``), fits R_train as ``index build`` does (the default
 number of training examples), then scores every query against every passage exactly as
-``trace`` does (:class:`factrace.encode.whitening.TaskWhitening`, mixed R, λ automatic unless a
-method fixes it as ``mixed/η@λ``) at each method of ``--methods``. Per method it prints MRR and
+``trace`` does (:class:`factrace.encode.whitening.TaskWhitening`, mixed R, λ by the paper's
+rule unless a method fixes it as ``mixed/η@λ``: factrace's default is ``mixed/10@0.5``) at each
+method of ``--methods``. Per method it prints MRR and
 recall@10 against the gold passages, tail-patch ± se of the top 10 (one AdamW step per
 passage, Δ cached per (query, passage) in ``OUT/deltas.json``),
 and statistics computed from the scores and R alone — no gold, no tail-patch — that a rule

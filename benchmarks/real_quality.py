@@ -107,10 +107,10 @@ PROBES = {
 """The default trackstar with one setting changed (encoder options, correction)."""
 
 
-SWEEP = {f"η={eta:g}": (eta, None) for eta in (1.0, 3.0, 30.0, 100.0, 1000.0)}
-SWEEP.update({f"λ={lam:g}": (10.0, lam) for lam in (0.25, 0.5, 0.75)})
-"""The default's R with one of η (damping) or λ (R_eval's weight; automatic at the default)
-changed, scored from one encoding of the corpus."""
+SWEEP = {f"η={eta:g}": (eta, 0.5) for eta in (1.0, 3.0, 30.0, 100.0, 1000.0)}
+SWEEP.update({f"λ={lam}": (10.0, lam) for lam in (0.25, 0.75, "auto")})
+"""The default's R (η = 10, λ = 0.5) with one of η (damping) or λ (R_eval's weight; ``auto``:
+the paper's rule) changed, scored from one encoding of the corpus."""
 
 
 def step_sweep(work: Path, gguf: Path, args, options: dict | None = None) -> dict:

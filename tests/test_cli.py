@@ -514,13 +514,14 @@ def test_every_encoder_option_reaches_the_configuration(world, tmp_path, capsys)
                                                         "compile", "variant"}
     named = {name.rstrip("_") if name != "lambda_" else name for name in ENCODER_OPTIONS}
     assert fields <= named | {"include", "exclude"}, fields - named
-    code, out = _scan(world, tmp_path, extra=["--lambda-k", "3", "--estimate-examples", "7",
+    code, out = _scan(world, tmp_path, extra=["--lambda", "auto", "--lambda-k", "3",
+                                              "--estimate-examples", "7",
                                               "--epsilon", "1e-6", "--aspect", "2",
                                               "--loss-reduction", "mean", "--threads", "1"])
     assert code == 0
     config = json.loads(Path(str(out) + ".meta.json").read_text())["encoder"]["config"]
-    assert (config["lambda_k"], config["estimate_examples"], config["epsilon"],
-            config["aspect"], config["loss_reduction"]) == (3, 7, 1e-6, 2.0, "mean")
+    assert (config["lambda_"], config["lambda_k"], config["estimate_examples"], config["epsilon"],
+            config["aspect"], config["loss_reduction"]) == ("auto", 3, 7, 1e-6, 2.0, "mean")
 
 
 #: EncoderConfig fields that are no command's option, and why.

@@ -14,7 +14,17 @@ def test_trackstar_damps_hard_and_the_paper_setting_stays_by_name():
     assert variant_config("trackstar", damping=None).damping == 10.0  # None = not given
     auto = variant_config("trackstar-auto")
     assert auto.damping == "auto" and auto.replace(variant="trackstar") == variant_config(
-        "trackstar", damping="auto")
+        "trackstar", damping="auto", lambda_="auto")
+
+
+def test_lambda_is_fixed_by_default_and_the_papers_rule_stays_by_name():
+    assert EncoderConfig().lambda_ == variant_config("trackstar").lambda_ == 0.5
+    assert variant_config("trackstar-paper").lambda_ == "auto"
+    assert EncoderConfig(lambda_="0.25").lambda_ == 0.25  # "0.25" from the CLI
+    assert EncoderConfig(lambda_=None).lambda_ is None  # as stores written before "auto" say
+    for bad in ("half", 1.5, -0.1, float("nan")):
+        with pytest.raises(FactraceError, match="--lambda must be a number in"):
+            EncoderConfig(lambda_=bad)
 
 
 def test_fingerprint_tells_damping_and_projection_apart():

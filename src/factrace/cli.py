@@ -43,7 +43,9 @@ SecondMoment = Annotated[str | None, typer.Option(
 Hessian = Annotated[str | None, typer.Option(help="mixed | train | none")]
 HessianStructure = Annotated[str | None, typer.Option(
     "--hessian-structure", help="auto | global | block")]
-Lambda = Annotated[float | None, typer.Option("--lambda", help="Fixed λ (default: automatic).")]
+Lambda = Annotated[str | None, typer.Option(
+    "--lambda", help="λ, R_eval's weight in R: a number in [0, 1], or auto (the paper's rule: the "
+    "scaled eigenvalue curves cross at --lambda-k) (default 0.5; trackstar-paper: auto).")]
 Damping = Annotated[str | None, typer.Option(
     help="Damping η of R^{-1/2}: a number, or auto (each block's η from its data) (default 10; "
          "trackstar-paper: 0.1).")]
@@ -94,8 +96,8 @@ EstimateExamples = Annotated[int | None, typer.Option(
     "--estimate-examples", help="Corpus passages sampled to estimate V with --second-moment "
     "estimate (default 256).")]
 LambdaK = Annotated[int | None, typer.Option(
-    "--lambda-k", help="Component where the automatic λ's eigenvalue curves cross (default "
-    "d/64).")]
+    "--lambda-k", help="Component where --lambda auto's eigenvalue curves cross, and below "
+    "which a trace's queries are too few to stand for a task (default d/64).")]
 MaxLength = Annotated[int | None, typer.Option(
     "--max-length", help="Tokens per example (default: the model's context); longer passages "
     "become windows.")]

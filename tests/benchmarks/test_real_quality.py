@@ -166,7 +166,7 @@ def test_the_sweep_ranks_as_compare_does_with_that_setting(world, tmp_path):
     loaded = load_model(world["model"], "cpu", "float32")
     queries = read_queries(world["queries"])
     seen = set()
-    for name in ("η=30", "λ=0.25"):
+    for name in ("η=30", "λ=auto"):
         eta, lam = SWEEP[name]
         cfg = CompareConfig(world["model"], None, world["corpus"], world["queries"], qrels="",
                             out="", variants=("trackstar",), baselines=(),

@@ -88,11 +88,13 @@ def test_default_k_is_capped_by_rank():
     assert default_k(65536, 10**6, 50) == 49
 
 
-def test_encoder_trackstar_matches_numpy_end_to_end():
+@pytest.mark.parametrize("lambda_", ["auto", "default"])
+def test_encoder_trackstar_matches_numpy_end_to_end(lambda_):
     loaded = tiny_loaded("llama")
     state = random_state(loaded.model)
+    fixed = {} if lambda_ == "default" else {"lambda_": lambda_}
     cfg = EncoderConfig(dim=32, second_moment="factored", hessian="mixed",
-                        hessian_structure="global", damping=0.1)
+                        hessian_structure="global", damping=0.1, **fixed)
     enc = Encoder(loaded, cfg, state)
     enc.fit_hessian(PASSAGES, QUERIES)
     raw = Encoder(loaded, cfg.replace(hessian="none", normalize=False), state)
@@ -102,7 +104,7 @@ def test_encoder_trackstar_matches_numpy_end_to_end():
     rt, re = (ptrain.T @ ptrain / len(ptrain)).numpy(), (peval.T @ peval / len(peval)).numpy()
     k = default_k(32, len(ptrain), len(peval))
     st, se = np.sort(np.linalg.eigvalsh(rt))[::-1], np.sort(np.linalg.eigvalsh(re))[::-1]
-    lam = st[k] / (st[k] + se[k])
+    lam = st[k] / (st[k] + se[k]) if lambda_ == "auto" else 0.5  # the default: fixed 0.5
     w = _inv_sqrt(lam * re + (1 - lam) * rt, 0.1)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     pin = raw.encode_passages(PASSAGES)[1].double().numpy()  # input order, as encode_passages

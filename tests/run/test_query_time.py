@@ -78,7 +78,9 @@ def test_a_store_built_with_other_queries_traces_new_ones_with_their_own_r(world
     # the build-time queries' own R differs: the store did not bake it in
     default = trace(TraceConfig(index=str(tmp_path / "s"), queries=world["queries"],
                                 top_k=10, task="default", progress=False))
-    assert default.metadata["whitening"]["lambda"] != traced.metadata["whitening"]["lambda"]
+    assert default.metadata["whitening"]["r_eval"] == "task default"
+    top = [[r.scores[0] for r in t.rankings] for t in (default, traced)]
+    assert not np.allclose(*top, atol=1e-4)
 
 
 def test_few_queries_use_the_default_task_and_say_so(world, tmp_path):

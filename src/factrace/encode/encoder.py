@@ -300,7 +300,8 @@ class Encoder:
                                  c.normalize)
 
     def eval_examples_needed(self) -> int:
-        """Query examples the automatic λ needs to define R_eval (its component k, plus one)."""
+        """Query examples an R_eval needs to stand for a task: its component k (where
+        ``--lambda auto`` compares the spectra), plus one."""
         c = self.config
         if c.hessian != "mixed":
             return 0

@@ -201,10 +201,11 @@ def decompose(
     mode: str,
     r_train: RAccumulator | None,
     r_eval: RAccumulator | None,
-    lam: float | None = None,
+    lam: float | str | None = None,
     k: int | None = None,
 ) -> Decomposed:
-    """R for ``mode`` in ``mixed`` / ``train`` (λ automatic unless given) and its eigenvectors."""
+    """R for ``mode`` in ``mixed`` / ``train`` (λ a number, or ``"auto"`` / ``None`` for the
+    paper's rule, :func:`auto_lambda`) and its eigenvectors."""
     if r_train is None:
         raise FactraceError(f"--hessian {mode} needs training examples for R_train")
     train = r_train.matrices()
@@ -216,7 +217,7 @@ def decompose(
         if r_eval is None:
             raise FactraceError("--hessian mixed needs queries for R_eval")
         evals = r_eval.matrices()
-        if lam is None:
+        if lam in (None, "auto"):
             k = default_k(dim, r_train.count, r_eval.count) if k is None else k
             k = min(k, dim - 1)
             lam = auto_lambda(descending_spectrum(train), descending_spectrum(evals), k)
@@ -240,7 +241,7 @@ def fit_whitening(
     r_train: RAccumulator | None,
     r_eval: RAccumulator | None,
     damping: float,
-    lam: float | None = None,
+    lam: float | str | None = None,
     k: int | None = None,
 ) -> Whitening:
     """R^{-1/2} for ``mode`` in ``mixed`` / ``train`` / ``none``."""

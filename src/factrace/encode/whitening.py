@@ -268,14 +268,14 @@ class TaskWhitening:
 
     @classmethod
     def fit(cls, basis: TrainBasis, mode: str, y: torch.Tensor | None = None,
-            damping: float | str | list[float] = 10.0, lam: float | None = None,
+            damping: float | str | list[float] = 10.0, lam: float | str | None = None,
             k: int | None = None,
             normalize: bool = True) -> TaskWhitening:
         """R⁻¹ for ``mode`` (``none`` / ``train`` / ``mixed``); ``y``: the task's query
-        projections rotated into ``basis`` (``[T, d]``, needed by ``mixed``); λ automatic unless
-        given, as in :func:`factrace.encode.hessian.decompose`; ``damping``: η, ``"auto"``
-        for each block's η from R_train's data (:meth:`TrainBasis.shrinkage`), or a list of
-        one η per block."""
+        projections rotated into ``basis`` (``[T, d]``, needed by ``mixed``); ``lam``: λ, or
+        ``"auto"`` / ``None`` for the paper's rule, as in
+        :func:`factrace.encode.hessian.decompose`; ``damping``: η, ``"auto"`` for each block's η
+        from R_train's data (:meth:`TrainBasis.shrinkage`), or a list of one η per block."""
         dim = basis.dim
         if mode == "none" or basis.is_identity:
             if mode != "none":
@@ -291,7 +291,7 @@ class TaskWhitening:
             n_eval = y.shape[0]
             grams = [y[:, off:off + size] @ y[:, off:off + size].T / n_eval
                      for off, size in basis.spans]
-            if lam is None:
+            if lam in (None, "auto"):
                 k = default_k(dim, basis.n_train, n_eval) if k is None else k
                 k = min(k, dim - 1)
                 eval_values = np.concatenate([np.clip(np.linalg.eigvalsh(g.numpy()), 0.0, None)

@@ -10,7 +10,8 @@ from the queries it is given (for ``explain``, the set the query was traced with
 
 - ``task=NAME``: the named task's R_eval (its row norms were computed when it was added);
 - otherwise the queries' own, exactly as ``scan --queries`` would, when there are enough of them
-  for the automatic λ (its component k, plus one);
+  to stand for a task: R_eval's component k (``--lambda-k``, where ``--lambda auto`` compares
+  the spectra), plus one;
 - fewer: the store's default task if it has one (the metadata says so), else the queries' own
   with a warning in the metadata.
 """
@@ -89,8 +90,8 @@ class Tracer:
         needed = enc.eval_examples_needed()
         if task is None and y.shape[0] < needed and self.default_task:
             task = self.default_task
-            note = (f"{y.shape[0]} query examples are fewer than the {needed} the automatic λ "
-                    f"needs; R_eval from the store's default task {task!r}")
+            note = (f"{y.shape[0]} query examples are fewer than the {needed} an R_eval needs; "
+                    f"R_eval from the store's default task {task!r}")
         else:
             note = None
         if task is not None:
@@ -102,8 +103,8 @@ class Tracer:
         whitening = enc.task(y)
         record = {"r_eval": "these queries", **whitening.describe()}
         if y.shape[0] < needed:
-            record["note"] = (f"R_eval from only {y.shape[0]} query examples (the automatic λ "
-                              f"needs {needed}); add a task with `factrace index task add`")
+            record["note"] = (f"R_eval from only {y.shape[0]} query examples (it needs "
+                              f"{needed}); add a task with `factrace index task add`")
         return whitening.scorer(y, own=True), record
 
     def approx(self):
