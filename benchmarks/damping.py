@@ -169,6 +169,37 @@ def encode(out: Path, loaded, state, passages, queries, dim: int):
     return p, q, ids, spans
 
 
+OTHER_R_EVAL = ("single", "heldout")
+"""Modes whose R_eval is not the scored queries' own, as ``trace`` / ``ask`` build it for a
+question asked alone: ``single``, the question alone (a store with no task); ``heldout``, the
+other half of the queries (even queries scored with the odd ones' R_eval and the other way
+round: a store's default task of other questions)."""
+
+
+def r_eval_groups(mode: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(scored, fitted)`` masks over ``n`` queries of an :data:`OTHER_R_EVAL` mode: the queries
+    scored together and those whose R_eval scores them."""
+    if mode == "single":
+        return [(np.arange(n) == i, np.arange(n) == i) for i in range(n)]
+    even = np.arange(n) % 2 == 0
+    return [(even, ~even), (~even, even)]
+
+
+def other_r_eval(mode: str, basis: TrainBasis, rows: torch.Tensor, y: torch.Tensor,
+                 damping, lam: float | None) -> tuple[np.ndarray, float, list[float]]:
+    """Scores ``[Q, N]`` of an :data:`OTHER_R_EVAL` mode, the mean λ, and the block η."""
+    n = y.shape[0]
+    scores = np.empty((n, rows.shape[0]), dtype=np.float32)
+    lams = []
+    for scored, fitted in r_eval_groups(mode, n):
+        task = TaskWhitening.fit(basis, "mixed", y[torch.from_numpy(fitted)], damping=damping,
+                                 lam=lam)
+        q = y[torch.from_numpy(scored)]
+        scores[scored] = task.scorer(q, own=mode == "single")(rows).numpy()
+        lams.append(task.lam)
+    return scores, float(np.mean(lams)), task.etas
+
+
 def gold_free(scores: np.ndarray, qq: float) -> dict:
     """Statistics of a score matrix [Q, N] that need no gold (see the module docstring)."""
     top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
@@ -214,7 +245,9 @@ def main() -> None:
                     "mixed/30,mixed/100",
                     help="R and η: none, train/η or mixed/η; η a number, auto (factrace's rule: "
                     "R_train's Ledoit-Wolf shrinkage) or queries (the shrinkage of the mixed R, "
-                    "queries included); mixed/η@λ fixes λ (R_eval's weight; default automatic)")
+                    "queries included); mixed/η@λ fixes λ (R_eval's weight; default the paper's "
+                    "rule); single/… and heldout/…: R_eval from the query alone or from the "
+                    "other half of the queries")
     ap.add_argument("--tail-patch-queries", type=int, default=100)
     ap.add_argument("--tail-patch", default="none,train/auto,mixed/auto,mixed/0.1,mixed/10",
                     help="methods whose top 10 are tail-patched (empty: none)")
@@ -257,21 +290,27 @@ def main() -> None:
                                                   strict=True)]
         elif damping is None:
             damping = float(eta)
-        task = TaskWhitening.fit(basis, mode, y if mode == "mixed" else None, damping=damping,
-                                 lam=float(lam) if lam else None)
-        scores = task.scorer(y, own=mode == "mixed")(rows).numpy()
-        fq = task.factor(y)
-        fq = fq / fq.norm(dim=1, keepdim=True)
-        cos = (fq @ fq.T).numpy()
-        qq = float((cos.sum() - np.trace(cos)) / (cos.shape[0] * (cos.shape[0] - 1)))
+        lam = None if lam in ("", "auto") else float(lam)
+        if mode in OTHER_R_EVAL:
+            scores, lam_used, etas = other_r_eval(mode, basis, rows, y, damping, lam)
+            qq = float("nan")
+        else:
+            task = TaskWhitening.fit(basis, mode, y if mode == "mixed" else None,
+                                     damping=damping, lam=lam)
+            scores = task.scorer(y, own=mode == "mixed")(rows).numpy()
+            lam_used, etas = task.lam, task.etas
+            fq = task.factor(y)
+            fq = fq / fq.norm(dim=1, keepdim=True)
+            cos = (fq @ fq.T).numpy()
+            qq = float((cos.sum() - np.trace(cos)) / (cos.shape[0] * (cos.shape[0] - 1)))
         ranked = rankings_from(scores, qids, ids)
         rankings[method] = ranked
         m = attribution_metrics(ranked, qrels)
         per_query[method] = {"rr": m.reciprocal_ranks}
         row = {"mrr": m.mrr.mean, "mrr_se": m.mrr.stderr, "recall10": m.recall.mean,
-               "lambda": task.lam, "block_etas": task.etas, **gold_free(scores, qq)}
+               "lambda": lam_used, "block_etas": etas, **gold_free(scores, qq)}
         results["methods"][method] = row
-        etas = "" if task.etas is None else f", block η {[round(e, 3) for e in task.etas]}"
+        etas = "" if etas is None else f", block η {[round(e, 3) for e in etas]}"
         print(f"{method:<14} " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                             if isinstance(v, float)) + etas, flush=True)
     if args.tail_patch:
@@ -289,6 +328,7 @@ def main() -> None:
             print(f"tail-patch {method}: {stats.mean:.5f} ± {stats.stderr:.5f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
     results["paired"] = paired(per_query, args.reference)
+    results["per_query"] = per_query  # reciprocal ranks and tail-patch, for other pairings
     (out / "damping.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {out / 'damping.json'} ({time.perf_counter() - t0:.0f} s in all)")
 

@@ -26,8 +26,9 @@ Steps, each cached in ``--work`` (a rerun skips what is done):
    projection P whose d = P² × 210 is nearest 2^16, given the same V as an AdamW state.
 5. ``probes``: the default with one setting changed, each through ``compare`` (its own
    encoding): d = 2^14, the ``modules`` layout, no V, V from 1,024 passages (:data:`PROBES`).
-6. ``sweep``: the default's mixed R at other η and λ (:data:`SWEEP`), every setting scored
-   from one encoding. Probes and sweep rank for the table and the tail-patch union (run them
+6. ``sweep``: the default's mixed R at other η and λ, and with R_eval from each question alone
+   or from the other half of the queries, as ``ask`` / ``trace`` build it for one question
+   (:data:`SWEEP`), every setting scored from one encoding. Probes and sweep rank for the table and the tail-patch union (run them
    before ``tail_patch``).
 7. ``tail_patch``: one optimizer step per (query, passage) over the union of every method's top
    10 for the first ``--tail-patch-queries`` queries, Δ p(target | prompt) cached per pair in
@@ -68,6 +69,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import wordnet_world  # noqa: E402
+from damping import OTHER_R_EVAL, r_eval_groups  # noqa: E402
 from quality import rankings_from  # noqa: E402
 from real_model import extract_gguf, load_average  # noqa: E402
 
@@ -107,10 +109,15 @@ PROBES = {
 """The default trackstar with one setting changed (encoder options, correction)."""
 
 
-SWEEP = {f"η={eta:g}": (eta, 0.5) for eta in (1.0, 3.0, 30.0, 100.0, 1000.0)}
-SWEEP.update({f"λ={lam}": (10.0, lam) for lam in (0.25, 0.75, "auto")})
-"""The default's R (η = 10, λ = 0.5) with one of η (damping) or λ (R_eval's weight; ``auto``:
-the paper's rule) changed, scored from one encoding of the corpus."""
+SWEEP = {f"η={eta:g}": (eta, 0.5, "own") for eta in (1.0, 3.0, 30.0, 100.0, 1000.0)}
+SWEEP.update({f"λ={lam}": (10.0, lam, "own") for lam in (0.25, 0.75, "auto")})
+SWEEP.update({f"{r_eval} λ={lam}": (10.0, lam, r_eval) for r_eval in OTHER_R_EVAL
+              for lam in (0.5, "auto")})
+"""The default's R (η = 10, λ = 0.5, R_eval from the scored queries) with one of η (damping), λ
+(R_eval's weight; ``auto``: the paper's rule) or R_eval changed, scored from one encoding of the
+corpus. ``single``: each question's R_eval from itself alone, as ``ask`` and ``trace`` build it
+for one question on a store with no task; ``heldout``: from the other half of the queries, as a
+store's default task of other questions gives it (``damping.OTHER_R_EVAL``)."""
 
 
 def step_sweep(work: Path, gguf: Path, args, options: dict | None = None) -> dict:
@@ -139,13 +146,21 @@ def step_sweep(work: Path, gguf: Path, args, options: dict | None = None) -> dic
         t = time.perf_counter()
         store, basis, y = _encode_corpus(cfg, "estimate", loaded, None, queries, Path(folder))
         out["encode_s"] = round(time.perf_counter() - t, 1)
-        for name, (eta, lam) in SWEEP.items():
-            task = TaskWhitening.fit(basis, "mixed", y, eta, lam)
-            found = exact_topk(task.scorer(y, own=True), store, 10).result(qids)
+        for name, (eta, lam, r_eval) in SWEEP.items():
+            groups = [(np.ones(len(qids), bool),) * 2] if r_eval == "own" else r_eval_groups(
+                r_eval, len(qids))
+            found, lams = {}, []
+            for scored, fitted in groups:
+                task = TaskWhitening.fit(basis, "mixed", y[torch.from_numpy(fitted)], eta, lam)
+                ids = [q for q, s in zip(qids, scored, strict=True) if s]
+                found.update(zip(ids, exact_topk(
+                    task.scorer(y[torch.from_numpy(scored)], own=r_eval != "heldout"), store,
+                    10).result(ids), strict=True))
+                lams.append(task.lam)
             path = work / "probes" / name / "rankings" / "trackstar.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_rankings(path, found)
-            out[name] = {"eta": eta, "lambda": task.lam}
+            write_rankings(path, [found[q] for q in qids])
+            out[name] = {"eta": eta, "lambda": float(np.mean(lams))}
     return out
 
 

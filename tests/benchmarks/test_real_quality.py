@@ -167,7 +167,7 @@ def test_the_sweep_ranks_as_compare_does_with_that_setting(world, tmp_path):
     queries = read_queries(world["queries"])
     seen = set()
     for name in ("η=30", "λ=auto"):
-        eta, lam = SWEEP[name]
+        eta, lam, _ = SWEEP[name]
         cfg = CompareConfig(world["model"], None, world["corpus"], world["queries"], qrels="",
                             out="", variants=("trackstar",), baselines=(),
                             encoder_options={**options, "damping": eta, "lambda_": lam},
@@ -179,3 +179,50 @@ def test_the_sweep_ranks_as_compare_does_with_that_setting(world, tmp_path):
             [s for r in want for s in r.scores], abs=1e-5)
         seen.add(tuple(got[0].doc_ids))
     assert len(seen) == 2  # the two settings rank differently
+
+
+def test_the_sweeps_other_r_eval_rank_as_trace_does_for_one_question_or_a_task(world, tmp_path):
+    """``single``: each question traced alone on a store with no task (its own R_eval);
+    ``heldout``: the even questions traced with the odd ones' task and the other way round."""
+    import json
+    import shutil
+
+    from real_quality import step_sweep
+
+    from factrace.config import variant_config
+    from factrace.data.io import read_rankings
+    from factrace.run.index import IndexConfig, TaskConfig, add_task, build_index
+    from factrace.run.tracer import TraceConfig, trace
+
+    for name in ("corpus", "queries"):
+        shutil.copy(world[name], tmp_path / f"{name}.jsonl")
+    options = {"dim": 64, "train_examples": 16}
+    step_sweep(tmp_path, world["model"], None, options)
+    store = str(tmp_path / "store")
+    build_index(IndexConfig(model=world["model"], corpus=world["corpus"], out=store,
+                            encoder=variant_config("trackstar", second_moment="estimate",
+                                                   **options), progress=False))
+    rows = [json.loads(line) for line in open(world["queries"])]
+
+    def write(path, part):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+        return str(path)
+
+    want = {"single λ=0.5": {}, "heldout λ=0.5": {}}
+    for i, row in enumerate(rows):  # no task yet: a question alone is its own R_eval
+        one = trace(TraceConfig(store, write(tmp_path / f"q{i}.jsonl", [row]), progress=False))
+        assert one.metadata["whitening"]["r_eval"] == "these queries"
+        want["single λ=0.5"][row["id"]] = one.rankings[0]
+    for half, part in {"even": rows[0::2], "odd": rows[1::2]}.items():
+        add_task(TaskConfig(store, write(tmp_path / f"{half}.jsonl", part), half,
+                            progress=False))
+    for half, other in (("even", "odd"), ("odd", "even")):
+        for r in trace(TraceConfig(store, str(tmp_path / f"{half}.jsonl"), task=other,
+                                   progress=False)).rankings:
+            want["heldout λ=0.5"][r.query_id] = r
+    for name, expected in want.items():
+        got = read_rankings(tmp_path / "probes" / name / "rankings" / "trackstar.jsonl")
+        assert len(got) == len(rows)
+        for r in got:
+            assert r.doc_ids == expected[r.query_id].doc_ids, name
+            assert r.scores == pytest.approx(expected[r.query_id].scores, abs=1e-5), name
