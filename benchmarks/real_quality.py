@@ -363,16 +363,24 @@ def method_rankings(work: Path) -> dict[str, dict[str, list[str]]]:
 
 def adam_second_moment(work: Path, loaded) -> dict[str, torch.Tensor]:
     """V of every tracked weight for the AdamW step: factrace's estimate (rank-one, from the 256
-    passages ``index build`` takes) of the squared gradient of a passage's mean token loss."""
+    passages ``index build`` takes) of the squared gradient of a passage's mean token loss. Its
+    factors are kept in ``<work>/v-estimate.pt`` (a few MB), so the steps that need V (tail-patch,
+    bergson's optimizer state) fit it once between them."""
     from factrace.encode.encoder import Encoder
 
-    cfg = EncoderConfig(second_moment="estimate", hessian="none", loss_reduction="mean",
-                        batch_tokens=512)
-    enc = Encoder(loaded, cfg)
-    fit_estimate(enc, work / "corpus.jsonl")
-    return {m.param_name: torch.outer(enc._corrections[m.name].row,
-                                      enc._corrections[m.name].col).pow(-2)
-            for m in enc.tracked}
+    cache = work / "v-estimate.pt"
+    if cache.exists():
+        factors = torch.load(cache)
+    else:
+        cfg = EncoderConfig(second_moment="estimate", hessian="none", loss_reduction="mean",
+                            batch_tokens=512)
+        enc = Encoder(loaded, cfg)
+        fit_estimate(enc, work / "corpus.jsonl")
+        factors = {m.param_name: (enc._corrections[m.name].row, enc._corrections[m.name].col)
+                   for m in enc.tracked}
+        torch.save(factors, cache.with_suffix(".tmp"))
+        cache.with_suffix(".tmp").replace(cache)
+    return {name: torch.outer(row, col).pow(-2) for name, (row, col) in factors.items()}
 
 
 class Stepper:

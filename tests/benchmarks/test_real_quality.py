@@ -226,3 +226,22 @@ def test_the_sweeps_other_r_eval_rank_as_trace_does_for_one_question_or_a_task(w
         for r in got:
             assert r.doc_ids == expected[r.query_id].doc_ids, name
             assert r.scores == pytest.approx(expected[r.query_id].scores, abs=1e-5), name
+
+
+def test_v_for_the_adam_step_is_fitted_once_and_read_back_the_same(world, tmp_path):
+    import shutil
+
+    from real_quality import adam_second_moment
+
+    from factrace.model.load import load_model
+
+    shutil.copy(world["corpus"], tmp_path / "corpus.jsonl")
+    loaded = load_model(world["model"], "cpu", "float32")
+    fitted = adam_second_moment(tmp_path, loaded)
+    assert (tmp_path / "v-estimate.pt").exists()
+    (tmp_path / "corpus.jsonl").unlink()  # a second fit would need the corpus
+    again = adam_second_moment(tmp_path, loaded)
+    assert fitted.keys() == again.keys() and len(fitted) > 0
+    for name, v in fitted.items():
+        assert v.shape == loaded.model.get_parameter(name).shape
+        assert torch.equal(v, again[name])
