@@ -177,8 +177,10 @@ round: a store's default task of other questions)."""
 
 
 def r_eval_groups(mode: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(scored, fitted)`` masks over ``n`` queries of an :data:`OTHER_R_EVAL` mode: the queries
-    scored together and those whose R_eval scores them."""
+    """``(scored, fitted)`` masks over ``n`` queries: the queries scored together and those whose
+    R_eval scores them, for ``own`` (all with all) or an :data:`OTHER_R_EVAL` mode."""
+    if mode == "own":
+        return [(np.ones(n, bool), np.ones(n, bool))]
     if mode == "single":
         return [(np.arange(n) == i, np.arange(n) == i) for i in range(n)]
     even = np.arange(n) % 2 == 0

