@@ -437,11 +437,21 @@ class Stepper:
                 "mean_update_norm": float(np.mean(adam)), "mean_grad_norm": float(np.mean(grad))}
 
 
-def step_tail_patch(work: Path, loaded, args) -> dict:
+def target_probabilities(loaded, examples: dict) -> dict[str, float]:
+    """p(target | prompt) of each tokenized query in one right-padded forward: under a causal
+    mask no real position sees the padding on its right, so each row's value is its own."""
     from factrace.data.batching import collate
+    from factrace.model.loss import target_logprob
+
+    ids = list(examples)
+    with torch.no_grad():
+        logp = target_logprob(loaded.model, collate([examples[i] for i in ids], loaded.pad_id))
+    return {i: math.exp(x) for i, x in zip(ids, logp.double().tolist(), strict=True)}
+
+
+def step_tail_patch(work: Path, loaded, args) -> dict:
     from factrace.data.tokenize import tokenize_query
     from factrace.evaluate.tail_patch import passage_example
-    from factrace.model.loss import target_logprob
 
     t0 = time.perf_counter()
     queries = read_queries(work / "queries.jsonl")[:args.tail_patch_queries]
@@ -460,10 +470,8 @@ def step_tail_patch(work: Path, loaded, args) -> dict:
     model.eval()
     q_ex = {q.id: tokenize_query(loaded.tokenizer, q, loaded.max_length) for q in queries}
 
-    def probabilities(qids):  # one query at a time: no padding, the same shapes every time
-        with torch.no_grad():
-            return {i: math.exp(float(target_logprob(model, collate([q_ex[i]], loaded.pad_id))
-                                      .double().item())) for i in qids}
+    def probabilities(qids):
+        return target_probabilities(loaded, {i: q_ex[i] for i in qids})
 
     before = probabilities([q.id for q in queries])
     stepper = Stepper(loaded, adam_second_moment(work, loaded), args.adam_lr)

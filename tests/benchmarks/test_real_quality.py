@@ -78,6 +78,26 @@ def test_the_adam_step_is_torch_adamw_from_that_state():
         assert torch.equal(p, before[n])
 
 
+def test_target_probabilities_in_one_padded_batch_are_each_query_alone():
+    from real_quality import target_probabilities
+
+    from factrace.data.records import Query
+    from factrace.data.tokenize import tokenize_query
+
+    loaded = tiny_loaded("llama")
+    queries = [Query("short", "Alice was born in", " Paris"),
+               Query("long", "Where did Bob move after the long war? He moved to", " London"),
+               Query("two", "Carol works as a", " software engineer")]
+    examples = {q.id: tokenize_query(loaded.tokenizer, q, loaded.max_length) for q in queries}
+    assert len({len(e) for e in examples.values()}) == 3  # the batch is padded
+    batched = target_probabilities(loaded, examples)
+    for qid, example in examples.items():
+        alone = target_probabilities(loaded, {qid: example})[qid]
+        assert 0 < alone < 1  # a random tiny model: p is tiny, so compare log p
+        assert math.log(batched[qid]) == pytest.approx(math.log(alone), rel=1e-6)
+    assert len(set(batched.values())) == 3
+
+
 @pytest.mark.parametrize("name,gloss,want", [
     ("Claude Monet", "French impressionist painter (1840-1926)",
      ("nationality", "French", "Claude Monet was a", " French")),
